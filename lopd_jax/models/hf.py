@@ -1,0 +1,411 @@
+"""Hugging Face checkpoints <-> lopd_jax params, through one mapping table.
+
+`_TABLE` names, for every parameter, its HF tensor name and layout. Import and export both
+read it, so the two directions cannot drift apart. Import streams tensor by tensor from the
+safetensors files (single file or sharded index) straight onto the target sharding: each
+device's shard is cut from the stored tensor on the host, so no full second copy of the model
+is ever held. Export writes sharded safetensors plus `config.json` (and tokenizer and
+`generation_config.json`) that `transformers.AutoModelForCausalLM.from_pretrained` loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from lopd_jax.models import qwen3
+
+SUPPORTED_MODEL_TYPES = {"qwen3": True, "llama": False}  # model_type -> qk_norm
+_LAYER = "model.layers.{i}."
+# Tensors HF checkpoints may carry that hold no parameter of ours.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class CheckpointError(ValueError):
+    """A Hugging Face checkpoint that cannot be imported as it is (the message says why)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+    path: tuple[str, ...]  # path in our params pytree
+    hf_name: str  # `{i}` stands for the layer index of stacked (per-layer) params
+    # HF stores linear weights as [out, in]; ours are [in..., out...]. `split` is how many of
+    # our leading axes form HF's `in` axis; 0 means the tensor is stored as is.
+    split: int = 0
+
+    @property
+    def per_layer(self) -> bool:
+        return "{i}" in self.hf_name
+
+
+def _table(config: qwen3.Qwen3Config) -> list[_Tensor]:
+    attn, mlp = ("layers", "self_attn"), ("layers", "mlp")
+    table = [
+        _Tensor(("embed_tokens",), "model.embed_tokens.weight"),
+        _Tensor(("norm", "scale"), "model.norm.weight"),
+        _Tensor(("layers", "input_layernorm", "scale"), _LAYER + "input_layernorm.weight"),
+        _Tensor(
+            ("layers", "post_attention_layernorm", "scale"),
+            _LAYER + "post_attention_layernorm.weight",
+        ),
+        _Tensor((*attn, "q_proj"), _LAYER + "self_attn.q_proj.weight", split=1),
+        _Tensor((*attn, "k_proj"), _LAYER + "self_attn.k_proj.weight", split=1),
+        _Tensor((*attn, "v_proj"), _LAYER + "self_attn.v_proj.weight", split=1),
+        _Tensor((*attn, "o_proj"), _LAYER + "self_attn.o_proj.weight", split=2),
+        _Tensor((*mlp, "gate_proj"), _LAYER + "mlp.gate_proj.weight", split=1),
+        _Tensor((*mlp, "up_proj"), _LAYER + "mlp.up_proj.weight", split=1),
+        _Tensor((*mlp, "down_proj"), _LAYER + "mlp.down_proj.weight", split=1),
+    ]
+    if config.qk_norm:
+        table += [
+            _Tensor((*attn, "q_norm", "scale"), _LAYER + "self_attn.q_norm.weight"),
+            _Tensor((*attn, "k_norm", "scale"), _LAYER + "self_attn.k_norm.weight"),
+        ]
+    if not config.tie_word_embeddings:
+        table.append(_Tensor(("lm_head",), "lm_head.weight", split=1))
+    return table
+
+
+def _to_ours(hf: np.ndarray, entry: _Tensor, shape: tuple[int, ...]) -> np.ndarray:
+    return hf.T.reshape(shape) if entry.split else hf
+
+
+def _to_hf(ours: np.ndarray, entry: _Tensor) -> np.ndarray:
+    if not entry.split:
+        return ours
+    rows = math.prod(ours.shape[: entry.split])
+    return ours.reshape(rows, -1).T
+
+
+def _hf_shape(entry: _Tensor, our_shape: tuple[int, ...]) -> tuple[int, ...]:
+    if not entry.split:
+        return our_shape
+    return (math.prod(our_shape[entry.split :]), math.prod(our_shape[: entry.split]))
+
+
+def _get(tree: dict, path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+# --------------------------------------------------------------------------------------------
+# config.json
+
+
+def config_from_hf(hf_config: dict[str, Any], *, dtype: str = "float32") -> qwen3.Qwen3Config:
+    """Our config from a HF `config.json` dict (Qwen3, or Llama without rope scaling)."""
+    model_type = hf_config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointError(
+            f"Unsupported architecture: model_type={model_type!r} "
+            f"(architectures={hf_config.get('architectures')}). lopd_jax loads dense "
+            f"{sorted(SUPPORTED_MODEL_TYPES)} checkpoints."
+        )
+    rope = hf_config.get("rope_parameters") or {}
+    rope_type = rope.get("rope_type", "default")
+    if rope_type != "default" or hf_config.get("rope_scaling"):
+        raise CheckpointError(
+            f"Unsupported rope scaling {rope_type!r}: only plain RoPE (rope_type 'default') is "
+            "implemented."
+        )
+    if hf_config.get("attention_bias") or hf_config.get("mlp_bias"):
+        raise CheckpointError("Unsupported checkpoint: attention/MLP biases are not implemented.")
+    heads = hf_config["num_attention_heads"]
+    return qwen3.Qwen3Config(
+        vocab_size=hf_config["vocab_size"],
+        hidden_size=hf_config["hidden_size"],
+        intermediate_size=hf_config["intermediate_size"],
+        num_layers=hf_config["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=hf_config.get("num_key_value_heads") or heads,
+        head_dim=hf_config.get("head_dim") or hf_config["hidden_size"] // heads,
+        rope_theta=float(rope.get("rope_theta", hf_config.get("rope_theta", 10_000.0))),
+        rms_norm_eps=hf_config["rms_norm_eps"],
+        tie_word_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
+        qk_norm=SUPPORTED_MODEL_TYPES[model_type],
+        max_position_embeddings=hf_config.get("max_position_embeddings", 40_960),
+        param_dtype=dtype,
+        dtype=dtype,
+    )
+
+
+def config_to_hf(config: qwen3.Qwen3Config, **extra: Any):
+    """A `transformers` config object (Qwen3Config or LlamaConfig) for our config."""
+    import transformers
+
+    common = dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        head_dim=config.head_dim,
+        rms_norm_eps=config.rms_norm_eps,
+        tie_word_embeddings=config.tie_word_embeddings,
+        max_position_embeddings=config.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        hidden_act="silu",
+        attention_bias=False,
+        dtype=config.param_dtype,
+        **extra,
+    )
+    cls = transformers.Qwen3Config if config.qk_norm else transformers.LlamaConfig
+    hf_config = cls(**common)
+    hf_config.architectures = [config.architecture]
+    return hf_config
+
+
+# --------------------------------------------------------------------------------------------
+# Import.
+
+
+class _SafetensorsDir:
+    """Name -> tensor access over a directory's safetensors files (single or sharded)."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        index = path / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+        elif (path / "model.safetensors").exists():
+            weight_map = None
+        else:
+            raise CheckpointError(
+                f"No weights in {path}: expected model.safetensors or "
+                "model.safetensors.index.json (convert .bin checkpoints with transformers' "
+                "save_pretrained(safe_serialization=True))."
+            )
+        files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
+        self._handles = {}
+        for name in files:
+            if not (path / name).exists():
+                raise CheckpointError(f"{path / name} is listed in the index but missing.")
+            self._handles[name] = safe_open(str(path / name), framework="pt")
+        if weight_map is None:
+            weight_map = dict.fromkeys(self._handles["model.safetensors"].keys(), files[0])
+        self.weight_map: dict[str, str] = weight_map
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._handles[self.weight_map[name]].get_slice(name).get_shape())
+
+    def read(self, name: str, dtype: np.dtype) -> np.ndarray:
+        return _torch_to_numpy(self._handles[self.weight_map[name]].get_tensor(name), dtype)
+
+
+def _torch_to_numpy(tensor, dtype: np.dtype) -> np.ndarray:
+    import torch
+
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
+        array = tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    else:
+        array = tensor.numpy()
+    return array.astype(dtype, copy=False)
+
+
+def _numpy_to_torch(array: np.ndarray):
+    import torch
+
+    if array.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.require(array, requirements=["C", "W"]))
+
+
+def _expected_names(config: qwen3.Qwen3Config, table: list[_Tensor]) -> Iterator[str]:
+    for entry in table:
+        if entry.per_layer:
+            yield from (entry.hf_name.format(i=i) for i in range(config.num_layers))
+        else:
+            yield entry.hf_name
+
+
+def _check_names(config, table, store: _SafetensorsDir, path: Path) -> None:
+    expected = set(_expected_names(config, table))
+    present = set(store.weight_map)
+    missing = sorted(expected - present)
+    unexpected = sorted(
+        n
+        for n in present - expected
+        if not n.endswith(_IGNORED_SUFFIXES)
+        # Tied checkpoints sometimes also store the (identical) output projection.
+        and not (config.tie_word_embeddings and n == "lm_head.weight")
+    )
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: tensors do not match a {config.architecture} with {config.num_layers} "
+            f"layers. Missing: {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
+            f"unexpected: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}."
+        )
+
+
+def load_hf(
+    path: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    shardings: Any = None,
+) -> tuple[qwen3.Qwen3Config, qwen3.Params]:
+    """Loads a HF model directory (config.json + safetensors) as `(config, params)`.
+
+    `dtype` is the parameter (and compute) dtype; tensors are cast one at a time. `shardings`
+    is a pytree of `jax.sharding.Sharding` matching the params (e.g. from
+    `lopd_jax.parallel.rules.param_shardings`); by default everything goes to one device.
+    """
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(
+            f"{config_file} not found: pass a Hugging Face model directory (the one "
+            "save_pretrained writes), not a file or a hub id (no hub is reachable)."
+        )
+    config = config_from_hf(json.loads(config_file.read_text()), dtype=dtype)
+    table = _table(config)
+    store = _SafetensorsDir(path)
+    _check_names(config, table, store, path)
+    np_dtype = np.dtype(jnp.dtype(dtype))
+    shapes = qwen3.param_shapes(config)
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    params: dict = {}
+    for entry in table:
+        our_shape = _get(shapes, entry.path).shape
+        layer_shape = our_shape[1:] if entry.per_layer else our_shape
+        want = _hf_shape(entry, layer_shape)
+        names = (
+            [entry.hf_name.format(i=i) for i in range(config.num_layers)]
+            if entry.per_layer
+            else [entry.hf_name]
+        )
+        for name in names:
+            if store.shape(name) != want:
+                raise CheckpointError(
+                    f"{path}: tensor {name} has shape {store.shape(name)}, expected {want} "
+                    "from config.json."
+                )
+
+        def read(name, entry=entry, layer_shape=layer_shape):
+            return _to_ours(store.read(name, np_dtype), entry, layer_shape)
+
+        def shard(index, entry=entry, names=names, read=read):
+            if not entry.per_layer:
+                return read(names[0])[index]
+            layers = range(config.num_layers)[index[0]]
+            return np.stack([read(names[i])[index[1:]] for i in layers])
+
+        sharding = _get(shardings, entry.path) if shardings is not None else default
+        _set(params, entry.path, jax.make_array_from_callback(our_shape, sharding, shard))
+    return config, params
+
+
+# --------------------------------------------------------------------------------------------
+# Export.
+
+
+def _host_array(x: jax.Array) -> np.ndarray:
+    if not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+
+
+def _hf_tensors(config, params) -> Iterator[tuple[str, np.ndarray]]:
+    """(HF name, array) pairs, one parameter on the host at a time."""
+    for entry in _table(config):
+        ours = _host_array(_get(params, entry.path))
+        if entry.per_layer:
+            for i in range(config.num_layers):
+                yield entry.hf_name.format(i=i), np.ascontiguousarray(_to_hf(ours[i], entry))
+        else:
+            yield entry.hf_name, np.ascontiguousarray(_to_hf(ours, entry))
+
+
+def save_hf(
+    config: qwen3.Qwen3Config,
+    params: qwen3.Params,
+    path: str | os.PathLike,
+    *,
+    tokenizer: Any = None,
+    max_shard_bytes: int = 4 << 30,
+) -> Path:
+    """Writes a HF model directory that `AutoModelForCausalLM.from_pretrained` loads.
+
+    Weights are written in the params' dtype as sharded safetensors (`max_shard_bytes` each)
+    with an index; the directory appears atomically (written to a temp dir, then renamed).
+    Passing `tokenizer` also saves it and takes the EOS/pad ids for `generation_config.json`.
+    Only process 0 writes; every process must call this (the gather is collective).
+    """
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig
+
+    path = Path(path)
+    is_writer = jax.process_index() == 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) if is_writer else None
+
+    shard: dict[str, Any] = {}
+    shard_bytes = 0
+    shards: list[dict[str, Any]] = []
+
+    def flush():
+        nonlocal shard, shard_bytes
+        if shard:
+            shards.append(shard)
+            if is_writer:
+                save_file(shard, str(tmp / f"part-{len(shards):05d}.safetensors"))
+            shard, shard_bytes = {}, 0
+
+    for name, array in _hf_tensors(config, params):
+        if shard_bytes and shard_bytes + array.nbytes > max_shard_bytes:
+            flush()
+        shard[name] = _numpy_to_torch(array)
+        shard_bytes += array.nbytes
+    flush()
+    if not is_writer:
+        return path
+
+    weight_map, total = {}, 0
+    for k, tensors in enumerate(shards, start=1):
+        final = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        os.rename(tmp / f"part-{k:05d}.safetensors", tmp / final)
+        weight_map.update(dict.fromkeys(tensors, final))
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+    special = {}
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+        special = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+        special = {k: v for k, v in special.items() if v is not None}
+    config_to_hf(config, **special).save_pretrained(str(tmp))
+    GenerationConfig(**special).save_pretrained(str(tmp))
+
+    # Swap in the new directory; an existing export is only removed once the new one is in place.
+    old = path.with_name(f".{path.name}.old") if path.exists() else None
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(path, old)
+    os.rename(tmp, path)
+    if old:
+        shutil.rmtree(old)
+    return path

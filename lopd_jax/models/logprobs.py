@@ -1,0 +1,118 @@
+"""Log-probabilities of given tokens without materialising `[B, T, vocab]` float32 logits.
+
+Qwen3's vocabulary has 151,936 entries: full float32 logits for a 16k-token row would take
+~10 GB. The sequence is split into chunks of `config.logits_chunk_size` positions; each chunk's
+logits are computed, reduced to what is needed, and dropped. `jax.checkpoint` on the chunk makes
+the backward pass recompute a chunk's logits instead of storing them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from lopd_jax.models import qwen3
+
+
+def map_logit_chunks(
+    fn: Callable[..., Any],
+    h_btd: jax.Array,
+    w_dv: jax.Array,
+    per_token: tuple[jax.Array, ...] = (),
+    *,
+    chunk_size: int,
+) -> Any:
+    """Applies `fn(logits_bcv_f32, *per_token_chunks)` chunk by chunk along the sequence.
+
+    `per_token` arrays are `[b, t, ...]` and are chunked alongside; `fn` returns a pytree of
+    `[b, c, ...]` arrays, which are stitched back to `[b, t, ...]`.
+    """
+    b, t, _ = h_btd.shape
+    c = min(chunk_size, t)
+    n = -(-t // c)
+
+    def to_chunks(x):
+        x = jnp.pad(x, [(0, 0), (0, n * c - t)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape(b, n, c, *x.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def one_chunk(args):
+        h_bcd, *rest = args
+        logits_bcv = jnp.einsum(
+            "bcd,dv->bcv", h_bcd, w_dv.astype(h_bcd.dtype), preferred_element_type=jnp.float32
+        )
+        return fn(logits_bcv, *rest)
+
+    out = jax.lax.map(one_chunk, (to_chunks(h_btd), *map(to_chunks, per_token)))
+    return jax.tree.map(lambda y: jnp.moveaxis(y, 0, 1).reshape(b, n * c, *y.shape[3:])[:, :t], out)
+
+
+def _target_logprob(logits_bcv: jax.Array, target_bc: jax.Array) -> jax.Array:
+    target_logit = jnp.take_along_axis(logits_bcv, target_bc[..., None], axis=-1)[..., 0]
+    return target_logit - jax.nn.logsumexp(logits_bcv, axis=-1)
+
+
+def next_token_logprobs(
+    config: qwen3.Qwen3Config,
+    params: qwen3.Params,
+    tokens_bt: jax.Array,
+    positions_bt: jax.Array,
+    segment_ids_bt: jax.Array,
+) -> jax.Array:
+    """`out[:, t] = log p(tokens[:, t] | earlier tokens of its segment)`, float32 `[b, t]`.
+
+    Zero where `t` starts a segment or is padding (segment id 0): nothing predicts it there.
+    Works on packed rows (several segments per row).
+    """
+    h_btd, _ = qwen3.hidden_states(config, params, tokens_bt, positions_bt, segment_ids_bt)
+    logprobs = map_logit_chunks(
+        _target_logprob,
+        h_btd[:, :-1],
+        qwen3.unembedding(config, params),
+        (tokens_bt[:, 1:],),
+        chunk_size=config.logits_chunk_size,
+    )
+    scored = (segment_ids_bt[:, 1:] == segment_ids_bt[:, :-1]) & (segment_ids_bt[:, 1:] != 0)
+    logprobs = jnp.where(scored, logprobs, 0.0)
+    return jnp.pad(logprobs, [(0, 0), (1, 0)])
+
+
+def positions_from_mask(attention_mask_bt: jax.Array) -> jax.Array:
+    """Positions that count only real tokens (as HF does for padded batches)."""
+    return jnp.maximum(jnp.cumsum(attention_mask_bt, axis=1) - 1, 0).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _token_logprobs(config, params, tokens_bt, attention_mask_bt):
+    mask = attention_mask_bt.astype(jnp.int32)
+    return next_token_logprobs(config, params, tokens_bt, positions_from_mask(mask), mask)
+
+
+def token_logprobs(
+    config: qwen3.Qwen3Config,
+    params: qwen3.Params,
+    tokens: jax.Array,
+    *,
+    attention_mask: jax.Array | None = None,
+) -> jax.Array:
+    """Per-token log-probs of `tokens` under the model, float32 `[B, T]`.
+
+    `out[:, t] = log p(tokens[:, t] | tokens[:, :t])` for `t >= 1`; `out[:, 0] = 0`. Positions
+    where `attention_mask` is 0 give 0 (and so does the first real token of a left-padded row,
+    which has no context).
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}.")
+    if attention_mask is None:
+        attention_mask = jnp.ones_like(tokens)
+    attention_mask = jnp.asarray(attention_mask)
+    if attention_mask.shape != tokens.shape:
+        raise ValueError(
+            f"attention_mask shape {attention_mask.shape} != tokens shape {tokens.shape}."
+        )
+    return _token_logprobs(config, params, tokens, attention_mask)

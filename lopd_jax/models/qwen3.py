@@ -1,0 +1,439 @@
+"""Qwen3 dense decoder (and the Llama family through `qk_norm=False`) in Flax Linen.
+
+The forward is a pure function of an explicit params pytree: `forward(config, params, ...)`.
+Linen is used for what it does well (parameter declaration, `nn.scan` over layers, remat,
+logical axis metadata); there are no mutable collections, and the KV cache is an explicit
+input and output.
+
+Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`,
+`mlp`, `layers`); activations are constrained by logical names too. Which mesh axes those
+names map to is decided in one place, `lopd_jax.parallel.rules`; this file never names a mesh
+axis.
+
+Shape suffixes: b batch, t query length, s key length (cache slots), d model width,
+h query heads, k kv heads, g query heads per kv head, e head dim, f mlp width, v vocab, l layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Params = dict[str, Any]
+Cache = dict[str, jax.Array]
+
+# Masked attention scores use a large finite value so fully masked rows (padding queries)
+# stay finite instead of producing NaN through softmax(-inf, ..., -inf).
+_MASK_VALUE = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3Config:
+    """Architecture and numerics of a Qwen3 (or Llama-family) dense decoder."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    # Per-head RMSNorm on q and k (Qwen3). False gives the Llama family (e.g. SmolLM2).
+    qk_norm: bool = True
+    max_position_embeddings: int = 40_960
+    param_dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype of matmuls; norms and softmax run in float32
+    # Rematerialisation of each decoder layer: "none", "full" or "dots" (save matmul outputs).
+    remat_policy: str = "none"
+    # Sequence chunk of the log-softmax over the vocabulary (see models/logprobs.py).
+    logits_chunk_size: int = 1024
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads="
+                f"{self.num_kv_heads} (grouped-query attention)."
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings.")
+        if self.remat_policy not in _REMAT_POLICIES:
+            raise ValueError(
+                f"remat_policy={self.remat_policy!r}; choose one of {sorted(_REMAT_POLICIES)}."
+            )
+
+    @property
+    def architecture(self) -> str:
+        """The Hugging Face class this config corresponds to."""
+        return "Qwen3ForCausalLM" if self.qk_norm else "LlamaForCausalLM"
+
+    def replace(self, **changes: Any) -> Qwen3Config:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def num_params(self) -> int:
+        d, f, v, L = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_layers
+        q = self.num_heads * self.head_dim
+        kv = self.num_kv_heads * self.head_dim
+        per_layer = d * (2 * q + 2 * kv) + 3 * d * f + 2 * d
+        if self.qk_norm:
+            per_layer += 2 * self.head_dim
+        head = 0 if self.tie_word_embeddings else d * v
+        return v * d + L * per_layer + d + head
+
+
+_REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _qwen3(**kw: Any) -> Qwen3Config:
+    return Qwen3Config(vocab_size=151_936, head_dim=128, num_kv_heads=8, **kw)
+
+
+# Released Qwen3 dense sizes (from their config.json files).
+PRESETS: dict[str, Qwen3Config] = {
+    "qwen3-0.6b": _qwen3(
+        hidden_size=1024, intermediate_size=3072, num_layers=28, num_heads=16,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-1.7b": _qwen3(
+        hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-4b": _qwen3(
+        hidden_size=2560, intermediate_size=9728, num_layers=36, num_heads=32,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-8b": _qwen3(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32),
+    "qwen3-14b": _qwen3(hidden_size=5120, intermediate_size=17408, num_layers=40, num_heads=40),
+    "qwen3-32b": _qwen3(hidden_size=5120, intermediate_size=25600, num_layers=64, num_heads=64),
+}  # fmt: skip
+
+
+def tiny_config(**overrides: Any) -> Qwen3Config:
+    """A random-init-sized Qwen3 for tests and the CPU demo (GQA, head_dim != d / heads)."""
+    base = dict(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+        num_kv_heads=2, head_dim=32, max_position_embeddings=2048,
+    )  # fmt: skip
+    return Qwen3Config(**(base | overrides))
+
+
+# --------------------------------------------------------------------------------------------
+# Pure building blocks.
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm in float32, cast back before the scale (as Hugging Face does)."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return scale.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def rope(x_bthe: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, half-split convention (`rotate_half`) of Qwen/Llama checkpoints."""
+    half = x_bthe.shape[-1] // 2
+    inv_freq = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) / half)
+    angle_bte = positions_bt[..., None].astype(jnp.float32) * inv_freq
+    cos = jnp.cos(angle_bte)[:, :, None, :]
+    sin = jnp.sin(angle_bte)[:, :, None, :]
+    x1, x2 = jnp.split(x_bthe.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_bthe.dtype)
+
+
+def attention(
+    q_bthe: jax.Array, k_bske: jax.Array, v_bske: jax.Array, mask_bts: jax.Array
+) -> jax.Array:
+    """Grouped-query softmax attention (plain XLA; the reference backend)."""
+    b, t, h, e = q_bthe.shape
+    kv_heads = k_bske.shape[2]
+    q_btkge = q_bthe.reshape(b, t, kv_heads, h // kv_heads, e)
+    scores = jnp.einsum("btkge,bske->bkgts", q_btkge, k_bske, preferred_element_type=jnp.float32)
+    scores = scores * (e**-0.5)
+    scores = jnp.where(mask_bts[:, None, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_bske.dtype)
+    out = jnp.einsum("bkgts,bske->btkge", probs, v_bske)
+    return out.reshape(b, t, h, e)
+
+
+def attention_mask(
+    q_segment_bt: jax.Array, kv_segment_bs: jax.Array, q_slot_bt: jax.Array
+) -> jax.Array:
+    """Causal, same-segment mask; segment id 0 marks padding (never attended to).
+
+    `q_slot_bt` is each query's slot index in the key axis: causality is by slot, which is
+    right for packed rows (segments are contiguous) and for the cache (slots in write order).
+    """
+    kv_slot_s = jnp.arange(kv_segment_bs.shape[1])
+    causal = kv_slot_s[None, None, :] <= q_slot_bt[:, :, None]
+    same_segment = q_segment_bt[:, :, None] == kv_segment_bs[:, None, :]
+    return causal & same_segment & (kv_segment_bs[:, None, :] != 0)
+
+
+def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...], init):
+    """Declares a parameter with logical axis names (the only place params are created)."""
+    cfg = module.config
+    return module.param(
+        name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(cfg.param_dtype)
+    )
+
+
+_dense_init = nn.initializers.normal(stddev=0.02)
+
+
+def _constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+    return nn.with_logical_constraint(x, axes)
+
+
+# --------------------------------------------------------------------------------------------
+# Modules (parameter layout only; the math is in the pure functions above).
+
+
+class RMSNorm(nn.Module):
+    config: Qwen3Config
+    axis_name: str = "embed"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = _param(self, "scale", (x.shape[-1],), (self.axis_name,), nn.initializers.ones)
+        return rms_norm(x, scale, self.config.rms_norm_eps)
+
+
+class Attention(nn.Module):
+    config: Qwen3Config
+
+    @nn.compact
+    def __call__(self, x_btd, positions_bt, segment_bt, cache_end, kv_segment_bs, layer_cache):
+        cfg = self.config
+        dt = jnp.dtype(cfg.dtype)
+        d, h, k, e = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        wq = _param(self, "q_proj", (d, h, e), ("embed", "heads", "head_dim"), _dense_init)
+        wk = _param(self, "k_proj", (d, k, e), ("embed", "kv_heads", "head_dim"), _dense_init)
+        wv = _param(self, "v_proj", (d, k, e), ("embed", "kv_heads", "head_dim"), _dense_init)
+        wo = _param(self, "o_proj", (h, e, d), ("heads", "head_dim", "embed"), _dense_init)
+
+        q = jnp.einsum("btd,dhe->bthe", x_btd, wq.astype(dt))
+        kk = jnp.einsum("btd,dke->btke", x_btd, wk.astype(dt))
+        v = jnp.einsum("btd,dke->btke", x_btd, wv.astype(dt))
+        if cfg.qk_norm:
+            q = RMSNorm(cfg, "head_dim", name="q_norm")(q)
+            kk = RMSNorm(cfg, "head_dim", name="k_norm")(kk)
+        q = _constrain(rope(q, positions_bt, cfg.rope_theta), _ACT_HEADS)
+        kk = _constrain(rope(kk, positions_bt, cfg.rope_theta), _ACT_KV_HEADS)
+        v = _constrain(v, _ACT_KV_HEADS)
+
+        t = x_btd.shape[1]
+        if layer_cache is None:
+            kv_segment_bs, k_all, v_all = segment_bt, kk, v
+            q_slot_bt = jnp.broadcast_to(jnp.arange(t), segment_bt.shape)
+        else:
+            # Write this call's keys/values at slots [cache_end, cache_end + t).
+            start = (0, cache_end, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(layer_cache["k"], kk.astype(dt), start)
+            v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(dt), start)
+            q_slot_bt = jnp.broadcast_to(cache_end + jnp.arange(t), segment_bt.shape)
+            layer_cache = {"k": k_all, "v": v_all}
+
+        mask = attention_mask(segment_bt, kv_segment_bs, q_slot_bt)
+        out_bthe = attention(q, k_all, v_all, mask)
+        out_btd = jnp.einsum("bthe,hed->btd", out_bthe, wo.astype(dt))
+        return _constrain(out_btd, _ACT_EMBED), layer_cache
+
+
+class MLP(nn.Module):
+    config: Qwen3Config
+
+    @nn.compact
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        cfg = self.config
+        dt = jnp.dtype(cfg.dtype)
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        w_gate = _param(self, "gate_proj", (d, f), ("embed", "mlp"), _dense_init)
+        w_up = _param(self, "up_proj", (d, f), ("embed", "mlp"), _dense_init)
+        w_down = _param(self, "down_proj", (f, d), ("mlp", "embed"), _dense_init)
+        gate = jnp.einsum("btd,df->btf", x_btd, w_gate.astype(dt))
+        up = jnp.einsum("btd,df->btf", x_btd, w_up.astype(dt))
+        hidden = _constrain(jax.nn.silu(gate) * up, _ACT_MLP)
+        return _constrain(jnp.einsum("btf,fd->btd", hidden, w_down.astype(dt)), _ACT_EMBED)
+
+
+class DecoderLayer(nn.Module):
+    config: Qwen3Config
+
+    @nn.compact
+    def __call__(self, x_btd, positions_bt, segment_bt, cache_end, kv_segment_bs, layer_cache):
+        cfg = self.config
+        attn_out, layer_cache = Attention(cfg, name="self_attn")(
+            RMSNorm(cfg, name="input_layernorm")(x_btd),
+            positions_bt,
+            segment_bt,
+            cache_end,
+            kv_segment_bs,
+            layer_cache,
+        )
+        x_btd = x_btd + attn_out
+        x_btd = x_btd + MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attention_layernorm")(x_btd))
+        return _constrain(x_btd, _ACT_EMBED), layer_cache
+
+
+_ACT_EMBED = ("activation_batch", "activation_length", "activation_embed")
+_ACT_HEADS = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
+_ACT_KV_HEADS = (
+    "activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim",
+)  # fmt: skip
+_ACT_MLP = ("activation_batch", "activation_length", "activation_mlp")
+
+
+class Qwen3(nn.Module):
+    """Token ids -> final hidden states (+ updated cache). Unembedding lives outside so
+    log-probs can be computed chunk by chunk without materialising `[B, T, vocab]` logits."""
+
+    config: Qwen3Config
+
+    @nn.compact
+    def __call__(self, tokens_bt, positions_bt, segment_bt, cache: Cache | None = None):
+        cfg = self.config
+        embedding = _param(
+            self, "embed_tokens", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
+            nn.initializers.normal(stddev=0.02),
+        )  # fmt: skip
+        x_btd = _constrain(jnp.take(embedding, tokens_bt, axis=0).astype(cfg.dtype), _ACT_EMBED)
+
+        layer_cls = DecoderLayer
+        policy = _REMAT_POLICIES[cfg.remat_policy]
+        if cfg.remat_policy != "none":
+            layer_cls = nn.remat(layer_cls, policy=policy, prevent_cse=False)
+        layers = nn.scan(
+            layer_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg, name="layers")
+
+        if cache is None:
+            x_btd, _ = layers(x_btd, positions_bt, segment_bt, 0, None, None)
+            new_cache = None
+        else:
+            end = cache["end"]
+            # Slots of this call become valid before attention so queries see themselves.
+            segment_bs = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_bt, (0, end))
+            layer_caches = {"k": cache["k"], "v": cache["v"]}
+            x_btd, new_layers = layers(
+                x_btd, positions_bt, segment_bt, end, segment_bs, layer_caches
+            )
+            new_cache = {
+                "k": new_layers["k"],
+                "v": new_layers["v"],
+                "segment_ids": segment_bs,
+                "end": end + tokens_bt.shape[1],
+            }
+        x_btd = RMSNorm(cfg, name="norm")(x_btd)
+        if not cfg.tie_word_embeddings:
+            _param(
+                self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
+                _dense_init,
+            )  # fmt: skip
+        return x_btd, new_cache
+
+
+# --------------------------------------------------------------------------------------------
+# Functional API.
+
+
+def init_params(config: Qwen3Config, rng: jax.Array) -> Params:
+    """Random parameters (HF's initializer: normal(0.02), norms at one), as a plain pytree."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    variables = Qwen3(config).init(rng, tokens, tokens, jnp.ones_like(tokens))
+    return nn.unbox(variables["params"])
+
+
+@functools.lru_cache(maxsize=32)
+def param_logical_axes(config: Qwen3Config) -> Params:
+    """Pytree (same structure as params) of `PartitionSpec`s of logical axis names."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    boxed = jax.eval_shape(lambda: Qwen3(config).init(jax.random.key(0), tokens, tokens, tokens))
+    return nn.get_partition_spec(boxed["params"])
+
+
+def param_shapes(config: Qwen3Config) -> Params:
+    """Pytree of `jax.ShapeDtypeStruct` of the params, without allocating them."""
+    return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+def unembedding(config: Qwen3Config, params: Params) -> jax.Array:
+    """The `[d, vocab]` output projection (the transposed embedding when tied)."""
+    if config.tie_word_embeddings:
+        return params["embed_tokens"].T
+    return params["lm_head"]
+
+
+def hidden_states(
+    config: Qwen3Config,
+    params: Params,
+    tokens_bt: jax.Array,
+    positions_bt: jax.Array | None = None,
+    segment_ids_bt: jax.Array | None = None,
+    cache: Cache | None = None,
+) -> tuple[jax.Array, Cache | None]:
+    """Final (normed) hidden states `[b, t, d]` and the updated cache (None without one).
+
+    Without a cache, attention is causal within each segment (`segment_ids_bt`, 0 = padding;
+    default: one segment). With a cache, the tokens are written at slots
+    `[cache["end"], cache["end"] + t)` and attend to every valid earlier slot.
+    """
+    tokens_bt = jnp.asarray(tokens_bt, jnp.int32)
+    if positions_bt is None:
+        positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
+    if segment_ids_bt is None:
+        segment_ids_bt = jnp.ones_like(tokens_bt)
+    return Qwen3(config).apply(
+        {"params": params}, tokens_bt, positions_bt, jnp.asarray(segment_ids_bt, jnp.int32), cache
+    )
+
+
+def forward(
+    config: Qwen3Config,
+    params: Params,
+    tokens_bt: jax.Array,
+    positions_bt: jax.Array | None = None,
+    segment_ids_bt: jax.Array | None = None,
+    cache: Cache | None = None,
+) -> tuple[jax.Array, Cache | None]:
+    """Logits `[b, t, vocab]` in float32 (+ cache). For long sequences and the full Qwen3
+    vocabulary prefer `lopd_jax.models.logprobs`, which never materialises all logits."""
+    h_btd, cache = hidden_states(config, params, tokens_bt, positions_bt, segment_ids_bt, cache)
+    w_dv = unembedding(config, params).astype(config.dtype)
+    return jnp.einsum("btd,dv->btv", h_btd, w_dv, preferred_element_type=jnp.float32), cache
+
+
+def init_cache(config: Qwen3Config, batch_size: int, max_len: int) -> Cache:
+    """An empty KV cache of `max_len` slots per row (segment id 0 = empty slot)."""
+    shape = (config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim)
+    return {
+        "k": jnp.zeros(shape, config.dtype),
+        "v": jnp.zeros(shape, config.dtype),
+        "segment_ids": jnp.zeros((batch_size, max_len), jnp.int32),
+        "end": jnp.zeros((), jnp.int32),
+    }
+
+
+# Logical axis names of the cache entries (for sharding it like the activations).
+CACHE_LOGICAL_AXES = {
+    "k": ("layers", "activation_batch", "cache_length", "activation_kv_heads", "head_dim"),
+    "v": ("layers", "activation_batch", "cache_length", "activation_kv_heads", "head_dim"),
+    "segment_ids": ("activation_batch", "cache_length"),
+    "end": (),
+}

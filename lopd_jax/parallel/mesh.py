@@ -1,0 +1,77 @@
+"""Device meshes with axes ('data', 'fsdp', 'tensor') on CPU, GPU or TPU, one or many hosts."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import jax
+from jax.sharding import AxisType, Mesh
+
+MESH_AXES = ("data", "fsdp", "tensor")
+PRESETS = ("dp", "fsdp", "fsdp_tp")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """How to lay the devices out. `-1` in a size means "all remaining devices".
+
+    preset: `dp` (pure data parallel), `fsdp` (params sharded over all devices), `fsdp_tp`
+    (FSDP x tensor parallel with `tensor` devices per group); `custom` uses `shape` as is.
+    """
+
+    preset: str = "fsdp"
+    tensor: int = 1
+    shape: tuple[int, int, int] = (1, -1, 1)
+
+    def resolved_shape(self, num_devices: int) -> tuple[int, int, int]:
+        if self.preset == "dp":
+            shape = (-1, 1, 1)
+        elif self.preset == "fsdp":
+            shape = (1, -1, 1)
+        elif self.preset == "fsdp_tp":
+            shape = (1, -1, self.tensor)
+        elif self.preset == "custom":
+            shape = tuple(self.shape)
+        else:
+            raise ValueError(f"Unknown mesh preset {self.preset!r}; choose {PRESETS} or custom.")
+        known = math.prod(s for s in shape if s != -1)
+        if num_devices % known:
+            raise ValueError(
+                f"Mesh {dict(zip(MESH_AXES, shape))} does not divide {num_devices} devices."
+            )
+        resolved = tuple(num_devices // known if s == -1 else s for s in shape)
+        if math.prod(resolved) != num_devices:
+            raise ValueError(
+                f"Mesh {dict(zip(MESH_AXES, resolved))} uses {math.prod(resolved)} devices, "
+                f"but {num_devices} are available; use -1 for one axis."
+            )
+        return resolved
+
+
+def maybe_initialize_distributed() -> None:
+    """Joins the multi-host job when launched as one (TPU pods, SLURM, or explicit env vars).
+
+    Single-process runs (a laptop, one GPU node) are left alone.
+    """
+    multi_host = any(
+        k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES")
+    )
+    if multi_host and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+
+
+def make_mesh(config: MeshConfig | None = None, devices=None) -> Mesh:
+    """A mesh over `devices` (default: all devices of all hosts).
+
+    Axis types are Auto on purpose: shardings are stated at jit boundaries and by logical
+    constraints, and XLA propagates the rest; jax's newer Explicit default would require every
+    op to agree on shardings by type.
+    """
+    config = config or MeshConfig()
+    devices = list(devices if devices is not None else jax.devices())
+    shape = config.resolved_shape(len(devices))
+    return jax.make_mesh(
+        shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+    )

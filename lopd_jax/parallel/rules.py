@@ -1,0 +1,123 @@
+"""Logical axis names -> mesh axes: the one table that decides how everything is sharded.
+
+The model annotates parameters and activations with logical names only (`embed`, `heads`,
+`activation_batch`, ...). `RULES` maps each name to the mesh axes it may be split over;
+presets differ only in mesh shape (`lopd_jax.parallel.mesh`), so an axis of size 1 simply
+drops out. A mesh axis is also dropped for a dimension it does not divide (e.g. 8 kv heads on
+a 16-way tensor axis), which keeps every preset valid for every model size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MeshAxes = str | tuple[str, ...] | None
+AxisRules = tuple[tuple[str, MeshAxes], ...]
+
+BATCH_AXES = ("data", "fsdp")
+
+RULES: AxisRules = (
+    # Parameters: FSDP over the model width, tensor parallelism over heads / mlp / vocab.
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("layers", None),
+    # Activations: batch over every data-parallel axis, features over the tensor axis.
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_head_dim", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    ("cache_length", None),
+)
+
+
+def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:
+    if axes is None:
+        return ()
+    return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def logical_to_mesh_spec(
+    logical: Sequence[str | None],
+    shape: Sequence[int],
+    mesh: Mesh,
+    rules: AxisRules = RULES,
+) -> PartitionSpec:
+    """The mesh `PartitionSpec` for a `shape` whose dims carry `logical` names.
+
+    Mesh axes of size 1, axes already used by an earlier dim, and axes that would not divide
+    the dim evenly are left out (that dim is then replicated over them).
+    """
+    table = dict(rules)
+    used: set[str] = set()
+    spec = []
+    for name, size in zip(logical, shape, strict=True):
+        if name is not None and name not in table:
+            raise KeyError(f"Logical axis {name!r} has no rule in lopd_jax.parallel.rules.RULES.")
+        chosen: list[str] = []
+        for axis in _as_tuple(table.get(name)) if name else ():
+            n = mesh.shape.get(axis, 1)
+            if n == 1 or axis in used:
+                continue
+            if size % (math.prod(mesh.shape[a] for a in chosen) * n) == 0:
+                chosen.append(axis)
+        used.update(chosen)
+        spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
+    return PartitionSpec(*spec)
+
+
+def shardings_for(logical_tree: Any, shape_tree: Any, mesh: Mesh, rules: AxisRules = RULES) -> Any:
+    """`NamedSharding`s for a pytree of shapes given a matching pytree of logical specs."""
+    return jax.tree.map(
+        lambda logical, x: NamedSharding(
+            mesh, logical_to_mesh_spec(tuple(logical), x.shape, mesh, rules)
+        ),
+        logical_tree,
+        shape_tree,
+        is_leaf=lambda x: isinstance(x, PartitionSpec | tuple),
+    )
+
+
+def param_shardings(config, mesh: Mesh, rules: AxisRules = RULES) -> Any:
+    """Sharding of every model parameter (a pytree matching the params)."""
+    from lopd_jax.models import qwen3
+
+    return shardings_for(qwen3.param_logical_axes(config), qwen3.param_shapes(config), mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Batch-major arrays `[batch, ...]`: rows split over every data-parallel mesh axis."""
+    axes = tuple(a for a in BATCH_AXES if mesh.shape.get(a, 1) > 1)
+    return NamedSharding(mesh, PartitionSpec(axes or None, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: AxisRules = RULES) -> Iterator[None]:
+    """Traces run inside this context constrain activations by their logical names.
+
+    Only the axes present in `mesh` (size > 1) are kept, so the same rules serve every preset.
+    """
+    present = tuple(
+        (name, tuple(a for a in _as_tuple(axes) if mesh.shape.get(a, 1) > 1) or None)
+        for name, axes in rules
+    )
+    with nn.logical_axis_rules(present), jax.set_mesh(mesh):
+        yield
