@@ -1,0 +1,27 @@
+"""A tiny random Hugging Face Qwen3 shared by the sampling tests (built once per session)."""
+
+import pytest
+import torch
+import transformers
+
+from lopd_jax.models.hf import load_hf
+
+
+@pytest.fixture(scope="session")
+def hf_tiny(tmp_path_factory):
+    """`(hf_model, config, params)`: the same random weights in transformers and in lopd_jax.
+
+    A wide initializer makes next-token distributions peaked, so greedy argmaxes are far from
+    ties that float32 rounding could flip between the two implementations.
+    """
+    torch.manual_seed(0)
+    hf_config = transformers.Qwen3Config(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+        initializer_range=0.2, tie_word_embeddings=False, rope_theta=10_000.0,
+    )  # fmt: skip
+    model = transformers.Qwen3ForCausalLM(hf_config).eval()
+    path = tmp_path_factory.mktemp("hf_tiny")
+    model.save_pretrained(path)
+    config, params = load_hf(path)
+    return model, config, params
