@@ -226,9 +226,10 @@ def _torch_to_numpy(tensor, dtype: np.dtype) -> np.ndarray:
 def _numpy_to_torch(array: np.ndarray):
     import torch
 
+    array = np.require(array, requirements=["C", "W"])  # torch wants writable memory
     if array.dtype == ml_dtypes.bfloat16:
         return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.require(array, requirements=["C", "W"]))
+    return torch.from_numpy(array)
 
 
 def _expected_names(config: qwen3.Qwen3Config, table: list[_Tensor]) -> Iterator[str]:
@@ -397,7 +398,9 @@ def save_hf(
         tokenizer.save_pretrained(str(tmp))
         special = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
         special = {k: v for k, v in special.items() if v is not None}
-    config_to_hf(config, **special).save_pretrained(str(tmp))
+    # The pad id stays out of config.json: transformers would make it the embedding's
+    # padding_idx, which must lie inside the vocabulary (it does not for tiny test models).
+    config_to_hf(config, eos_token_id=special.get("eos_token_id")).save_pretrained(str(tmp))
     GenerationConfig(**special).save_pretrained(str(tmp))
 
     # Swap in the new directory; an existing export is only removed once the new one is in place.

@@ -353,6 +353,7 @@ class Qwen3(nn.Module):
 # Functional API.
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_params(config: Qwen3Config, rng: jax.Array) -> Params:
     """Random parameters (HF's initializer: normal(0.02), norms at one), as a plain pytree."""
     tokens = jnp.zeros((1, 1), jnp.int32)
@@ -380,6 +381,7 @@ def unembedding(config: Qwen3Config, params: Params) -> jax.Array:
     return params["lm_head"]
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def hidden_states(
     config: Qwen3Config,
     params: Params,
@@ -404,6 +406,7 @@ def hidden_states(
     )
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def forward(
     config: Qwen3Config,
     params: Params,
