@@ -7,6 +7,7 @@ import math
 import os
 
 import jax
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -19,11 +20,14 @@ class MeshConfig:
 
     preset: `dp` (pure data parallel), `fsdp` (params sharded over all devices), `fsdp_tp`
     (FSDP x tensor parallel with `tensor` devices per group); `custom` uses `shape` as is.
+    The preset lays out the devices of one slice (ICI); `dcn_data` slices (TPU multi-slice, or
+    GPU nodes) are stacked along `data`, so only gradient all-reduces cross the slow network.
     """
 
     preset: str = "fsdp"
     tensor: int = 1
     shape: tuple[int, int, int] = (1, -1, 1)
+    dcn_data: int = 1
 
     def resolved_shape(self, num_devices: int) -> tuple[int, int, int]:
         if self.preset == "dp":
@@ -71,7 +75,21 @@ def make_mesh(config: MeshConfig | None = None, devices=None) -> Mesh:
     """
     config = config or MeshConfig()
     devices = list(devices if devices is not None else jax.devices())
-    shape = config.resolved_shape(len(devices))
-    return jax.make_mesh(
-        shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    if config.dcn_data == 1:
+        shape = config.resolved_shape(len(devices))
+        return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+    if len(devices) % config.dcn_data:
+        raise ValueError(
+            f"dcn_data={config.dcn_data} does not divide the {len(devices)} devices; it is the "
+            "number of slices (TPU multi-slice) or hosts (GPU) to data-parallelise across."
+        )
+    ici_shape = config.resolved_shape(len(devices) // config.dcn_data)
+    # TPU devices know their slice; elsewhere each process (host) is one DCN granule.
+    devices_array = mesh_utils.create_hybrid_device_mesh(
+        ici_shape,
+        (config.dcn_data, 1, 1),
+        devices,
+        process_is_granule=not hasattr(devices[0], "slice_index"),
     )
+    return Mesh(devices_array, MESH_AXES, axis_types=axis_types)

@@ -121,3 +121,37 @@ def activation_sharding(mesh: Mesh, rules: AxisRules = RULES) -> Iterator[None]:
     )
     with nn.logical_axis_rules(present), jax.set_mesh(mesh):
         yield
+
+
+def optimizer_state_shardings(optimizer: Any, param_shardings: Any, mesh: Mesh) -> Any:
+    """Sharding of an optax state: moments like their params, everything else replicated.
+
+    `optax.tree_map_params` finds which state leaves mirror a parameter (Adam's `mu`, `nu`), so
+    this works for any optax chain without naming its state classes.
+    """
+    import optax
+
+    abstract_params = jax.tree.map(
+        lambda _: jax.ShapeDtypeStruct((), jax.numpy.float32), param_shardings
+    )
+    abstract_state = jax.eval_shape(optimizer.init, abstract_params)
+    return optax.tree_map_params(
+        optimizer,
+        lambda _, sharding: sharding,
+        abstract_state,
+        param_shardings,
+        transform_non_params=lambda _: replicated(mesh),
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
+
+
+def global_batch(mesh: Mesh, local_batch: Any) -> Any:
+    """Each process's rows (numpy, batch-major) -> global arrays split like `batch_sharding`.
+
+    On one host this is a sharded `device_put`; on many, every process passes its own rows and
+    the global batch is their concatenation in process order.
+    """
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x),
+        local_batch,
+    )
