@@ -14,6 +14,7 @@ that come after it); the tests show the gap.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -52,6 +53,7 @@ def _surrogate_nt(
     return jax.lax.stop_gradient(adv_nt) * logq_nt
 
 
+@partial(jax.jit, static_argnames=("family", "space", "adv_clip"))
 def surrogate_grad(
     family: Family,
     space: Space,
@@ -151,6 +153,7 @@ class GradientReport(NamedTuple):
         return self.g * self.sigma_delta
 
 
+@partial(jax.jit, static_argnames=("family", "space"))
 def gradient_report(
     family: Family,
     space: Space,

@@ -23,6 +23,7 @@ def is_correct_n(space: Space) -> np.ndarray:
     return seqs_nt[:, -1] == seqs_nt[:, :-1].sum(axis=1) % space.vocab
 
 
+@partial(jax.jit, static_argnames=("space",))
 def checksum_teacher(
     key: jax.Array, space: Space, style_scale: float = 1.5, confidence: float = 4.0
 ) -> jax.Array:
@@ -41,19 +42,20 @@ def checksum_teacher(
     return jax.nn.log_softmax(jnp.where(is_last_s[:, None], check_sv, style_sv), axis=-1)
 
 
+@partial(jax.jit, static_argnames=("space",))
 def p_correct(logq_sv: jax.Array, space: Space) -> jax.Array:
     """Probability that a policy's sample passes the checksum."""
     return jnp.exp(seq_logp_n(logq_sv, space)) @ is_correct_n(space).astype(logq_sv.dtype)
 
 
-@partial(jax.jit, static_argnames=("family", "space", "steps"))
+@partial(jax.jit, static_argnames=("family", "space"))
 def sft(
     family: Family,
     space: Space,
     theta0_p: jax.Array,
     data_n: jax.Array,
-    steps: int,
-    learning_rate: float = 0.1,
+    steps: int | jax.Array,
+    learning_rate: float | jax.Array = 0.1,
 ) -> jax.Array:
     """Maximum likelihood on a distribution over sequences, by `steps` of full-batch Adam.
 
@@ -68,10 +70,11 @@ def sft(
     def nll(theta_p: jax.Array) -> jax.Array:
         return -(data_n * seq_logp_n(family.logq_sv(theta_p, space), space)).sum()
 
-    def step(carry, _):
+    def step(_, carry):
         theta_p, opt_state = carry
         updates, opt_state = opt.update(jax.grad(nll)(theta_p), opt_state)
-        return (optax.apply_updates(theta_p, updates), opt_state), None
+        return optax.apply_updates(theta_p, updates), opt_state
 
-    (theta_p, _), _ = jax.lax.scan(step, (theta0_p, opt.init(theta0_p)), length=steps)
+    # A traced trip count: changing `steps` does not recompile.
+    theta_p, _ = jax.lax.fori_loop(0, steps, step, (theta0_p, opt.init(theta0_p)))
     return theta_p

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 
 import jax
 import jax.numpy as jnp
@@ -130,6 +130,7 @@ def seq_logp_n(logq_sv: jax.Array, space: Space) -> jax.Array:
     return token_logq_nt(logq_sv, space).sum(axis=-1)
 
 
+@partial(jax.jit, static_argnames=("space", "num"))
 def sample_weights(key: jax.Array, space: Space, logq_sv: jax.Array, num: int) -> jax.Array:
     """Empirical distribution (counts / num) of `num` i.i.d. sequences drawn from a policy.
 

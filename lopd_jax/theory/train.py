@@ -60,6 +60,7 @@ def buffer_sampled_sv(space: Space, buffer_n: jax.Array) -> jax.Array:
     return counts_sv.at[space.states_nt, space.seqs_nt].add(weights_nt) > 0
 
 
+@partial(jax.jit, static_argnames=("space",))
 def unsampled_mass(space: Space, logq_sv: jax.Array, buffer_n: jax.Array) -> jax.Array:
     """The leak: mass a policy puts, at buffer prefixes, on tokens the buffer never sampled there.
 
