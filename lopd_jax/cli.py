@@ -14,6 +14,8 @@ from pathlib import Path
 # stage name -> (module, default config file relative to the repo's configs/)
 STAGES: dict[str, tuple[str, str]] = {
     "smoke": ("lopd_jax.stages.smoke", "smoke.py"),
+    "sft": ("lopd_jax.stages.sft", "sft.py"),
+    "rollout": ("lopd_jax.stages.rollout", "rollout.py"),
 }
 
 _CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -56,13 +58,14 @@ def main(argv: list[str] | None = None) -> None:
     if not config_arg:
         rest = [f"--config={config_path}", *rest]
 
-    from absl import app, flags
+    from absl import app, flags, logging
     from ml_collections import config_flags
 
-    config_flag = config_flags.DEFINE_config_file("config", str(config_path), lock_config=True)
+    config_flag = config_flags.DEFINE_config_file("config", None, lock_config=True)
     module = importlib.import_module(module_name)
 
     def _run(_: list[str]) -> None:
+        logging.set_verbosity(logging.WARNING)  # absl's INFO lines drown the progress bars
         module.run(config_flag.value)
 
     flags.FLAGS.unparse_flags()

