@@ -1,0 +1,253 @@
+"""SFT examples: JSONL in, validated token arrays with response-only loss masks out.
+
+Input lines are `{"prompt": str, "response": str}` or `{"messages": [{"role", "content"}, ...]}`
+whose last message is the assistant's response (the only one trained on). Everything is
+validated and tokenised before training starts, so bad data stops the run with a clear error
+(or is skipped and counted, if asked) instead of crashing it midway.
+
+The data carries its teacher: an SFT data directory holds the JSONL and a `manifest.json`
+(kind `sft_data`) with the fingerprint of the teacher that wrote the responses. Lightning OPD
+needs that teacher again for log-probs; a bare JSONL is accepted with `teacher=None`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from lopd_jax import artifacts
+
+_log = logging.getLogger(__name__)
+
+SFT_DATA_KIND = "sft_data"
+DEFAULT_FILE = "data.jsonl"
+POLICIES = ("error", "skip")
+OVERLONG_POLICIES = ("truncate", "skip", "error")
+
+Messages = list[dict[str, str]]
+
+
+class SftDataError(ValueError):
+    """SFT data that cannot be used as it is (the message names the lines and the fix)."""
+
+
+class Renderer(Protocol):
+    """Turns a conversation into token ids and a loss mask (1 on the final response)."""
+
+    name: str
+    vocab_size: int
+
+    def render(self, messages: Messages) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class ChatTemplateRenderer:
+    """A Hugging Face tokenizer's chat template: the prompt is everything up to and including
+    the assistant header; the loss covers the response and its end-of-turn tokens."""
+
+    def __init__(self, tokenizer: Any, name: str):
+        self.tokenizer = tokenizer
+        self.name = name
+        self.vocab_size = len(tokenizer)
+
+    def render(self, messages: Messages) -> tuple[np.ndarray, np.ndarray]:
+        template = self.tokenizer.apply_chat_template
+        prompt = list(template(messages[:-1], add_generation_prompt=True, tokenize=True))
+        full = list(template(messages, tokenize=True))
+        if full[: len(prompt)] != prompt:
+            raise SftDataError(
+                "the chat template does not render the prompt as a prefix of the conversation, "
+                "so the response tokens cannot be located; use a template without "
+                "conversation-dependent prompt rendering."
+            )
+        mask = np.zeros(len(full), np.int32)
+        mask[len(prompt) :] = 1
+        return np.asarray(full, np.int32), mask
+
+
+class ByteRenderer:
+    """Tokenizer-free rendering for tests and toys: UTF-8 bytes plus four control ids.
+
+    `[BOS] prompt-bytes [SEP] response-bytes [EOS]`, the loss on the response bytes and EOS.
+    Earlier turns are joined as `role: content` lines. Fits a 260-token vocabulary.
+    """
+
+    PAD, BOS, SEP, EOS = 0, 1, 2, 3
+    OFFSET = 4
+    name = "bytes"
+    vocab_size = 256 + OFFSET
+
+    def encode(self, text: str) -> list[int]:
+        return [b + self.OFFSET for b in text.encode()]
+
+    def render(self, messages: Messages) -> tuple[np.ndarray, np.ndarray]:
+        prompt_text = "\n".join(
+            m["content"] if len(messages) == 2 else f"{m['role']}: {m['content']}"
+            for m in messages[:-1]
+        )
+        prompt = [self.BOS, *self.encode(prompt_text), self.SEP]
+        response = [*self.encode(messages[-1]["content"]), self.EOS]
+        mask = np.r_[np.zeros(len(prompt), np.int32), np.ones(len(response), np.int32)]
+        return np.asarray(prompt + response, np.int32), mask
+
+
+@dataclasses.dataclass(frozen=True)
+class SftSource:
+    """Where the SFT data came from and who wrote it."""
+
+    jsonl: Path
+    fingerprint: str  # sha256 of the JSONL
+    teacher: str | None  # fingerprint of the teacher that generated the responses
+
+
+def resolve_source(path: str | Path) -> SftSource:
+    """An SFT data directory (JSONL + manifest) or a bare JSONL file (teacher unknown)."""
+    path = Path(path)
+    if path.is_dir():
+        manifest = artifacts.read_manifest(path, SFT_DATA_KIND)
+        jsonl = path / manifest.get("file", DEFAULT_FILE)
+        teacher = manifest.get("teacher")
+    elif path.is_file():
+        jsonl, teacher = path, None
+        _log.warning(
+            "%s is a bare JSONL: its teacher is unknown (recorded as None). Lightning OPD will "
+            "refuse to pair it with teacher log-probs unless allow_inconsistent_teacher=True; "
+            "put it in a directory with an sft_data manifest naming the teacher.",
+            path,
+        )
+    else:
+        raise SftDataError(f"SFT data {path} does not exist.")
+    if not jsonl.is_file():
+        raise SftDataError(f"{jsonl} (named by {path}/manifest.json) does not exist.")
+    return SftSource(jsonl=jsonl, fingerprint=artifacts.fingerprint_file(jsonl), teacher=teacher)
+
+
+def write_sft_data(
+    directory: str | Path, records: Sequence[dict[str, Any]], *, teacher: str | None, **fields
+) -> SftSource:
+    """Writes records as an SFT data directory (JSONL + manifest), atomically."""
+    directory = Path(directory)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    artifacts.atomic_write_text(directory / DEFAULT_FILE, text)
+    artifacts.write_manifest(
+        directory, SFT_DATA_KIND, file=DEFAULT_FILE, teacher=teacher, num_examples=len(records),
+        **fields,
+    )  # fmt: skip
+    return resolve_source(directory)
+
+
+def parse_record(record: Any) -> Messages:
+    """A JSONL record -> messages ending with the assistant response (or SftDataError)."""
+    if not isinstance(record, dict):
+        raise SftDataError(f"expected a JSON object, got {type(record).__name__}")
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or len(messages) < 2:
+            raise SftDataError("'messages' must be a list of at least a prompt and a response")
+        for m in messages:
+            if not (
+                isinstance(m, dict)
+                and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)
+            ):
+                raise SftDataError("every message needs string 'role' and 'content' fields")
+        if messages[-1]["role"] != "assistant":
+            raise SftDataError("the last message must be the assistant's response")
+    elif "prompt" in record or "response" in record:
+        for field in ("prompt", "response"):
+            if not isinstance(record.get(field), str):
+                raise SftDataError(f"field {field!r} is missing or not a string")
+        messages = [
+            {"role": "user", "content": record["prompt"]},
+            {"role": "assistant", "content": record["response"]},
+        ]
+    else:
+        raise SftDataError("needs 'prompt' and 'response' fields, or 'messages'")
+    if not messages[-1]["content"].strip():
+        raise SftDataError("the response is empty")
+    return messages
+
+
+@dataclasses.dataclass
+class DataStats:
+    """What happened to the input lines (recorded in the checkpoint manifest)."""
+
+    lines: int = 0
+    examples: int = 0
+    skipped_bad: int = 0
+    skipped_overlong: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    loss_tokens: int = 0
+
+
+def load_examples(
+    jsonl: str | Path,
+    renderer: Renderer,
+    *,
+    max_len: int,
+    on_bad_example: str = "error",
+    overlong: str = "truncate",
+) -> tuple[list[dict[str, np.ndarray]], DataStats]:
+    """Reads, validates and renders every line: `[{"tokens", "loss_mask"}]` and the counts.
+
+    `on_bad_example`: `error` stops with every bad line listed; `skip` drops them (counted).
+    `overlong` (more than `max_len` tokens): `truncate` cuts the response, `skip` drops the
+    example, `error` stops. An example whose prompt alone leaves no room for a response token
+    is dropped (counted as skipped) unless `overlong="error"`.
+    """
+    if on_bad_example not in POLICIES or overlong not in OVERLONG_POLICIES:
+        raise ValueError(
+            f"on_bad_example={on_bad_example!r} (choose {POLICIES}), overlong={overlong!r} "
+            f"(choose {OVERLONG_POLICIES})."
+        )
+    stats, examples, bad, too_long = DataStats(), [], [], []
+    with open(jsonl, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            stats.lines += 1
+            try:
+                tokens, mask = renderer.render(parse_record(json.loads(line)))
+            except (json.JSONDecodeError, SftDataError) as e:
+                bad.append(f"line {line_no}: {e}")
+                continue
+            if len(tokens) > max_len:
+                prompt_len = int(np.argmax(mask))  # the first response token
+                if overlong == "error":
+                    too_long.append(f"line {line_no}: {len(tokens)} tokens (prompt {prompt_len})")
+                    continue
+                if overlong == "skip" or prompt_len >= max_len:
+                    stats.skipped_overlong += 1
+                    continue
+                tokens, mask = tokens[:max_len], mask[:max_len]
+                stats.truncated += 1
+            examples.append({"tokens": tokens, "loss_mask": mask})
+            stats.tokens += len(tokens)
+            stats.loss_tokens += int(mask.sum())
+    stats.skipped_bad = len(bad)
+    stats.examples = len(examples)
+    if bad and on_bad_example == "error":
+        raise SftDataError(_listing(jsonl, bad, "bad example(s)", "data.on_bad_example=skip"))
+    if too_long and overlong == "error":
+        raise SftDataError(
+            _listing(jsonl, too_long, f"example(s) over max_len={max_len}",
+                     "data.overlong=truncate or skip, or raise the sequence length")
+        )  # fmt: skip
+    if bad or stats.skipped_overlong:
+        _log.warning("%s: skipped %d bad and %d over-long example(s).", jsonl,
+                     stats.skipped_bad, stats.skipped_overlong)  # fmt: skip
+    if not examples:
+        raise SftDataError(f"{jsonl}: no usable examples ({dataclasses.asdict(stats)}).")
+    return examples, stats
+
+
+def _listing(jsonl, problems: list[str], what: str, fix: str) -> str:
+    shown = "\n  ".join(problems[:10])
+    more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+    return f"{jsonl}: {len(problems)} {what}:\n  {shown}{more}\nFix the data or set {fix}."

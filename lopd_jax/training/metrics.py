@@ -1,0 +1,75 @@
+"""Training metrics to `metrics.jsonl` (one JSON object per line) and TensorBoard.
+
+Only process 0 writes. A resumed run first drops the lines logged after its checkpoint, so the
+file reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax
+
+from lopd_jax import artifacts
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsWriter:
+    """`write(step, {"loss": ..., ...}, prefix="train")` -> a JSONL line and TB scalars."""
+
+    def __init__(
+        self, logdir: str | Path, *, resume_step: int | None = None, tensorboard: bool = True
+    ):
+        self.path = Path(logdir) / METRICS_FILE
+        self.enabled = jax.process_index() == 0
+        self._tb = None
+        if not self.enabled:
+            return
+        if resume_step is not None and self.path.exists():
+            kept = [
+                line
+                for line in self.path.read_text().splitlines(keepends=True)
+                if json.loads(line)["step"] <= resume_step
+            ]
+            artifacts.atomic_write_text(self.path, "".join(kept))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(logdir) / "tb"), purge_step=resume_step)
+
+    def write(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
+        if not self.enabled:
+            return
+        values = {f"{prefix}/{k}" if prefix else k: _number(v) for k, v in metrics.items()}
+        self._file.write(json.dumps({"step": int(step), **values}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for name, value in values.items():
+                self._tb.add_scalar(name, value, int(step))
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _number(value) -> float | int | None:
+    """A JSON-safe scalar (NaN and inf become None: JSON has no spelling for them)."""
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(logdir: str | Path) -> list[dict]:
+    """All logged lines of a run directory, in order."""
+    path = Path(logdir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
