@@ -59,8 +59,10 @@ def maybe_initialize_distributed() -> None:
 
     Single-process runs (a laptop, one GPU node) are left alone.
     """
-    multi_host = any(
-        k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES")
+    # launch/*.sh set LOPD_DISTRIBUTED=1; jax then finds the peers itself (TPU metadata,
+    # SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
+    multi_host = (
+        os.environ.get("LOPD_DISTRIBUTED") == "1" or "JAX_COORDINATOR_ADDRESS" in os.environ
     )
     if multi_host and not jax.distributed.is_initialized():
         jax.distributed.initialize()
