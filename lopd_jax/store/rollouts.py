@@ -307,6 +307,14 @@ class RolloutStore:
             raise StoreError(f"Rows [{start}, {stop}) outside the {self.num_rows} committed rows.")
         return self._gather(np.arange(start, stop), columns)
 
+    def row_table(self) -> dict[str, np.ndarray]:
+        """Every committed row's `offsets` (rows + 1), `prompt_len`, `prompt_index` and
+        `finish_reason` (indices into FINISH_REASONS)."""
+        n = self.num_rows
+        reads = {name: self._array(name)[:n].read() for name in ROW_COLUMNS}
+        reads["offsets"] = self._array("offsets")[: n + 1].read()
+        return {name: r.result() for name, r in reads.items()}
+
     def _gather(self, rows: np.ndarray, columns: Sequence[str]) -> dict[str, Any]:
         offsets = self._array("offsets")
         row_info = {

@@ -1,0 +1,117 @@
+"""`lopd rollout`: prompts + SFT model -> store; resumption after a crash; settings guard."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import lopd_jax
+from configs import rollout as rollout_config
+from lopd_jax.models import qwen3
+from lopd_jax.stages import rollout
+from lopd_jax.store import RolloutStore, StoreError
+
+PROMPT_LENS = [5, 2, 9, 3, 7, 1, 4]
+EOS_IDS = tuple(range(0, 64, 4))  # a 1-in-4 chance to stop per token: both finish reasons
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A tiny random model as a HF directory and a pre-tokenized prompts file."""
+    root = tmp_path_factory.mktemp("rollout")
+    config = qwen3.tiny_config(vocab_size=64)
+    params = qwen3.init_params(config, jax.random.key(0))
+    params["lm_head"] = params["lm_head"] * 50  # peaked distributions: some rows hit EOS
+    lopd_jax.save_hf(config, params, root / "sft")
+    rng = np.random.default_rng(0)
+    lines = [json.dumps({"prompt_ids": rng.integers(1, 64, n).tolist()}) for n in PROMPT_LENS]
+    (root / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    return root, config, params
+
+
+def _config(root, output, **overrides):
+    c = rollout_config.get_config()
+    c.update(
+        model=str(root / "sft"), prompts=str(root / "prompts.jsonl"), output=str(output),
+        n=2, max_new_tokens=6, eos_ids=EOS_IDS, chunk_rows=4, batch_size=8,
+    )  # fmt: skip
+    c.update(overrides)
+    return c
+
+
+def _contents(path):
+    store = RolloutStore.open(path)
+    rows = store.read_rows(0, store.num_rows, ("sampler_logprobs", "behavior_logprobs"))
+    return store, rows
+
+
+@pytest.fixture(scope="module")
+def reference(inputs):
+    root, _, _ = inputs
+    summary = rollout.run(_config(root, root / "reference.zarr"))
+    return summary, *_contents(root / "reference.zarr")
+
+
+def test_rollout_writes_the_store(inputs, reference):
+    root, config, params = inputs
+    summary, store, rows = reference
+    prompts = [json.loads(line)["prompt_ids"] for line in open(root / "prompts.jsonl")]
+
+    assert store.num_rows == 2 * len(PROMPT_LENS) and store.manifest["complete"]
+    assert store.manifest["sft_fingerprint"].startswith("hf:")
+    assert store.manifest["sampling"]["temperature"] == 0.8
+    assert sorted(store.read_rows(0, store.num_rows, ())["prompt_index"]) == sorted(
+        list(range(len(PROMPT_LENS))) * 2
+    )
+    assert list(rows["prompt_len"]) == sorted(rows["prompt_len"])  # sorted by length
+    reasons = summary["finish_reasons"]
+    assert reasons["stop"] + reasons["length"] == store.num_rows
+    assert summary["truncated"] == reasons["length"] > 0 and reasons["stop"] > 0
+
+    width = max(map(len, rows["tokens"]))
+    padded = np.zeros((store.num_rows, width), np.int32)
+    mask = np.zeros_like(padded)
+    for i, tokens in enumerate(rows["tokens"]):
+        padded[i, : len(tokens)], mask[i, : len(tokens)] = tokens, 1
+    forced = np.asarray(lopd_jax.token_logprobs(config, params, padded, attention_mask=mask))
+    for i, tokens in enumerate(rows["tokens"]):
+        p, response = rows["prompt_len"][i], tokens[rows["prompt_len"][i] :].tolist()
+        assert tokens[:p].tolist() == prompts[rows["prompt_index"][i]]
+        hits = [t in EOS_IDS for t in response]
+        if rows["finish_reason"][i] == 0:  # "stop": ends at its first stop id
+            assert hits.index(True) == len(response) - 1
+        else:  # "length": truncated at max_new_tokens, no stop id
+            assert len(response) == 6 and not any(hits)
+        # Stored sampler log-probs are the model's, aligned to the tokens they score.
+        np.testing.assert_allclose(
+            rows["sampler_logprobs"][i][p:], forced[i, p : len(tokens)], atol=1e-4
+        )
+
+
+def test_resume_after_crash_matches_uninterrupted(inputs, reference, monkeypatch):
+    root, _, _ = inputs
+    _, _, expected = reference
+    output = root / "crashed.zarr"
+    append = RolloutStore.append_chunk
+
+    def crash_on_third_chunk(self, *args, **kwargs):
+        if len(self.chunks) == 2:
+            raise KeyboardInterrupt("preempted")
+        return append(self, *args, **kwargs)
+
+    monkeypatch.setattr(RolloutStore, "append_chunk", crash_on_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        rollout.run(_config(root, output))
+    monkeypatch.undo()
+    assert RolloutStore.open(output).num_rows == 8
+
+    rollout.run(_config(root, output))
+    store, rows = _contents(output)
+    assert store.manifest["complete"] and store.complete_chunks() == [0, 1, 2, 3]
+    for name in ("tokens", "sampler_logprobs", "behavior_logprobs"):
+        for a, b in zip(rows[name], expected[name], strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    with pytest.raises(StoreError, match="sampling"):
+        rollout.run(_config(root, output, temperature=1.0))
