@@ -14,7 +14,6 @@ from pathlib import Path
 # stage name -> (module, default config file relative to the repo's configs/)
 STAGES: dict[str, tuple[str, str]] = {
     "smoke": ("lopd_jax.stages.smoke", "smoke.py"),
-    "rollout": ("lopd_jax.stages.rollout", "rollout.py"),
     "sft": ("lopd_jax.stages.sft", "sft.py"),
     "rollout": ("lopd_jax.stages.rollout", "rollout.py"),
 }
