@@ -220,6 +220,11 @@ def run(config: ConfigDict) -> dict[str, Any]:
     first = int(train_state.step)
     total = config.train.steps
     last: dict[str, Any] = {}
+    if resume_step is None:  # the base model's held-out loss: the baseline SFT should beat
+        base_loss = evaluate(
+            eval_step, train_state.params, heldout_rows, config.train.batch_size, mesh
+        )
+        writer.write(0, {"loss": base_loss}, prefix="eval")
     window_tokens, window_slots, window_start = 0, 0, time.perf_counter()
     try:
         for i in tqdm.trange(first, total, initial=first, total=total, desc="sft",

@@ -1,0 +1,130 @@
+"""The SFT stage end to end: held-out loss drops, bad data is counted, kill-and-resume is exact."""
+
+import importlib.util
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from lopd_jax import artifacts, cli
+from lopd_jax.data import sft, synthetic
+from lopd_jax.stages import sft as sft_stage
+from lopd_jax.training import checkpoint, metrics
+
+STEPS, INTERRUPT_AFTER = 6, 3
+BAD_LINES = [
+    {"prompt": "1+1="},  # missing response
+    {"prompt": "2+2=", "response": " "},  # empty response
+    {"prompt": "3+3=", "response": "6" * 100},  # over-long: truncated
+]
+
+
+def _config(workdir, data_dir):
+    spec = importlib.util.spec_from_file_location("sft_config", Path("configs/sft.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.workdir = str(workdir)
+    c.data.path = str(data_dir)
+    c.data.seq_len = 64
+    c.data.num_packing_bins = 8
+    c.data.eval_examples = 32
+    c.data.on_bad_example = "skip"
+    c.train.steps = STEPS
+    c.train.batch_size = 8
+    c.train.log_every = 1
+    c.train.eval_every = STEPS
+    c.optimizer.learning_rate = 3e-3
+    c.checkpoint.save_every = INTERRUPT_AFTER
+    return c
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("data") / "sft_data"
+    records = synthetic.addition_records(256, seed=0, max_digits=2)
+    sft.write_sft_data(directory, records[:100] + BAD_LINES + records[100:],
+                       teacher="hf:teacher-under-test")  # fmt: skip
+    return directory
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("full")
+    result = sft_stage.run(_config(workdir, data_dir))
+    return workdir, result
+
+
+def _final_params(workdir):
+    return checkpoint.load_params(Path(workdir) / "checkpoints")
+
+
+def test_heldout_loss_drops_and_manifest_records_provenance(uninterrupted, data_dir):
+    workdir, result = uninterrupted
+    evals = [m["eval/loss"] for m in metrics.read_metrics(workdir) if "eval/loss" in m]
+    assert len(evals) == 2 and evals[1] < evals[0] - 0.5, evals
+    assert result["eval_loss"] == pytest.approx(evals[1])
+
+    manifest = artifacts.read_manifest(workdir / "checkpoints", sft_stage.CHECKPOINT_KIND)
+    assert manifest["teacher"] == "hf:teacher-under-test"
+    assert manifest["sft_data"] == sft.resolve_source(data_dir).fingerprint
+    assert manifest["tokenizer"] == "bytes-v1"
+    assert manifest["base_model"] == "random-init:tiny:seed0"
+    stats = manifest["data_stats"]
+    assert (stats["skipped_bad"], stats["truncated"], stats["examples"]) == (2, 1, 257)
+
+    train = [m for m in metrics.read_metrics(workdir) if "train/loss" in m]
+    assert [m["step"] for m in train] == list(range(1, STEPS + 1))
+    assert all(0 < m["train/padding_efficiency"] <= 1 and m["train/tokens_per_s"] > 0
+               for m in train)  # fmt: skip
+
+
+def test_kill_and_resume_is_bit_identical(uninterrupted, data_dir, tmp_path, monkeypatch):
+    write = metrics.MetricsWriter.write
+
+    def crash_after_checkpoint(self, step, values, prefix=""):
+        if step == INTERRUPT_AFTER + 1 and prefix == "train":
+            raise KeyboardInterrupt("simulated kill")
+        write(self, step, values, prefix)
+
+    config = _config(tmp_path, data_dir)
+    with monkeypatch.context() as m:
+        m.setattr(metrics.MetricsWriter, "write", crash_after_checkpoint)
+        with pytest.raises(KeyboardInterrupt):
+            sft_stage.run(config)
+    assert checkpoint.CheckpointManager(tmp_path / "checkpoints", save_every=1, keep=1)\
+        .latest_step() == INTERRUPT_AFTER  # fmt: skip
+
+    sft_stage.run(config)
+    (_, got), (_, want) = _final_params(tmp_path), _final_params(uninterrupted[0])
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+    def losses(workdir):
+        return [(m["step"], m.get("train/loss"), m.get("eval/loss"))
+                for m in metrics.read_metrics(workdir)]  # fmt: skip
+
+    assert losses(tmp_path) == losses(uninterrupted[0])
+
+
+def test_bad_data_stops_before_training_with_the_fix(tmp_path, data_dir):
+    config = _config(tmp_path, data_dir)
+    config.data.on_bad_example = "error"
+    with pytest.raises(sft.SftDataError, match="2 bad example"):
+        sft_stage.run(config)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_different_data_in_same_workdir_is_refused(uninterrupted, tmp_path):
+    other = synthetic.write_addition_data(tmp_path / "other", 300, seed=1, max_digits=2)
+    config = _config(uninterrupted[0], other.jsonl.parent)
+    with pytest.raises(artifacts.ArtifactError, match="different sft_data"):
+        sft_stage.run(config)
+
+
+def test_cli_help_documents_every_option(capsys):
+    cli.main(["lopd", "sft", "--help"])
+    text = capsys.readouterr().out
+    assert "Lightning OPD, step 1" in text
+    for field in ("c.data.packing", "c.optimizer.warmup", "c.checkpoint.keep", "c.mesh.preset"):
+        assert field in text
