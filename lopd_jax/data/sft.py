@@ -48,7 +48,12 @@ class Renderer(Protocol):
 
 class ChatTemplateRenderer:
     """A Hugging Face tokenizer's chat template: the prompt is everything up to and including
-    the assistant header; the loss covers the response and its end-of-turn tokens."""
+    the assistant header; the loss covers the response and its end-of-turn tokens.
+
+    The conversation is rendered to text and tokenised once; a token is a response token when
+    its characters end past the prompt text, so BPE merges across the boundary cannot shift
+    the mask.
+    """
 
     def __init__(self, tokenizer: Any, name: str):
         self.tokenizer = tokenizer
@@ -57,17 +62,17 @@ class ChatTemplateRenderer:
 
     def render(self, messages: Messages) -> tuple[np.ndarray, np.ndarray]:
         template = self.tokenizer.apply_chat_template
-        prompt = list(template(messages[:-1], add_generation_prompt=True, tokenize=True))
-        full = list(template(messages, tokenize=True))
-        if full[: len(prompt)] != prompt:
+        prompt = template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        full = template(messages, tokenize=False)
+        if not full.startswith(prompt):
             raise SftDataError(
                 "the chat template does not render the prompt as a prefix of the conversation, "
-                "so the response tokens cannot be located; use a template without "
-                "conversation-dependent prompt rendering."
+                "so the response cannot be located; use a template that renders earlier turns "
+                "the same way whatever follows them."
             )
-        mask = np.zeros(len(full), np.int32)
-        mask[len(prompt) :] = 1
-        return np.asarray(full, np.int32), mask
+        encoded = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        ends = np.asarray([end for _, end in encoded["offset_mapping"]])
+        return np.asarray(encoded["input_ids"], np.int32), (ends > len(prompt)).astype(np.int32)
 
 
 class ByteRenderer:

@@ -111,13 +111,17 @@ def test_addition_records_are_correct():
 
 
 def test_chat_template_renderer_masks_the_assistant_turn():
-    class FakeTokenizer:  # character-level "chat template": enough to check the prefix logic
+    class FakeTokenizer:  # character-level tokenizer with a chat template
         def __len__(self):
             return 256
 
-        def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=True):
+        def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=False):
             text = "".join(f"<{m['role']}>{m['content']}|" for m in messages)
-            return [ord(c) for c in text + ("<assistant>" if add_generation_prompt else "")]
+            return text + ("<assistant>" if add_generation_prompt else "")
+
+        def __call__(self, text, add_special_tokens, return_offsets_mapping):
+            return {"input_ids": [ord(c) for c in text],
+                    "offset_mapping": [(i, i + 1) for i in range(len(text))]}  # fmt: skip
 
     renderer = sft.ChatTemplateRenderer(FakeTokenizer(), name="fake")
     tokens, mask = renderer.render(sft.parse_record({"prompt": "q", "response": "ab"}))
@@ -125,3 +129,13 @@ def test_chat_template_renderer_masks_the_assistant_turn():
     assert text == "<user>q|<assistant>ab|"
     assert "".join(chr(t) for t, m in zip(tokens, mask) if m) == "ab|"
     assert np.all(mask[: text.index("ab")] == 0)
+
+
+def test_qwen3_chat_template_masks_the_response():
+    tokenizer_lib = pytest.importorskip("lopd_jax.data.tokenizer")
+    tokenizer = tokenizer_lib.build_qwen3_tokenizer()
+    renderer = sft.ChatTemplateRenderer(tokenizer, name="qwen3")
+    response = "<think>\n2 and 2\n</think>\n\n4"
+    tokens, mask = renderer.render(sft.parse_record({"prompt": "2+2?", "response": response}))
+    assert tokenizer.decode(tokens[mask == 1]) == response + "<|im_end|>\n"
+    assert tokenizer.decode(tokens[mask == 0]).endswith("<|im_start|>assistant\n")
