@@ -86,7 +86,9 @@ def _render(row: dict[str, Any], tokenizer: Any, chat_template: bool) -> list[in
         raise ValueError(
             f"Prompt rows need 'prompt', 'messages' or 'prompt_ids'; got {sorted(row)}."
         )
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    # Render then encode: apply_chat_template(tokenize=True) returns a dict in transformers 5.
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)
 
 
 def read_prompts(

@@ -115,3 +115,25 @@ def test_resume_after_crash_matches_uninterrupted(inputs, reference, monkeypatch
 
     with pytest.raises(StoreError, match="sampling"):
         rollout.run(_config(root, output, temperature=1.0))
+
+
+def test_read_prompts_renders_chat_template(tmp_path):
+    from lopd_jax.data.tokenizer import build_qwen3_tokenizer, save_tokenizer
+
+    tokenizer = build_qwen3_tokenizer()
+    save_tokenizer(tokenizer, tmp_path / "tok")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    lines = [{"prompt": "What is 17 + 25?"}, {"messages": messages}, {"prompt_ids": [1, 2]}]
+    (tmp_path / "p.jsonl").write_text("\n".join(map(json.dumps, lines)))
+
+    prompts, loaded = rollout.read_prompts(
+        tmp_path / "p.jsonl", tmp_path / "tok", chat_template=True
+    )
+    user = [{"role": "user", "content": "What is 17 + 25?"}]
+    for ids, chat in zip(prompts, [user, messages]):
+        text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert ids == tokenizer.encode(text, add_special_tokens=False)
+        assert tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
+    assert prompts[2] == [1, 2]
+    config = _config(tmp_path, tmp_path / "unused", eos_ids=())
+    assert loaded.eos_token_id in rollout._stop_ids(config, tmp_path, loaded)
