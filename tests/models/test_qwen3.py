@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import HF_TINY_CONFIGS
+from hf_reference import HF_TINY_CONFIGS
 
 from lopd_jax.models import hf, logprobs, qwen3
 
