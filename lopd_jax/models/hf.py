@@ -11,6 +11,7 @@ is ever held. Export writes sharded safetensors plus `config.json` (and tokenize
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -303,6 +304,8 @@ def load_hf(
                     "from config.json."
                 )
 
+        # Devices holding slices of the same layers ask in turn: keep the last tensor read.
+        @functools.lru_cache(maxsize=1)
         def read(name, entry=entry, layer_shape=layer_shape):
             return _to_ours(store.read(name, np_dtype), entry, layer_shape)
 
