@@ -1,17 +1,16 @@
 """Hugging Face checkpoints <-> lopd_jax params, through one mapping table.
 
-`_TABLE` names, for every parameter, its HF tensor name and layout. Import and export both
-read it, so the two directions cannot drift apart. Import streams tensor by tensor from the
-safetensors files (single file or sharded index) straight onto the target sharding: each
-device's shard is cut from the stored tensor on the host, so no full second copy of the model
-is ever held. Export writes sharded safetensors plus `config.json` (and tokenizer and
+`_table` names, for every parameter, its HF tensor name and layout. Import and export both
+read it, so the two directions cannot drift apart. Import streams from the safetensors files
+(single file or sharded index) straight onto the target sharding: each parameter is assembled
+on the host, one at a time, and each device receives only its slice, so no second copy of the
+model is ever held. Export writes sharded safetensors plus `config.json` (and tokenizer and
 `generation_config.json`) that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -304,19 +303,18 @@ def load_hf(
                     "from config.json."
                 )
 
-        # Devices holding slices of the same layers ask in turn: keep the last tensor read.
-        @functools.lru_cache(maxsize=1)
-        def read(name, entry=entry, layer_shape=layer_shape):
-            return _to_ours(store.read(name, np_dtype), entry, layer_shape)
-
-        def shard(index, entry=entry, names=names, read=read):
-            if not entry.per_layer:
-                return read(names[0])[index]
-            layers = range(config.num_layers)[index[0]]
-            return np.stack([read(names[i])[index[1:]] for i in layers])
-
+        # One parameter (all its layers) at a time on the host: each stored tensor is read
+        # once, and each device receives only its slice of it.
+        host = np.empty(our_shape, np_dtype)
+        for i, name in enumerate(names):
+            host[i if entry.per_layer else ...] = _to_ours(
+                store.read(name, np_dtype), entry, layer_shape
+            )
         sharding = _get(shardings, entry.path) if shardings is not None else default
-        _set(params, entry.path, jax.make_array_from_callback(our_shape, sharding, shard))
+        _set(
+            params, entry.path, jax.make_array_from_callback(our_shape, sharding, host.__getitem__)
+        )
+        del host
     return config, params
 
 
