@@ -129,11 +129,24 @@ def _check_same_run(existing: dict[str, Any], manifest: dict[str, Any], ckpt_dir
             )
 
 
-def evaluate(eval_step, params, heldout_rows, batch_size: int, mesh) -> float:
-    """Token-mean cross-entropy on the held-out examples."""
-    loss_sum, weight = 0.0, 0.0
+def heldout_batches(heldout_rows, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """This process's held-out batches, padded with empty batches to the count of the process
+    with the most, since every process must join every (collective) eval step."""
     local_rows = batch_size // jax.process_count()
-    for batch in pipeline.fixed_batches(heldout_rows, local_rows):
+    batches = list(pipeline.fixed_batches(heldout_rows, local_rows))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        most = int(np.max(multihost_utils.process_allgather(np.array(len(batches)))))
+        empty = pipeline.pad_rows({k: v[:0] for k, v in batches[0].items()}, local_rows)
+        batches += [empty] * (most - len(batches))
+    return batches
+
+
+def evaluate(eval_step, params, batches, mesh) -> float:
+    """Token-mean cross-entropy over `batches`."""
+    loss_sum, weight = 0.0, 0.0
+    for batch in batches:
         s, aux = eval_step(params, rules.global_batch(mesh, batch))
         loss_sum, weight = loss_sum + float(s), weight + float(aux["weight"])
     return loss_sum / max(weight, 1.0)
@@ -197,8 +210,10 @@ def run(config: ConfigDict) -> dict[str, Any]:
             local_rows, drop_remainder=True
         )
     )
-    heldout_rows = pipeline.rows(heldout, seed=config.seed, shuffle=False, num_epochs=1,
-                                 **row_options)  # fmt: skip
+    heldout_rows = pipeline.rows(
+        heldout, seed=config.seed, shuffle=False, num_epochs=1, **row_options
+    )
+    eval_batches = heldout_batches(heldout_rows, config.train.batch_size)
 
     resume_step = manager.latest_step()
     if resume_step is None:
@@ -221,9 +236,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     total = config.train.steps
     last: dict[str, Any] = {}
     if resume_step is None:  # the base model's held-out loss: the baseline SFT should beat
-        base_loss = evaluate(
-            eval_step, train_state.params, heldout_rows, config.train.batch_size, mesh
-        )
+        base_loss = evaluate(eval_step, train_state.params, eval_batches, mesh)
         writer.write(0, {"loss": base_loss}, prefix="eval")
     window_tokens, window_slots, window_start = 0, 0, time.perf_counter()
     try:
@@ -248,11 +261,11 @@ def run(config: ConfigDict) -> dict[str, Any]:
                 writer.write(done, last, prefix="train")
                 window_tokens, window_slots, window_start = 0, 0, time.perf_counter()
             if done % config.train.eval_every == 0 or done == total:
-                eval_loss = evaluate(eval_step, train_state.params, heldout_rows,
-                                     config.train.batch_size, mesh)  # fmt: skip
+                eval_start = time.perf_counter()
+                eval_loss = evaluate(eval_step, train_state.params, eval_batches, mesh)
                 writer.write(done, {"loss": eval_loss}, prefix="eval")
                 last["eval_loss"] = eval_loss
-                window_start = time.perf_counter()  # evaluation is not training throughput
+                window_start += time.perf_counter() - eval_start  # not training throughput
             manager.save(train_state, train_iter, meta, force=done == total)
     finally:
         manager.wait()
