@@ -266,7 +266,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
                 writer.write(done, {"loss": eval_loss}, prefix="eval")
                 last["eval_loss"] = eval_loss
                 window_start += time.perf_counter() - eval_start  # not training throughput
-            manager.save(train_state, train_iter, meta, force=done == total)
+            manager.save(done, train_state, train_iter, meta, force=done == total)
     finally:
         manager.wait()
         manager.close()

@@ -51,14 +51,15 @@ class CheckpointManager:
 
     def save(
         self,
+        step: int,
         state: TrainState,
         data_iterator: Any,
         meta: dict[str, Any],
         *,
         force: bool = False,
     ) -> bool:
-        """Saves if `state.step` is due (or `force`); returns whether it did."""
-        step = int(state.step)
+        """Saves if `step` (`state.step`, passed so the host need not wait for the device) is
+        due, or if `force`; returns whether it did."""
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
             train=ocp.args.StandardSave(
