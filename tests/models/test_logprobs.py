@@ -52,8 +52,8 @@ def test_chunked_gradient_equals_full_logits_gradient():
         lp = jax.nn.log_softmax(logits[:, :-1], -1)
         return jnp.take_along_axis(lp, tokens[:, 1:, None], -1).sum()
 
-    v1, g1 = jax.value_and_grad(chunked)(params)
-    v2, g2 = jax.value_and_grad(full)(params)
+    v1, g1 = jax.jit(jax.value_and_grad(chunked))(params)
+    v2, g2 = jax.jit(jax.value_and_grad(full))(params)
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
