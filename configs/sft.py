@@ -11,7 +11,7 @@ def get_config() -> ConfigDict:
     c = ConfigDict()
     # Run directory: checkpoints/ (orbax + manifest.json), metrics.jsonl, tb/, sft_data/ when
     # the data is generated. Re-running with the same workdir resumes the run.
-    c.workdir = "/tmp/lopd/sft"
+    c.workdir = "runs/demo/sft"
     # Seeds the random init, the held-out split, the data order and the train-state RNG.
     c.seed = 0
 
