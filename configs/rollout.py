@@ -10,7 +10,8 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # Inputs and output.
-    c.model = "runs/demo/sft"  # SFT model: a lopd checkpoint dir (manifest.json) or a HF dir
+    # SFT model: a lopd checkpoint dir (`lopd sft` writes <workdir>/checkpoints) or a HF dir.
+    c.model = "runs/demo/sft/checkpoints"
     c.tokenizer = ""  # tokenizer directory; "" = the model directory
     c.prompts = "runs/demo/opd_prompts.jsonl"  # {"prompt"|"messages"|"prompt_ids": ...} lines
     c.output = "runs/demo/rollouts.zarr"  # rollout store: local path or gs://bucket/path
