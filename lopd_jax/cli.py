@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     from absl import app, flags, logging
     from ml_collections import config_flags
 
-    config_flag = config_flags.DEFINE_config_file("config", None, lock_config=True)
+    argv = [f"lopd {stage}", *rest]
+    # config_flags discovers the `--config.*` overrides from the argv it is given here.
+    config_flag = config_flags.DEFINE_config_file("config", None, lock_config=True, sys_argv=argv)
     module = importlib.import_module(module_name)
 
     def _run(_: list[str]) -> None:
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         module.run(config_flag.value)
 
     flags.FLAGS.unparse_flags()
-    app.run(_run, argv=[f"lopd {stage}", *rest])
+    app.run(_run, argv=argv)
 
 
 if __name__ == "__main__":

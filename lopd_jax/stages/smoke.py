@@ -43,17 +43,7 @@ def _torch_logprobs(model_dir: Path, tokens: np.ndarray, mask: np.ndarray) -> np
 def run(config) -> dict:
     out_dir = Path(config.out_dir)
     tokenizer = build_qwen3_tokenizer()
-    model_config = qwen3.Qwen3Config(
-        vocab_size=151_936,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        num_kv_heads=config.num_kv_heads,
-        head_dim=config.head_dim,
-        tie_word_embeddings=config.tie_word_embeddings,
-        logits_chunk_size=config.logits_chunk_size,
-    )
+    model_config = qwen3.Qwen3Config(vocab_size=151_936, **config.model)
     params = qwen3.init_params(model_config, jax.random.key(config.seed))
     print(f"random Qwen3: {model_config.num_params / 1e6:.1f}M params")
 
