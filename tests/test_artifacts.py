@@ -1,0 +1,69 @@
+"""Manifests, fingerprints, atomic writes and the teacher-consistency check."""
+
+import json
+
+import pytest
+
+from lopd_jax import artifacts
+
+
+def test_manifest_round_trip_and_kind_check(tmp_path):
+    written = artifacts.write_manifest(tmp_path, "sft_data", teacher="hf:abc", num_examples=3)
+    read = artifacts.read_manifest(tmp_path, "sft_data")
+    assert read == written and read["teacher"] == "hf:abc" and "jax" in read["versions"]
+    with pytest.raises(artifacts.ArtifactError, match="holds a 'sft_data' artifact, expected"):
+        artifacts.read_manifest(tmp_path, "rollouts")
+
+
+def test_missing_and_corrupt_manifests_name_the_fix(tmp_path):
+    with pytest.raises(artifacts.ArtifactError, match="not written by a lopd stage"):
+        artifacts.read_manifest(tmp_path)
+    (tmp_path / artifacts.MANIFEST).write_text('{"kind": "sft_da')
+    with pytest.raises(artifacts.ArtifactError, match=r"corrupt.*re-run"):
+        artifacts.read_manifest(tmp_path)
+
+
+def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path):
+    target = tmp_path / "out.json"
+    artifacts.atomic_write_text(target, "old")
+
+    with pytest.raises(TypeError):
+        artifacts.atomic_write_text(target, 123)  # fails after the temp file is created
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left
+
+
+def test_hf_fingerprint_tracks_config_and_weights(hf_tiny, tmp_path):
+    import shutil
+
+    _, path = hf_tiny("qwen3_tied_gqa2")
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    assert artifacts.fingerprint_hf_dir(copy) == artifacts.fingerprint_hf_dir(path)
+    config = json.loads((copy / "config.json").read_text()) | {"rms_norm_eps": 1e-5}
+    (copy / "config.json").write_text(json.dumps(config))
+    assert artifacts.fingerprint_hf_dir(copy) != artifacts.fingerprint_hf_dir(path)
+
+    shutil.copy(path / "config.json", copy / "config.json")
+    weights = bytearray((copy / "model.safetensors").read_bytes())
+    weights[-1] ^= 0xFF  # the last byte of the last tensor
+    (copy / "model.safetensors").write_bytes(bytes(weights))
+    assert artifacts.fingerprint_hf_dir(copy) != artifacts.fingerprint_hf_dir(path)
+    with pytest.raises(artifacts.ArtifactError, match=r"no config\.json"):
+        artifacts.fingerprint_hf_dir(tmp_path)
+
+
+def test_teacher_consistency_is_enforced_unless_allowed():
+    record = artifacts.check_teacher_consistency(
+        "hf:a", "hf:a", allow_inconsistent=False, where="opd"
+    )
+    assert record["teacher_consistent"]
+    for sft_teacher, opd_teacher in [("hf:a", "hf:b"), (None, "hf:b")]:
+        with pytest.raises(artifacts.TeacherMismatchError, match="allow_inconsistent_teacher"):
+            artifacts.check_teacher_consistency(
+                sft_teacher, opd_teacher, allow_inconsistent=False, where="opd"
+            )
+    record = artifacts.check_teacher_consistency(
+        "hf:a", "hf:b", allow_inconsistent=True, where="opd"
+    )
+    assert not record["teacher_consistent"] and record["allow_inconsistent_teacher"]
