@@ -13,15 +13,14 @@ template and the generation prompt), {"messages": [...]} (rendered the same way)
 Prompts are sorted by length for throughput; rows are written in chunks and a re-run resumes
 after the last complete chunk (same settings required; each row's draws depend only on the
 seed and its row index, so a resumed run samples what an uninterrupted one would). The
-manifest records the SFT model and tokenizer fingerprints, the teacher that made the SFT data
-(from the checkpoint's manifest), the sampling settings and, at the end, a summary of lengths
-and finish reasons.
+manifest records the SFT model fingerprint (and the checkpoint step loaded), the tokenizer
+fingerprint, the teacher that made the SFT data (from the checkpoint's manifest; None when
+unknown), the sampling settings and, at the end, a summary of lengths and finish reasons.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -47,30 +46,35 @@ _IDENTITY = ("sft_fingerprint", "prompts_fingerprint", "sampling", "n", "seed", 
 def load_model(path: str | Path, dtype: str) -> tuple[qwen3.Qwen3Config, qwen3.Params, dict]:
     """`(config, params, provenance)` of a HF directory or a lopd checkpoint directory.
 
-    Provenance: the model fingerprint and the teacher fingerprint from its manifest (the
-    teacher that generated its SFT data), when it has one.
+    Provenance: the model fingerprint, the teacher fingerprint from its manifest (the teacher
+    that generated its SFT data; None when unknown, kept so that OPD can refuse it) and, for a
+    checkpoint, the step loaded and the tokenizer it was trained with.
     """
     path = Path(path)
-    manifest_file = path / artifacts.MANIFEST
-    manifest = artifacts.read_manifest(path) if manifest_file.exists() else {}
     if (path / "config.json").exists():
         config, params = hf.load_hf(path, dtype=dtype)
-        fingerprint = artifacts.fingerprint_hf_dir(path)
-    elif manifest_file.exists():
-        from lopd_jax.training.checkpoint import load_params
+        manifest = artifacts.read_manifest(path) if (path / artifacts.MANIFEST).exists() else {}
+        provenance = {"sft_fingerprint": artifacts.fingerprint_hf_dir(path)}
+    elif (path / artifacts.MANIFEST).exists():
+        from lopd_jax.training import checkpoint
 
-        config, params = load_params(path)
+        manifest = artifacts.read_manifest(path)
+        step = checkpoint.resolve_step(path)  # once: params, fingerprint and record agree
+        config, params = checkpoint.load_params(path, step)
         config = config.replace(param_dtype=dtype, dtype=dtype)
         params = jax.tree.map(lambda x: x.astype(dtype), params)
-        steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
-        digest = hashlib.sha256(manifest_file.read_bytes() + str(steps[-1:]).encode())
-        fingerprint = "ckpt:" + digest.hexdigest()[:16]
+        provenance = {
+            "sft_fingerprint": checkpoint.checkpoint_fingerprint(path, step),
+            "sft_step": step,
+            "tokenizer_fingerprint": manifest.get("tokenizer"),
+        }
     else:
         raise artifacts.ArtifactError(
             f"{path}: neither a Hugging Face model directory (config.json) nor a lopd "
-            f"checkpoint ({artifacts.MANIFEST})."
+            f"checkpoint ({artifacts.MANIFEST}). Pass the SFT model: `lopd sft` writes it to "
+            "<workdir>/checkpoints."
         )
-    return config, params, {"sft_fingerprint": fingerprint, "teacher": manifest.get("teacher")}
+    return config, params, {**provenance, "teacher": manifest.get("teacher")}
 
 
 def _render(row: dict[str, Any], tokenizer: Any, chat_template: bool) -> list[int]:
@@ -117,6 +121,16 @@ def _stop_ids(config, model_path: Path, tokenizer: Any) -> tuple[int, ...]:
     if tokenizer is not None and tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return tuple(sorted(ids))
+
+
+def _check_tokenizer(model_tokenizer: str | None, prompts_tokenizer: str) -> None:
+    """Prompts tokenized otherwise than the model was trained would be sampled as garbage."""
+    if model_tokenizer is not None and model_tokenizer != prompts_tokenizer:
+        raise artifacts.ArtifactError(
+            f"The model was trained with tokenizer {model_tokenizer!r} but the prompts would be "
+            f"tokenized with {prompts_tokenizer!r}; set `tokenizer` to the directory of the "
+            "tokenizer the model was trained with."
+        )
 
 
 def _open_store(path: str, metadata: dict[str, Any]) -> RolloutStore:
@@ -174,7 +188,9 @@ def run(config) -> dict[str, Any]:
     if tokenizer is not None:
         from lopd_jax.data.tokenizer import tokenizer_fingerprint
 
-        provenance["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
+        fingerprint = tokenizer_fingerprint(tokenizer)
+        _check_tokenizer(provenance.get("tokenizer_fingerprint"), fingerprint)
+        provenance["tokenizer_fingerprint"] = fingerprint
 
     # Rows sorted by prompt length (then prompt, then sample): similar lengths share batches.
     order = sorted(

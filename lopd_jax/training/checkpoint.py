@@ -17,6 +17,8 @@ the last complete step.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,55 @@ def model_config_fields(config: qwen3.Qwen3Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def _read_only_manager(ckpt_dir: Path) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def _finished_step(manager: ocp.CheckpointManager, ckpt_dir: Path, step: int | None) -> int:
+    """`step`, or the latest step when None, if it was saved completely (orbax lists only
+    steps whose atomic rename happened, so a save cut short is never picked)."""
+    steps = sorted(manager.all_steps())
+    if not steps:
+        raise artifacts.ArtifactError(
+            f"{ckpt_dir} has no finished checkpoint step: its run stopped (or is still running) "
+            "before its first save. Resume that run (re-run its stage, e.g. `lopd sft`, with the "
+            "same workdir) or use a checkpoint directory that has a step."
+        )
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise artifacts.ArtifactError(
+            f"{ckpt_dir} has no finished checkpoint at step {step}; it has steps {steps}."
+        )
+    return step
+
+
+def resolve_step(ckpt_dir: str | Path, step: int | None = None) -> int:
+    """The step `load_params(ckpt_dir, step)` reads: `step` if it was saved, else the latest.
+
+    Resolve once and pass the result on, so that params, fingerprint and the step a later
+    stage records all name the same step while the run that writes it may still be saving.
+    """
+    ckpt_dir = Path(ckpt_dir).absolute()
+    manager = _read_only_manager(ckpt_dir)
+    try:
+        return _finished_step(manager, ckpt_dir, step)
+    finally:
+        manager.close()
+
+
+def checkpoint_fingerprint(ckpt_dir: str | Path, step: int | None = None) -> str:
+    """Identity of one step of a lopd checkpoint directory (the latest by default).
+
+    The run manifest is written once per run (a resumed run keeps it and a different run in
+    the same directory is refused) and records its config and creation time, so manifest +
+    step names the params without hashing them; a copy of the directory keeps it.
+    """
+    manifest = artifacts.read_manifest(ckpt_dir)
+    identity = {"manifest": manifest, "step": resolve_step(ckpt_dir, step)}
+    return "ckpt:" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def load_params(
     ckpt_dir: str | Path,
     step: int | None = None,
@@ -124,14 +175,9 @@ def load_params(
             f"{ckpt_dir} holds a {manifest.get('kind')!r} artifact, not a lopd training checkpoint."
         )
     config = qwen3.Qwen3Config(**manifest["model_config"])
-    manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
+    manager = _read_only_manager(ckpt_dir)
     try:
-        step = manager.latest_step() if step is None else step
-        if step is None or step not in manager.all_steps():
-            raise artifacts.ArtifactError(
-                f"{ckpt_dir} has no checkpoint at step {step}; it has steps "
-                f"{sorted(manager.all_steps())}."
-            )
+        step = _finished_step(manager, ckpt_dir, step)
         if shardings is None:
             device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
             shardings = jax.tree.map(lambda _: device, qwen3.param_shapes(config))

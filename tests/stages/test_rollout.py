@@ -5,6 +5,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from stage_helpers import write_prompt_ids
 
 import lopd_jax
 from configs import rollout as rollout_config
@@ -24,9 +25,7 @@ def inputs(tmp_path_factory):
     params = qwen3.init_params(config, jax.random.key(0))
     params["lm_head"] = params["lm_head"] * 50  # peaked distributions: some rows hit EOS
     lopd_jax.save_hf(config, params, root / "sft")
-    rng = np.random.default_rng(0)
-    lines = [json.dumps({"prompt_ids": rng.integers(1, 64, n).tolist()}) for n in PROMPT_LENS]
-    (root / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    write_prompt_ids(root / "prompts.jsonl", PROMPT_LENS, vocab_size=64)
     return root, config, params
 
 

@@ -1,11 +1,11 @@
 """The SFT stage end to end: held-out loss drops, bad data is counted, kill-and-resume is exact."""
 
-import importlib.util
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from stage_helpers import tiny_sft_config
 
 from lopd_jax import artifacts, cli
 from lopd_jax.data import sft, synthetic
@@ -21,23 +21,7 @@ BAD_LINES = [
 
 
 def _config(workdir, data_dir):
-    spec = importlib.util.spec_from_file_location("sft_config", Path("configs/sft.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
-    c.workdir = str(workdir)
-    c.data.path = str(data_dir)
-    c.data.seq_len = 64
-    c.data.num_packing_bins = 8
-    c.data.eval_examples = 32
-    c.data.on_bad_example = "skip"
-    c.train.steps = STEPS
-    c.train.batch_size = 8
-    c.train.log_every = 1
-    c.train.eval_every = STEPS
-    c.optimizer.learning_rate = 3e-3
-    c.checkpoint.save_every = INTERRUPT_AFTER
-    return c
+    return tiny_sft_config(workdir, data_dir, steps=STEPS, save_every=INTERRUPT_AFTER)
 
 
 @pytest.fixture(scope="module")

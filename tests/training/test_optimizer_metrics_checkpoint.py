@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lopd_jax import artifacts
+from lopd_jax.models import qwen3
 from lopd_jax.training import checkpoint, metrics, optimizer
 
 
@@ -58,3 +59,9 @@ def test_load_params_explains_what_is_wrong(tmp_path):
     artifacts.write_manifest(tmp_path, "sft_data", teacher=None)
     with pytest.raises(artifacts.ArtifactError, match="not a lopd training checkpoint"):
         checkpoint.load_params(tmp_path)
+    # A run killed before its first save: a manifest, no step.
+    config = checkpoint.model_config_fields(qwen3.tiny_config())
+    artifacts.write_manifest(tmp_path, "sft_checkpoint", model_config=config)
+    for read in (checkpoint.load_params, checkpoint.checkpoint_fingerprint):
+        with pytest.raises(artifacts.ArtifactError, match="no finished checkpoint step"):
+            read(tmp_path)

@@ -1,0 +1,124 @@
+"""`lopd sft` -> `lopd rollout`: the store names the checkpoint step it sampled, the teacher of
+the SFT data (None for a bare JSONL) and the tokenizer, and holds what that step generates."""
+
+import shutil
+
+import numpy as np
+import pytest
+from stage_helpers import tiny_sft_config, write_prompt_ids
+
+import lopd_jax
+from configs import rollout as rollout_config
+from lopd_jax import artifacts
+from lopd_jax.data import sft, synthetic
+from lopd_jax.stages import rollout
+from lopd_jax.stages import sft as sft_stage
+from lopd_jax.store import RolloutStore
+from lopd_jax.training import checkpoint
+
+STEPS = 2  # saved at every step: the store must name the last
+PROMPT_LENS = [3, 6, 4]
+EOS_IDS = (sft.ByteRenderer.EOS,)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("sft_to_rollout")
+
+
+@pytest.fixture(scope="module")
+def prompts(root):
+    return write_prompt_ids(
+        root / "prompts.jsonl", PROMPT_LENS, vocab_size=sft.ByteRenderer.vocab_size
+    )
+
+
+def _sft(root, name, data_path):
+    """Checkpoint directory of a tiny SFT run on `data_path`."""
+    sft_stage.run(tiny_sft_config(root / name, data_path, steps=STEPS, save_every=1))
+    return root / name / "checkpoints"
+
+
+def _rollout(root, model, output):
+    c = rollout_config.get_config()
+    c.update(
+        model=str(model), prompts=str(root / "prompts.jsonl"), output=str(output),
+        max_new_tokens=4, eos_ids=EOS_IDS, batch_size=8,
+    )  # fmt: skip
+    rollout.run(c)
+    return c, RolloutStore.open(output)
+
+
+@pytest.fixture(scope="module")
+def teacher_a(root, prompts):
+    """SFT on data written by teacher A, then a rollout from its checkpoint."""
+    records = synthetic.addition_records(64, seed=0, max_digits=2)
+    sft.write_sft_data(root / "sft_data", records, teacher="hf:teacher-A")
+    ckpt = _sft(root, "teacher_a", root / "sft_data")
+    return ckpt, *_rollout(root, ckpt, root / "teacher_a.zarr")
+
+
+def test_store_records_the_checkpoint_step_teacher_and_tokenizer(teacher_a):
+    ckpt, _, store = teacher_a
+    manifest = store.manifest
+    assert manifest["sft_step"] == STEPS
+    assert manifest["sft_fingerprint"] == checkpoint.checkpoint_fingerprint(ckpt, STEPS)
+    assert checkpoint.checkpoint_fingerprint(ckpt) == manifest["sft_fingerprint"]  # stable
+    assert checkpoint.checkpoint_fingerprint(ckpt, STEPS - 1) != manifest["sft_fingerprint"]
+    assert manifest["teacher"] == "hf:teacher-A"
+    assert manifest["tokenizer_fingerprint"] == "bytes-v1"
+
+
+def test_rows_are_what_the_checkpoint_generates(teacher_a, prompts):
+    ckpt, config, store = teacher_a
+    rows = store.read_rows(0, store.num_rows, ("sampler_logprobs",))
+    # Rollout row i draws from the seed and i, in store order: generate's row i does the same.
+    ordered = [prompts[i] for i in rows["prompt_index"]]
+
+    def generated(step):
+        model_config, params = checkpoint.load_params(ckpt, step)
+        return lopd_jax.generate(
+            model_config, params, ordered, max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature, eos_ids=EOS_IDS, seed=config.seed,
+        )  # fmt: skip
+
+    responses = [t[p:].tolist() for t, p in zip(rows["tokens"], rows["prompt_len"], strict=True)]
+    want = generated(STEPS)
+    assert responses == want.tokens
+    for got, expected, p in zip(
+        rows["sampler_logprobs"], want.logprobs, rows["prompt_len"], strict=True
+    ):
+        np.testing.assert_allclose(got[p:], expected, atol=1e-5)
+    assert generated(STEPS - 1).tokens != responses  # the comparison tells the steps apart
+
+
+def test_bare_jsonl_teacher_stays_none_through_the_chain(teacher_a, root):
+    jsonl = root / "bare.jsonl"
+    jsonl.write_text((root / "sft_data" / sft.DEFAULT_FILE).read_text())
+    ckpt = _sft(root, "bare", jsonl)
+    _, store = _rollout(root, ckpt, root / "bare.zarr")
+    assert artifacts.read_manifest(ckpt)["teacher"] is None
+    assert "teacher" in store.manifest and store.manifest["teacher"] is None
+    assert store.manifest["sft_fingerprint"] != teacher_a[2].manifest["sft_fingerprint"]
+
+
+def test_unusable_checkpoint_directories_are_explained(teacher_a, root):
+    ckpt = teacher_a[0]
+    no_step = root / "no_step"  # a run killed before its first save
+    no_step.mkdir()
+    shutil.copy(ckpt / artifacts.MANIFEST, no_step)
+    with pytest.raises(artifacts.ArtifactError, match=r"no finished checkpoint step.*lopd sft"):
+        _rollout(root, no_step, root / "no_step.zarr")
+
+    no_manifest = root / "no_manifest"
+    shutil.copytree(ckpt, no_manifest, ignore=shutil.ignore_patterns(artifacts.MANIFEST))
+    with pytest.raises(artifacts.ArtifactError, match="<workdir>/checkpoints"):
+        _rollout(root, no_manifest, root / "no_manifest.zarr")
+    assert not (root / "no_step.zarr").exists() and not (root / "no_manifest.zarr").exists()
+
+
+def test_prompts_tokenized_otherwise_than_the_model_are_refused():
+    rollout._check_tokenizer("bytes-v1", "bytes-v1")
+    rollout._check_tokenizer(None, "sha256:abc")  # a HF directory records no tokenizer
+    with pytest.raises(artifacts.ArtifactError, match="set `tokenizer`"):
+        rollout._check_tokenizer("bytes-v1", "sha256:abc")
