@@ -175,6 +175,15 @@ def config_to_hf(config: qwen3.Qwen3Config, **extra: Any):
     return hf_config
 
 
+def generation_eos_ids(path: str | os.PathLike) -> set[int]:
+    """The EOS ids in a model directory's `generation_config.json` (empty when absent)."""
+    file = Path(path) / "generation_config.json"
+    if not file.exists():
+        return set()
+    eos = json.loads(file.read_text()).get("eos_token_id")
+    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+
 # --------------------------------------------------------------------------------------------
 # Import.
 

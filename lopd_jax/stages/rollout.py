@@ -113,11 +113,7 @@ def _stop_ids(config, model_path: Path, tokenizer: Any) -> tuple[int, ...]:
     """The configured stop ids, else the model's generation_config.json and tokenizer EOS."""
     if config.eos_ids:
         return tuple(config.eos_ids)
-    ids: set[int] = set()
-    generation_config = model_path / "generation_config.json"
-    if generation_config.exists():
-        eos = json.loads(generation_config.read_text()).get("eos_token_id")
-        ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    ids = hf.generation_eos_ids(model_path)
     if tokenizer is not None and tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return tuple(sorted(ids))

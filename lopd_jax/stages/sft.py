@@ -61,6 +61,23 @@ def make_renderer(config: ConfigDict) -> tuple[sft.Renderer, str]:
     return sft.ChatTemplateRenderer(tok, name=fingerprint), fingerprint
 
 
+def save_generation_files(renderer: sft.Renderer, base: str, ckpt_dir: Path) -> None:
+    """Makes the checkpoint directory self-describing, like a HF directory: later stages find
+    the tokenizer there and the stop ids in `generation_config.json` (the tokenizer's EOS,
+    which ends a chat turn, plus the base model's own EOS ids)."""
+    if isinstance(renderer, sft.ChatTemplateRenderer):
+        renderer.tokenizer.save_pretrained(ckpt_dir)
+        stop_ids = {renderer.tokenizer.eos_token_id}
+    else:
+        stop_ids = {renderer.EOS}
+    if base:
+        stop_ids |= hf.generation_eos_ids(base)
+    artifacts.atomic_write_text(
+        ckpt_dir / "generation_config.json",
+        json.dumps({"eos_token_id": sorted(i for i in stop_ids if i is not None)}, indent=2),
+    )
+
+
 def resolve_data(config: ConfigDict, workdir: Path) -> sft.SftSource:
     if config.data.path:
         return sft.resolve_source(config.data.path)
@@ -198,6 +215,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         _check_same_run(artifacts.read_manifest(ckpt_dir, CHECKPOINT_KIND), manifest, ckpt_dir)
     elif jax.process_index() == 0:
         artifacts.write_manifest(ckpt_dir, CHECKPOINT_KIND, **manifest)
+        save_generation_files(renderer, config.model.base, ckpt_dir)
 
     local_rows = config.train.batch_size // jax.process_count()
     row_options = dict(

@@ -112,3 +112,27 @@ def test_cli_help_documents_every_option(capsys):
     assert "Lightning OPD, step 1" in text
     for field in ("c.data.packing", "c.optimizer.warmup", "c.checkpoint.keep", "c.mesh.preset"):
         assert field in text
+
+
+def test_checkpoint_dir_carries_tokenizer_and_stop_ids(tmp_path):
+    """Rollout reads the tokenizer and stop ids from the checkpoint dir, as from a HF dir."""
+    import json
+
+    from lopd_jax.data import tokenizer as tokenizer_lib
+    from lopd_jax.models import hf
+
+    tok = tokenizer_lib.build_qwen3_tokenizer()
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "generation_config.json").write_text(json.dumps({"eos_token_id": 151643}))
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    sft_stage.save_generation_files(sft.ChatTemplateRenderer(tok, "qwen3"), str(base), ckpt)
+    assert hf.generation_eos_ids(ckpt) == {tokenizer_lib.IM_END_ID, tokenizer_lib.ENDOFTEXT_ID}
+    reloaded = tokenizer_lib.load_tokenizer(ckpt)
+    assert tokenizer_lib.tokenizer_fingerprint(reloaded) == tokenizer_lib.tokenizer_fingerprint(tok)
+
+    toy = tmp_path / "toy"
+    toy.mkdir()
+    sft_stage.save_generation_files(sft.ByteRenderer(), "", toy)
+    assert hf.generation_eos_ids(toy) == {sft.ByteRenderer.EOS}
