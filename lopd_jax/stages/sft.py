@@ -12,7 +12,7 @@ tensor / data parallelism from `mesh.*`. Re-running with the same workdir resume
 (params, optimizer, step, data position) from the last checkpoint.
 
 Outputs in the workdir: checkpoints/, metrics.jsonl (train loss, grad norm, lr, tokens/s,
-padding efficiency; eval loss on held-out examples), tb/ (TensorBoard).
+padding efficiency; eval loss on held-out examples), tb/ (TensorBoard), metrics.png (curves).
 With no data path, a generated addition task is written to <workdir>/sft_data first, and with
 no base model a tiny random Qwen3 is trained: the defaults run on a laptop CPU in seconds.
 """
@@ -289,4 +289,6 @@ def run(config: ConfigDict) -> dict[str, Any]:
         manager.wait()
         manager.close()
         writer.close()
+    if jax.process_index() == 0:
+        metrics.plot_metrics(workdir, ("train/loss", "eval/loss", "train/grad_norm", "train/lr"))
     return {k: float(v) for k, v in last.items()}

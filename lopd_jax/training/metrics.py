@@ -73,3 +73,26 @@ def read_metrics(logdir: str | Path) -> list[dict]:
     """All logged lines of a run directory, in order."""
     path = Path(logdir) / METRICS_FILE
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def plot_metrics(logdir: str | Path, names: tuple[str, ...], filename: str = "metrics.png") -> Path:
+    """One panel per metric name against the step, saved next to `metrics.jsonl`."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on training hosts
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(logdir)
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        points = [(r["step"], r[name]) for r in rows if r.get(name) is not None]
+        if points:
+            ax.plot(*zip(*points), marker="." if len(points) < 50 else None)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(logdir) / filename
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

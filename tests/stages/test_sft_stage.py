@@ -62,6 +62,7 @@ def test_heldout_loss_drops_and_manifest_records_provenance(uninterrupted, data_
     assert [m["step"] for m in train] == list(range(1, STEPS + 1))
     assert all(0 < m["train/padding_efficiency"] <= 1 and m["train/tokens_per_s"] > 0
                for m in train)  # fmt: skip
+    assert (workdir / "metrics.png").stat().st_size > 10_000  # the curves were drawn
 
 
 def test_kill_and_resume_is_bit_identical(uninterrupted, data_dir, tmp_path, monkeypatch):
