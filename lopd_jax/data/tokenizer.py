@@ -15,7 +15,6 @@ import importlib.metadata
 import importlib.resources
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from tokenizers import (
@@ -30,6 +29,8 @@ from tokenizers import (
 )
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from lopd_jax.artifacts import atomic_write_text
 
 ENDOFTEXT_ID = 151643
 IM_START_ID = 151644
@@ -179,25 +180,12 @@ def _build_backend() -> Tokenizer:
     return backend
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that concurrent readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cached_backend_file(cache_dir: Path) -> Path:
     """Return the cached backend `tokenizer.json` in `cache_dir`, building it on a miss."""
     version = importlib.metadata.version(_RANKS_PACKAGE)
     path = cache_dir / f"qwen3-tokenizer-{_RANKS_PACKAGE}-{version}-v{_CACHE_FORMAT}.json"
     if not path.is_file():
-        _write_atomic(path, _build_backend().to_str())
+        atomic_write_text(path, _build_backend().to_str())
     return path
 
 

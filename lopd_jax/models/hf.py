@@ -22,9 +22,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 
+from lopd_jax import artifacts
 from lopd_jax.models import qwen3
 
 SUPPORTED_MODEL_TYPES = {"qwen3": True, "llama": False}  # model_type -> qk_norm
@@ -210,7 +210,7 @@ class _SafetensorsDir:
         for name in files:
             if not (path / name).exists():
                 raise CheckpointError(f"{path / name} is listed in the index but missing.")
-            self._handles[name] = safe_open(str(path / name), framework="pt")
+            self._handles[name] = safe_open(str(path / name), framework="np")
         if weight_map is None:
             weight_map = dict.fromkeys(self._handles["model.safetensors"].keys(), files[0])
         self.weight_map: dict[str, str] = weight_map
@@ -219,26 +219,8 @@ class _SafetensorsDir:
         return tuple(self._handles[self.weight_map[name]].get_slice(name).get_shape())
 
     def read(self, name: str, dtype: np.dtype) -> np.ndarray:
-        return _torch_to_numpy(self._handles[self.weight_map[name]].get_tensor(name), dtype)
-
-
-def _torch_to_numpy(tensor, dtype: np.dtype) -> np.ndarray:
-    import torch
-
-    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
-        array = tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    else:
-        array = tensor.numpy()
-    return array.astype(dtype, copy=False)
-
-
-def _numpy_to_torch(array: np.ndarray):
-    import torch
-
-    array = np.require(array, requirements=["C", "W"])  # torch wants writable memory
-    if array.dtype == ml_dtypes.bfloat16:
-        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(array)
+        # numpy (with ml_dtypes) reads bfloat16 too; no torch needed at run time.
+        return self._handles[self.weight_map[name]].get_tensor(name).astype(dtype, copy=False)
 
 
 def _expected_names(config: qwen3.Qwen3Config, table: list[_Tensor]) -> Iterator[str]:
@@ -365,7 +347,7 @@ def save_hf(
     Passing `tokenizer` also saves it and takes the EOS/pad ids for `generation_config.json`.
     Only process 0 writes; every process must call this (the gather is collective).
     """
-    from safetensors.torch import save_file
+    from safetensors.numpy import save_file
     from transformers import GenerationConfig
 
     path = Path(path)
@@ -373,34 +355,34 @@ def save_hf(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) if is_writer else None
 
-    shard: dict[str, Any] = {}
-    shard_bytes = 0
-    shards: list[dict[str, Any]] = []
+    # Only names and sizes outlive a written shard: one shard at most is held on the host.
+    shard: dict[str, np.ndarray] = {}
+    shard_names: list[list[str]] = []
+    total_bytes = 0
 
     def flush():
-        nonlocal shard, shard_bytes
+        nonlocal shard
         if shard:
-            shards.append(shard)
+            shard_names.append(list(shard))
             if is_writer:
-                save_file(shard, str(tmp / f"part-{len(shards):05d}.safetensors"))
-            shard, shard_bytes = {}, 0
+                save_file(shard, str(tmp / f"part-{len(shard_names):05d}.safetensors"))
+            shard = {}
 
     for name, array in _hf_tensors(config, params):
-        if shard_bytes and shard_bytes + array.nbytes > max_shard_bytes:
+        if shard and sum(a.nbytes for a in shard.values()) + array.nbytes > max_shard_bytes:
             flush()
-        shard[name] = _numpy_to_torch(array)
-        shard_bytes += array.nbytes
+        shard[name] = array
+        total_bytes += array.nbytes
     flush()
     if not is_writer:
         return path
 
-    weight_map, total = {}, 0
-    for k, tensors in enumerate(shards, start=1):
-        final = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+    weight_map = {}
+    for k, names in enumerate(shard_names, start=1):
+        final = f"model-{k:05d}-of-{len(shard_names):05d}.safetensors"
         os.rename(tmp / f"part-{k:05d}.safetensors", tmp / final)
-        weight_map.update(dict.fromkeys(tensors, final))
-        total += sum(t.numel() * t.element_size() for t in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        weight_map.update(dict.fromkeys(names, final))
+    index = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
     (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
     special = {}
@@ -413,12 +395,13 @@ def save_hf(
     config_to_hf(config, eos_token_id=special.get("eos_token_id")).save_pretrained(str(tmp))
     GenerationConfig(**special).save_pretrained(str(tmp))
 
-    # Swap in the new directory; an existing export is only removed once the new one is in place.
-    old = path.with_name(f".{path.name}.old") if path.exists() else None
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    os.chmod(tmp, 0o777 & ~artifacts.current_umask())  # mkdtemp's 0700 would hide it
+    # Swap in the new directory. An existing export is moved aside first and only deleted once
+    # the new one is in place; a crash in between leaves it intact as `.<name>.old`.
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
         os.rename(path, old)
     os.rename(tmp, path)
-    if old:
-        shutil.rmtree(old)
+    shutil.rmtree(old, ignore_errors=True)
     return path

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lopd_jax.models import qwen3
 
@@ -32,8 +33,8 @@ def map_logit_chunks(
     `[b, c, ...]` arrays, which are stitched back to `[b, t, ...]`.
     """
     b, t, _ = h_btd.shape
-    c = min(chunk_size, t)
-    n = -(-t // c)
+    c = max(1, min(chunk_size, t))  # t == 0 (one-token rows) gives one empty-padded chunk
+    n = max(1, -(-t // c))
 
     def to_chunks(x):
         x = jnp.pad(x, [(0, 0), (0, n * c - t)] + [(0, 0)] * (x.ndim - 2))
@@ -105,6 +106,14 @@ def token_logprobs(
     where `attention_mask` is 0 give 0 (and so does the first real token of a left-padded row,
     which has no context).
     """
+    if not isinstance(tokens, jax.core.Tracer):  # values can be checked outside a trace
+        tokens = np.asarray(tokens)
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= config.vocab_size):
+            # Out-of-range ids would silently embed as NaN.
+            raise ValueError(
+                f"token ids must lie in [0, {config.vocab_size}); got [{tokens.min()}, "
+                f"{tokens.max()}]. Was the text tokenized with another model's tokenizer?"
+            )
     tokens = jnp.asarray(tokens, jnp.int32)
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}.")

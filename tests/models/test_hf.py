@@ -11,6 +11,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 import lopd_jax
+from lopd_jax import artifacts
 from lopd_jax.models import hf
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
@@ -54,6 +55,8 @@ def test_export_with_tokenizer_and_bf16(hf_tiny, tmp_path):
     )
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["eos_token_id"] == tokenizer.eos_token_id
+    _, back = lopd_jax.load_hf(out, dtype="bfloat16")  # bfloat16 safetensors read back as is
+    jax.tree.map(np.testing.assert_array_equal, back, params)
 
 
 def test_export_replaces_an_existing_directory_atomically(hf_tiny, tmp_path):
@@ -65,6 +68,9 @@ def test_export_replaces_an_existing_directory_atomically(hf_tiny, tmp_path):
     lopd_jax.save_hf(config, params, out)
     assert not (out / "stale.txt").exists() and (out / "config.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp dirs left behind
+    umask = artifacts.current_umask()
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # readable by others, like a mkdir
+    assert (out / "config.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 @pytest.mark.parametrize("preset,tensor", [("fsdp", 1), ("fsdp_tp", 2)])

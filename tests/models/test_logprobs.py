@@ -79,3 +79,12 @@ def test_token_logprobs_rejects_bad_shapes():
         lopd_jax.token_logprobs(
             config, params, jnp.zeros((2, 5), jnp.int32), attention_mask=jnp.ones((2, 4))
         )
+
+
+def test_one_token_rows_and_out_of_vocabulary_ids():
+    config = qwen3.tiny_config(vocab_size=64, num_layers=1)
+    params = qwen3.init_params(config, jax.random.key(0))
+    out = lopd_jax.token_logprobs(config, params, np.array([[5], [7]]))
+    np.testing.assert_array_equal(out, np.zeros((2, 1)))  # nothing predicts the first token
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 64\)"):
+        lopd_jax.token_logprobs(config, params, np.array([[5, 64, 7]]))
