@@ -60,10 +60,21 @@ class ChatTemplateRenderer:
         self.name = name
         self.vocab_size = len(tokenizer)
 
+    def prompt_text(self, prompt: Messages) -> str:
+        """The turns before a response, then the assistant header the response follows."""
+        return self.tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, tokenize=False
+        )
+
+    def render_prompt(self, prompt: Messages) -> list[int]:
+        """Token ids of `prompt_text`: what a sampler continues with the response, and the
+        text that `render` keeps out of the loss when `prompt` is `messages[:-1]`."""
+        # Render then encode: apply_chat_template(tokenize=True) returns a dict in transformers 5.
+        return self.tokenizer.encode(self.prompt_text(prompt), add_special_tokens=False)
+
     def render(self, messages: Messages) -> tuple[np.ndarray, np.ndarray]:
-        template = self.tokenizer.apply_chat_template
-        prompt = template(messages[:-1], add_generation_prompt=True, tokenize=False)
-        full = template(messages, tokenize=False)
+        prompt = self.prompt_text(messages[:-1])
+        full = self.tokenizer.apply_chat_template(messages, tokenize=False)
         if not full.startswith(prompt):
             raise SftDataError(
                 "the chat template does not render the prompt as a prefix of the conversation, "

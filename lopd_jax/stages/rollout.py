@@ -7,23 +7,36 @@ and writes prompt + response tokens with their log-probs to a TensorStore rollou
 path or gs://). The teacher log-probs are later written into the same store by `lopd score`.
 
 Prompts JSONL, one object per line: {"prompt": "..."} (a user turn, rendered with the chat
-template and the generation prompt), {"messages": [...]} (rendered the same way), or
-{"prompt_ids": [...]} (already tokenized, used as is).
+template and the generation prompt), {"messages": [...]} (the turns before the response,
+rendered the same way: exactly the prompt SFT trains on, `ChatTemplateRenderer.render_prompt`),
+or {"prompt_ids": [...]} (already tokenized, used as is). Every id must be in the model's
+vocabulary.
 
 Prompts are sorted by length for throughput; rows are written in chunks and a re-run resumes
-after the last complete chunk (same settings required; each row's draws depend only on the
-seed and its row index, so a resumed run samples what an uninterrupted one would). The
-manifest records the SFT model fingerprint (and the checkpoint step loaded), the tokenizer
-fingerprint, the teacher that made the SFT data (from the checkpoint's manifest; None when
-unknown), the sampling settings and, at the end, a summary of lengths and finish reasons.
+after the last complete chunk. A resume must sample the same rows: the manifest records a
+fingerprint of the rendered prompts in order (so the prompts file, `limit`, `chat_template` and
+the tokenizer are covered), the sampling settings, `n`, the seed and the dtype, and a run that
+differs in any of them is refused; each row's draws depend only on the seed and its row index,
+so a resumed run samples what an uninterrupted one would. The manifest also records the SFT
+model fingerprint (and the checkpoint step loaded), the tokenizer fingerprint, the teacher that
+made the SFT data (from the checkpoint's manifest; None when unknown) and, at the end, a
+summary of lengths and finish reasons.
+
+The weights are loaded straight into their mesh shardings (`mesh="fsdp"` splits them over all
+devices, for models that do not fit one). Rollout is single-host for now: a multi-process job
+is refused (run it on one host with all its devices, or split the prompts file across hosts
+into separate stores).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +45,61 @@ import numpy as np
 import tqdm
 
 from lopd_jax import artifacts
+from lopd_jax.data import sft
 from lopd_jax.models import hf, qwen3
-from lopd_jax.parallel.mesh import MeshConfig, make_mesh
+from lopd_jax.parallel import mesh as mesh_lib
+from lopd_jax.parallel import rules
 from lopd_jax.sampling import Sampler, SamplingParams
 from lopd_jax.store import FINISH_REASONS, RolloutStore, StoreError
 
 log = logging.getLogger(__name__)
 
-# Manifest fields a resumed run must agree on (otherwise its rows would mix two samplers).
-_IDENTITY = ("sft_fingerprint", "prompts_fingerprint", "sampling", "n", "seed", "chunk_rows")
+# Manifest fields a resumed run must agree on (otherwise its rows would mix two samplers or two
+# prompt sets), with what a user changes to change them.
+_IDENTITY = {
+    "sft_fingerprint": "the model",
+    "prompt_ids_fingerprint": "the rendered prompts: prompts file, limit, chat_template, tokenizer",
+    "sampling": "sampling settings",
+    "n": "samples per prompt",
+    "seed": "seed",
+    "chunk_rows": "chunk_rows",
+    "dtype": "dtype",
+}
 
 
-def load_model(path: str | Path, dtype: str) -> tuple[qwen3.Qwen3Config, qwen3.Params, dict]:
-    """`(config, params, provenance)` of a HF directory or a lopd checkpoint directory.
+def _require_single_host() -> None:
+    """The sampler gathers its outputs on one host, and every host would write the store."""
+    if jax.process_count() > 1:
+        raise RuntimeError(
+            f"lopd rollout is single-host for now, but this job has {jax.process_count()} "
+            "processes. Run it on one host with all its devices, or split the prompts file "
+            "across hosts and give each host its own output store."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SftModel:
+    """The model to sample, known before its weights are read (the mesh is built first)."""
+
+    path: Path
+    config: qwen3.Qwen3Config  # params + compute in the rollout dtype
+    provenance: dict[str, Any]  # recorded in the store manifest
+    step: int | None  # the checkpoint step to load; None for a HF directory
+
+    def load_params(self, shardings: Any = None) -> qwen3.Params:
+        """The weights in `config.param_dtype`, each placed by `shardings` (None: one device)."""
+        dtype = self.config.param_dtype
+        if self.step is None:
+            return hf.load_hf(self.path, dtype=dtype, shardings=shardings)[1]
+        from lopd_jax.training import checkpoint
+
+        _, params = checkpoint.load_params(self.path, self.step, shardings=shardings)
+        # Restored in the dtype it was saved in; the cast keeps each device's shard in place.
+        return jax.tree.map(lambda x: x.astype(dtype), params)
+
+
+def describe_model(path: str | Path, dtype: str) -> SftModel:
+    """A HF directory or a lopd checkpoint directory (its latest step), weights unread.
 
     Provenance: the model fingerprint, the teacher fingerprint from its manifest (the teacher
     that generated its SFT data; None when unknown, kept so that OPD can refuse it) and, for a
@@ -52,17 +107,21 @@ def load_model(path: str | Path, dtype: str) -> tuple[qwen3.Qwen3Config, qwen3.P
     """
     path = Path(path)
     if (path / "config.json").exists():
-        config, params = hf.load_hf(path, dtype=dtype)
+        config = hf.config_from_hf(json.loads((path / "config.json").read_text()), dtype=dtype)
         manifest = artifacts.read_manifest(path) if (path / artifacts.MANIFEST).exists() else {}
-        provenance = {"sft_fingerprint": artifacts.fingerprint_hf_dir(path)}
+        step, provenance = None, {"sft_fingerprint": artifacts.fingerprint_hf_dir(path)}
     elif (path / artifacts.MANIFEST).exists():
         from lopd_jax.training import checkpoint
 
         manifest = artifacts.read_manifest(path)
+        if "model_config" not in manifest:
+            raise artifacts.ArtifactError(
+                f"{path} holds a {manifest.get('kind')!r} artifact, not a lopd training "
+                "checkpoint. Pass the SFT model: `lopd sft` writes it to <workdir>/checkpoints."
+            )
         step = checkpoint.resolve_step(path)  # once: params, fingerprint and record agree
-        config, params = checkpoint.load_params(path, step)
+        config = qwen3.Qwen3Config(**manifest["model_config"])
         config = config.replace(param_dtype=dtype, dtype=dtype)
-        params = jax.tree.map(lambda x: x.astype(dtype), params)
         provenance = {
             "sft_fingerprint": checkpoint.checkpoint_fingerprint(path, step),
             "sft_step": step,
@@ -74,39 +133,93 @@ def load_model(path: str | Path, dtype: str) -> tuple[qwen3.Qwen3Config, qwen3.P
             f"checkpoint ({artifacts.MANIFEST}). Pass the SFT model: `lopd sft` writes it to "
             "<workdir>/checkpoints."
         )
-    return config, params, {**provenance, "teacher": manifest.get("teacher")}
+    return SftModel(path, config, {**provenance, "teacher": manifest.get("teacher")}, step)
 
 
-def _render(row: dict[str, Any], tokenizer: Any, chat_template: bool) -> list[int]:
+_PROMPT_FIELDS = ("prompt_ids", "messages", "prompt")
+
+
+def _parse(line: str) -> dict[str, Any]:
+    row = json.loads(line)
+    if not isinstance(row, dict) or not any(k in row for k in _PROMPT_FIELDS):
+        raise ValueError(f"needs a JSON object with one of {_PROMPT_FIELDS}")
+    return row
+
+
+def _render(
+    row: dict[str, Any], renderer: sft.ChatTemplateRenderer | None, chat_template: bool
+) -> list[int]:
     if "prompt_ids" in row:
-        return [int(t) for t in row["prompt_ids"]]
+        ids = row["prompt_ids"]
+        if not isinstance(ids, list) or not all(type(t) is int for t in ids):
+            raise ValueError("'prompt_ids' must be a list of integers")
+        return ids
     if "messages" in row:
-        messages = row["messages"]
-    elif "prompt" in row:
-        if not chat_template:
-            return tokenizer.encode(row["prompt"], add_special_tokens=False)
-        messages = [{"role": "user", "content": row["prompt"]}]
-    else:
+        return renderer.render_prompt(row["messages"])
+    if not chat_template:
+        return renderer.tokenizer.encode(row["prompt"], add_special_tokens=False)
+    return renderer.render_prompt([{"role": "user", "content": row["prompt"]}])
+
+
+def _check_ids(ids: list[int], vocab_size: int) -> None:
+    """Ids outside the embedding table would be gathered as NaN rows, not fail."""
+    if not ids:
+        raise ValueError("the prompt has no tokens")
+    bad = sorted({t for t in ids if not 0 <= t < vocab_size})
+    if bad:
         raise ValueError(
-            f"Prompt rows need 'prompt', 'messages' or 'prompt_ids'; got {sorted(row)}."
+            f"token ids {bad[:8]} are outside the model's vocabulary [0, {vocab_size})"
         )
-    # Render then encode: apply_chat_template(tokenize=True) returns a dict in transformers 5.
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer.encode(text, add_special_tokens=False)
+
+
+@contextlib.contextmanager
+def _line(path: str | Path, line_no: int) -> Iterator[None]:
+    """Names the prompts line a ValueError (a JSON error included) came from."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(f"{path}, line {line_no}: {e}. Fix that line or drop it.") from e
 
 
 def read_prompts(
-    path: str | Path, tokenizer_path: str | Path, *, chat_template: bool, limit: int = 0
-) -> tuple[list[list[int]], Any]:
-    """Token ids of every prompt line, and the tokenizer (None if every row was tokenized)."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    rows = rows[:limit] if limit else rows
-    tokenizer = None
-    if any("prompt_ids" not in r for r in rows):
-        from lopd_jax.data.tokenizer import load_tokenizer
+    path: str | Path,
+    tokenizer_path: str | Path,
+    *,
+    chat_template: bool,
+    vocab_size: int,
+    limit: int = 0,
+) -> tuple[list[list[int]], sft.ChatTemplateRenderer | None]:
+    """Token ids of every prompt line (each checked against `vocab_size`), and the renderer
+    (None if every line was tokenized already)."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if limit and len(rows) == limit:
+            break
+        if line.strip():
+            with _line(path, n):
+                rows.append((n, _parse(line)))
+    renderer = None
+    if any("prompt_ids" not in row for _, row in rows):
+        from lopd_jax.data import tokenizer as tokenizer_lib
 
-        tokenizer = load_tokenizer(tokenizer_path)
-    return [_render(r, tokenizer, chat_template) for r in rows], tokenizer
+        tokenizer = tokenizer_lib.load_tokenizer(tokenizer_path)
+        fingerprint = tokenizer_lib.tokenizer_fingerprint(tokenizer)
+        renderer = sft.ChatTemplateRenderer(tokenizer, name=fingerprint)
+    prompts = []
+    for n, row in rows:
+        with _line(path, n):
+            prompts.append(_render(row, renderer, chat_template))
+            _check_ids(prompts[-1], vocab_size)
+    return prompts, renderer
+
+
+def prompt_ids_fingerprint(prompts: Sequence[Sequence[int]]) -> str:
+    """Identity of the rendered prompts in order: what decides every row's prompt."""
+    h = hashlib.sha256()
+    for ids in prompts:
+        h.update(np.int64(len(ids)).tobytes())
+        h.update(np.asarray(ids, np.int64).tobytes())
+    return "sha256:" + h.hexdigest()[:16]
 
 
 def _stop_ids(config, model_path: Path, tokenizer: Any) -> tuple[int, ...]:
@@ -134,11 +247,14 @@ def _open_store(path: str, metadata: dict[str, Any]) -> RolloutStore:
         store = RolloutStore.open(path)
     except StoreError:
         return RolloutStore.create(path, **metadata)
-    changed = [k for k in _IDENTITY if store.manifest.get(k) != metadata[k]]
+    changed = [
+        f"{k} ({what})" for k, what in _IDENTITY.items() if store.manifest.get(k) != metadata[k]
+    ]
     if changed:
         raise StoreError(
-            f"{path} holds rollouts made with different {changed}; resuming would mix them. "
-            "Use another output path (or delete the store to start over)."
+            f"{path} holds rollouts made with a different {'; '.join(changed)}, so resuming "
+            "would mix rows of two runs. Use a new output path, or rerun with the inputs and "
+            "settings that store was made with (its manifest.json records them)."
         )
     return store
 
@@ -164,29 +280,30 @@ def summarize(store: RolloutStore) -> dict[str, Any]:
 
 
 def run(config) -> dict[str, Any]:
-    model_path = Path(config.model)
-    model_config, params, provenance = load_model(model_path, config.dtype)
-    prompts, tokenizer = read_prompts(
+    mesh_lib.maybe_initialize_distributed()
+    _require_single_host()
+    model = describe_model(config.model, config.dtype)
+    prompts, renderer = read_prompts(
         config.prompts,
-        config.tokenizer or model_path,
+        config.tokenizer or model.path,
         chat_template=config.chat_template,
+        vocab_size=model.config.vocab_size,
         limit=config.limit,
     )
+    tokenizer = renderer.tokenizer if renderer is not None else None
     sampling = SamplingParams(
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
         top_k=config.top_k,
         top_p=config.top_p,
-        stop_ids=_stop_ids(config, model_path, tokenizer),
+        stop_ids=_stop_ids(config, model.path, tokenizer),
     )
     if not sampling.stop_ids:
         log.warning("No stop ids: every response runs to max_new_tokens.")
-    if tokenizer is not None:
-        from lopd_jax.data.tokenizer import tokenizer_fingerprint
-
-        fingerprint = tokenizer_fingerprint(tokenizer)
-        _check_tokenizer(provenance.get("tokenizer_fingerprint"), fingerprint)
-        provenance["tokenizer_fingerprint"] = fingerprint
+    provenance = dict(model.provenance)
+    if renderer is not None:
+        _check_tokenizer(provenance.get("tokenizer_fingerprint"), renderer.name)
+        provenance["tokenizer_fingerprint"] = renderer.name
 
     # Rows sorted by prompt length (then prompt, then sample): similar lengths share batches.
     order = sorted(
@@ -194,23 +311,29 @@ def run(config) -> dict[str, Any]:
         key=lambda r: (len(prompts[r[0]]), r),
     )
     metadata = {
-        "sft_checkpoint": str(model_path),
+        "sft_checkpoint": str(model.path),
         **provenance,
         "prompts": str(config.prompts),
         "prompts_fingerprint": artifacts.fingerprint_file(config.prompts),
+        "prompt_ids_fingerprint": prompt_ids_fingerprint(prompts),
         "num_prompts": len(prompts),
         "n": config.n,
         "seed": config.seed,
         "sampling": json.loads(json.dumps(dataclasses.asdict(sampling))),  # as stored
         "chunk_rows": config.chunk_rows,
+        "dtype": config.dtype,
         "config": config.to_dict(),
     }
-    store = _open_store(config.output, metadata)
+    store = _open_store(config.output, metadata)  # before the weights: a refusal is quick
     if store.num_rows:
         print(f"rollout: resuming {config.output} after {store.num_rows} of {len(order)} rows")
 
-    mesh = make_mesh(MeshConfig(preset=config.mesh)) if jax.device_count() > 1 else None
-    sampler = Sampler(model_config, params, mesh=mesh, batch_size=config.batch_size)
+    # The mesh first, so that each device reads only its shard of the weights.
+    mesh = None
+    if jax.device_count() > 1:
+        mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(preset=config.mesh))
+    params = model.load_params(rules.param_shardings(model.config, mesh) if mesh else None)
+    sampler = Sampler(model.config, params, mesh=mesh, batch_size=config.batch_size)
     bar = tqdm.tqdm(total=len(order), initial=store.num_rows, unit="row", desc="rollout")
     start_time, new_tokens = time.perf_counter(), 0
 

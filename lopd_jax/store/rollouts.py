@@ -103,14 +103,19 @@ class RolloutStore:
     @classmethod
     def create(cls, path: str | os.PathLike, **metadata: Any) -> RolloutStore:
         """A new empty store; `metadata` (fingerprints, settings) goes into the manifest."""
-        kv = ts.KvStore.open(_url(path)).result()
+        url = _url(path)
+        kv = ts.KvStore.open(url).result()
         if kv.read(artifacts.MANIFEST).result().state != "missing":
             raise StoreError(f"{path} already holds a store; open it to resume.")
+        # No manifest, no store: whatever a create killed before its manifest left behind
+        # (arrays; markers too, if a manifest was removed by hand) is overwritten, not reused.
+        kv.delete_range(ts.KvStore.KeyRange("chunks/", "chunks0")).result()
         for name, (dtype, fill) in TOKEN_COLUMNS.items():
-            _create_array(_url(path) + name, dtype, fill, (0,), TOKEN_CHUNK)
+            _create_array(url + name, dtype, fill, (0,), TOKEN_CHUNK, overwrite=True)
         for name, (dtype, fill) in ROW_COLUMNS.items():
-            _create_array(_url(path) + name, dtype, fill, (0,), ROW_CHUNK)
-        _create_array(_url(path) + "offsets", np.int64, 0, (1,), ROW_CHUNK)  # offsets[0] = 0
+            _create_array(url + name, dtype, fill, (0,), ROW_CHUNK, overwrite=True)
+        # offsets[0] = 0: row i is flat [offsets[i], offsets[i + 1]).
+        _create_array(url + "offsets", np.int64, 0, (1,), ROW_CHUNK, overwrite=True)
         manifest = {
             "kind": KIND,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -393,12 +398,19 @@ def _pad_batch(
 
 
 def _create_array(
-    url: str, dtype: Any, fill: Any, shape: tuple[int, ...], chunk_len: int
+    url: str,
+    dtype: Any,
+    fill: Any,
+    shape: tuple[int, ...],
+    chunk_len: int,
+    *,
+    overwrite: bool = False,
 ) -> ts.TensorStore:
     chunk = (chunk_len, *shape[1:])
     return ts.open(
         {"driver": "zarr3", "kvstore": url},
         create=True,
+        delete_existing=overwrite,
         dtype=ts.dtype(np.dtype(dtype).name),
         shape=shape,
         fill_value=fill,

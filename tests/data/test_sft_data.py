@@ -139,3 +139,17 @@ def test_qwen3_chat_template_masks_the_response():
     tokens, mask = renderer.render(sft.parse_record({"prompt": "2+2?", "response": response}))
     assert tokenizer.decode(tokens[mask == 1]) == response + "<|im_end|>\n"
     assert tokenizer.decode(tokens[mask == 0]).endswith("<|im_start|>assistant\n")
+
+
+def test_render_prompt_is_the_prompt_sft_trains_on():
+    tokenizer_lib = pytest.importorskip("lopd_jax.data.tokenizer")
+    renderer = sft.ChatTemplateRenderer(tokenizer_lib.build_qwen3_tokenizer(), name="qwen3")
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 17 + 25?"},
+        {"role": "assistant", "content": "42"},
+    ]
+    tokens, mask = renderer.render(messages)
+    prompt = renderer.render_prompt(messages[:-1])  # what rollout samples from
+    assert prompt == tokens[mask == 0].tolist()
+    assert renderer.tokenizer.decode(prompt).endswith("<|im_start|>assistant\n")

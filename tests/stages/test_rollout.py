@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from stage_helpers import write_prompt_ids
@@ -10,6 +11,8 @@ from stage_helpers import write_prompt_ids
 import lopd_jax
 from configs import rollout as rollout_config
 from lopd_jax.models import qwen3
+from lopd_jax.parallel import rules
+from lopd_jax.parallel.mesh import MeshConfig, make_mesh
 from lopd_jax.stages import rollout
 from lopd_jax.store import RolloutStore, StoreError
 
@@ -125,8 +128,8 @@ def test_read_prompts_renders_chat_template(tmp_path):
     lines = [{"prompt": "What is 17 + 25?"}, {"messages": messages}, {"prompt_ids": [1, 2]}]
     (tmp_path / "p.jsonl").write_text("\n".join(map(json.dumps, lines)))
 
-    prompts, loaded = rollout.read_prompts(
-        tmp_path / "p.jsonl", tmp_path / "tok", chat_template=True
+    prompts, renderer = rollout.read_prompts(
+        tmp_path / "p.jsonl", tmp_path / "tok", chat_template=True, vocab_size=len(tokenizer)
     )
     user = [{"role": "user", "content": "What is 17 + 25?"}]
     for ids, chat in zip(prompts, [user, messages]):
@@ -135,4 +138,63 @@ def test_read_prompts_renders_chat_template(tmp_path):
         assert tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
     assert prompts[2] == [1, 2]
     config = _config(tmp_path, tmp_path / "unused", eos_ids=())
-    assert loaded.eos_token_id in rollout._stop_ids(config, tmp_path, loaded)
+    eos = renderer.tokenizer.eos_token_id
+    assert eos in rollout._stop_ids(config, tmp_path, renderer.tokenizer)
+
+
+def test_resume_with_other_prompts_or_dtype_is_refused(inputs, reference):
+    root, _, _ = inputs
+    output = root / "reference.zarr"
+    with pytest.raises(StoreError, match=r"prompt_ids_fingerprint .*limit.*new output path"):
+        rollout.run(_config(root, output, limit=4))
+    with pytest.raises(StoreError, match="dtype"):
+        rollout.run(_config(root, output, dtype="bfloat16"))
+    rollout.run(_config(root, output))  # the same inputs: resumes, nothing left to sample
+    store = RolloutStore.open(output)
+    assert store.manifest["complete"] and store.num_rows == reference[1].num_rows
+
+
+@pytest.mark.parametrize(
+    "line, error",
+    [
+        ({"prompt_ids": [3, 64]}, r"line 3: token ids \[64\] are outside .*\[0, 64\)"),
+        ({"prompt_ids": [-1, 2]}, r"line 3: token ids \[-1\]"),
+        ({"prompt_ids": []}, "line 3: the prompt has no tokens"),
+        ({"prompt_ids": [1.5]}, "line 3: 'prompt_ids' must be a list of integers"),
+        ({"text": "hi"}, r"line 3: needs a JSON object with one of \('prompt_ids'"),
+    ],
+)
+def test_bad_prompt_lines_are_named(inputs, tmp_path, line, error):
+    root, _, _ = inputs
+    lines = [json.dumps({"prompt_ids": [1, 2]}), "", json.dumps(line)]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines))
+    config = _config(root, tmp_path / "out.zarr", prompts=str(tmp_path / "p.jsonl"))
+    with pytest.raises(ValueError, match=error):
+        rollout.run(config)
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_multi_host_jobs_are_refused(inputs, tmp_path, monkeypatch):
+    root, _, _ = inputs
+    joined = []
+    monkeypatch.setattr(rollout.mesh_lib, "maybe_initialize_distributed", lambda: joined.append(1))
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(RuntimeError, match=r"single-host.*own output store"):
+        rollout.run(_config(root, tmp_path / "out.zarr"))
+    assert joined and not (tmp_path / "out.zarr").exists()
+
+
+def test_weights_load_into_their_shardings_and_dtype(inputs):
+    root, _, params = inputs
+    model = rollout.describe_model(root / "sft", "bfloat16")
+    mesh = make_mesh(MeshConfig(preset="fsdp"))
+    shardings = rules.param_shardings(model.config, mesh)
+    loaded = model.load_params(shardings)
+    assert model.config.param_dtype == "bfloat16" and model.step is None
+    for got, want, sharding in zip(
+        jax.tree.leaves(loaded), jax.tree.leaves(params), jax.tree.leaves(shardings), strict=True
+    ):
+        assert got.dtype == jnp.bfloat16 and got.sharding == sharding
+        np.testing.assert_array_equal(got, np.asarray(want).astype(jnp.bfloat16))
+    gate = loaded["layers"]["mlp"]["gate_proj"]  # split over the 8 devices, not replicated
+    assert gate.addressable_shards[0].data.shape == (2, 64 // 8, 128)

@@ -3,6 +3,8 @@ the SFT data (None for a bare JSONL) and the tokenizer, and holds what that step
 
 import shutil
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from stage_helpers import tiny_sft_config, write_prompt_ids
@@ -11,6 +13,8 @@ import lopd_jax
 from configs import rollout as rollout_config
 from lopd_jax import artifacts
 from lopd_jax.data import sft, synthetic
+from lopd_jax.parallel import rules
+from lopd_jax.parallel.mesh import MeshConfig, make_mesh
 from lopd_jax.stages import rollout
 from lopd_jax.stages import sft as sft_stage
 from lopd_jax.store import RolloutStore
@@ -115,6 +119,22 @@ def test_unusable_checkpoint_directories_are_explained(teacher_a, root):
     with pytest.raises(artifacts.ArtifactError, match="<workdir>/checkpoints"):
         _rollout(root, no_manifest, root / "no_manifest.zarr")
     assert not (root / "no_step.zarr").exists() and not (root / "no_manifest.zarr").exists()
+
+
+def test_checkpoint_weights_load_into_their_shardings_and_dtype(teacher_a):
+    ckpt = teacher_a[0]
+    model = rollout.describe_model(ckpt, "bfloat16")
+    assert model.step == STEPS and model.config.param_dtype == "bfloat16"
+    shardings = rules.param_shardings(model.config, make_mesh(MeshConfig(preset="fsdp")))
+    loaded = model.load_params(shardings)
+    _, saved = checkpoint.load_params(ckpt, STEPS)
+    for got, want, sharding in zip(
+        jax.tree.leaves(loaded), jax.tree.leaves(saved), jax.tree.leaves(shardings), strict=True
+    ):
+        assert got.dtype == jnp.bfloat16 and got.sharding == sharding
+        np.testing.assert_array_equal(got, np.asarray(want).astype(jnp.bfloat16))
+    gate = loaded["layers"]["mlp"]["gate_proj"]  # split over the 8 devices, not replicated
+    assert gate.addressable_shards[0].data.shape[1] == gate.shape[1] // 8
 
 
 def test_prompts_tokenized_otherwise_than_the_model_are_refused():

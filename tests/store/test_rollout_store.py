@@ -117,3 +117,30 @@ def test_columns_per_chunk_and_batches(tmp_path):
         np.testing.assert_array_equal(b["teacher_logprobs"][j, :n], expected)
         assert not np.isnan(b["sampler_logprobs"]).any()
     assert batches[0]["teacher_topk_ids"].shape == (4, seq_len, 2)
+
+
+def test_create_overwrites_a_store_killed_before_its_manifest(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    old = RolloutStore.create(tmp_path / "r.zarr")
+    tokens, kw = _chunk(rng, 3)
+    old.append_chunk(tokens, **kw)
+    (tmp_path / "r.zarr" / "manifest.json").unlink()  # arrays and a marker, no manifest
+
+    def killed(self, key, value):
+        raise KeyboardInterrupt("killed before the manifest")
+
+    monkeypatch.setattr(RolloutStore, "_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        RolloutStore.create(tmp_path / "r.zarr", n=1)
+    monkeypatch.undo()
+    with pytest.raises(StoreError, match="No rollout store"):
+        RolloutStore.open(tmp_path / "r.zarr")
+
+    store = RolloutStore.create(tmp_path / "r.zarr", n=2)
+    assert store.manifest["n"] == 2 and store.num_rows == 0
+    assert store._array("tokens").shape == (0,)
+    tokens, kw = _chunk(rng, 2)
+    store.append_chunk(tokens, **kw)
+    reopened = RolloutStore.open(tmp_path / "r.zarr")
+    assert reopened.num_rows == 2 and reopened.complete_chunks() == [0]
+    _check_rows(reopened, 0, tokens, kw)
