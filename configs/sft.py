@@ -52,7 +52,8 @@ def get_config() -> ConfigDict:
     # Examples over seq_len: "truncate" the response, "skip" them, or "error". Counts are
     # recorded in the checkpoint manifest (data_stats).
     c.data.overlong = "truncate"
-    # Examples held out (seeded random subset) for the eval loss.
+    # Examples held out (seeded random subset) for the eval loss; 0 trains on every example
+    # and skips evaluation (no eval/loss in the metrics or the result).
     c.data.eval_examples = 128
 
     c.train = ConfigDict()

@@ -146,7 +146,7 @@ def _check_same_run(existing: dict[str, Any], manifest: dict[str, Any], ckpt_dir
             )
 
 
-def heldout_batches(heldout_rows, batch_size: int) -> list[dict[str, np.ndarray]]:
+def heldout_batches(heldout_rows, batch_size: int, seq_len: int) -> list[dict[str, np.ndarray]]:
     """This process's held-out batches, padded with empty batches to the count of the process
     with the most, since every process must join every (collective) eval step."""
     local_rows = batch_size // jax.process_count()
@@ -155,7 +155,8 @@ def heldout_batches(heldout_rows, batch_size: int) -> list[dict[str, np.ndarray]
         from jax.experimental import multihost_utils
 
         most = int(np.max(multihost_utils.process_allgather(np.array(len(batches)))))
-        empty = pipeline.pad_rows({k: v[:0] for k, v in batches[0].items()}, local_rows)
+        # Built from the shape, not from a batch of ours: this process may have none.
+        empty = {k: np.zeros((local_rows, seq_len), np.int32) for k in pipeline.FEATURES}
         batches += [empty] * (most - len(batches))
     return batches
 
@@ -231,7 +232,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     heldout_rows = pipeline.rows(
         heldout, seed=config.seed, shuffle=False, num_epochs=1, **row_options
     )
-    eval_batches = heldout_batches(heldout_rows, config.train.batch_size)
+    eval_batches = heldout_batches(heldout_rows, config.train.batch_size, config.data.seq_len)
 
     resume_step = manager.latest_step()
     if resume_step is None:
@@ -253,7 +254,9 @@ def run(config: ConfigDict) -> dict[str, Any]:
     first = int(train_state.step)
     total = config.train.steps
     last: dict[str, Any] = {}
-    if resume_step is None:  # the base model's held-out loss: the baseline SFT should beat
+    # No held-out examples: no eval loss at all (a 0.0 would read as a perfect model).
+    evaluating = bool(heldout)
+    if evaluating and resume_step is None:  # the base model's loss: the baseline SFT should beat
         base_loss = evaluate(eval_step, train_state.params, eval_batches, mesh)
         writer.write(0, {"loss": base_loss}, prefix="eval")
     window_tokens, window_slots, window_start = 0, 0, time.perf_counter()
@@ -278,7 +281,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
                 }
                 writer.write(done, last, prefix="train")
                 window_tokens, window_slots, window_start = 0, 0, time.perf_counter()
-            if done % config.train.eval_every == 0 or done == total:
+            if evaluating and (done % config.train.eval_every == 0 or done == total):
                 eval_start = time.perf_counter()
                 eval_loss = evaluate(eval_step, train_state.params, eval_batches, mesh)
                 writer.write(done, {"loss": eval_loss}, prefix="eval")

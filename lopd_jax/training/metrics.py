@@ -1,7 +1,7 @@
 """Training metrics to `metrics.jsonl` (one JSON object per line) and TensorBoard.
 
-Only process 0 writes. A resumed run first drops the lines logged after its checkpoint, so the
-file reads as one uninterrupted run.
+Only process 0 writes. A resumed run first drops what was logged after its checkpoint (a run
+restarted before its first checkpoint: everything), so the logs read as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -29,11 +29,14 @@ class MetricsWriter:
         self._tb = None
         if not self.enabled:
             return
-        if resume_step is not None and self.path.exists():
+        # Steps after the checkpoint (or every step, for a run restarted before its first
+        # checkpoint) will be logged again: drop them from both logs.
+        first_new_step = 0 if resume_step is None else resume_step + 1
+        if self.path.exists():
             kept = [
                 line
                 for line in self.path.read_text().splitlines(keepends=True)
-                if json.loads(line)["step"] <= resume_step
+                if json.loads(line)["step"] < first_new_step
             ]
             artifacts.atomic_write_text(self.path, "".join(kept))
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,15 +44,17 @@ class MetricsWriter:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(logdir) / "tb"), purge_step=resume_step)
+            # TensorBoard hides the earlier events at steps >= purge_step.
+            self._tb = SummaryWriter(str(Path(logdir) / "tb"), purge_step=first_new_step)
 
     def write(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
         if not self.enabled:
             return
-        values = {f"{prefix}/{k}" if prefix else k: _number(v) for k, v in metrics.items()}
-        self._file.write(json.dumps({"step": int(step), **values}) + "\n")
+        values = {f"{prefix}/{k}" if prefix else k: _scalar(v) for k, v in metrics.items()}
+        json_values = {name: _json_safe(value) for name, value in values.items()}
+        self._file.write(json.dumps({"step": int(step), **json_values}) + "\n")
         self._file.flush()
-        if self._tb is not None:
+        if self._tb is not None:  # TensorBoard shows NaN and inf as they are
             for name, value in values.items():
                 self._tb.add_scalar(name, value, int(step))
 
@@ -61,12 +66,14 @@ class MetricsWriter:
             self._tb.close()
 
 
-def _number(value) -> float | int | None:
-    """A JSON-safe scalar (NaN and inf become None: JSON has no spelling for them)."""
-    value = value.item() if hasattr(value, "item") else value
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def _scalar(value) -> float | int:
+    """A Python number from a Python, NumPy or JAX scalar."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _json_safe(value: float | int) -> float | int | None:
+    """NaN and inf become None: JSON has no spelling for them."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def read_metrics(logdir: str | Path) -> list[dict]:

@@ -40,8 +40,16 @@ class OptimizerConfig:
         return cls(**fields)
 
 
+def linear_warmup(peak: float, steps: int) -> optax.Schedule:
+    """Update `i` (0-based) gets `peak * (i + 1) / steps`, reaching the peak at the last one.
+
+    Not optax's `linear_schedule(0, peak, steps)`: its lr 0 makes the first update a no-op.
+    """
+    return lambda count: peak * (count + 1) / steps
+
+
 def make_schedule(config: OptimizerConfig) -> optax.Schedule:
-    """Step -> learning rate."""
+    """Optimizer update count (0-based) -> learning rate."""
     peak, steps = config.learning_rate, max(config.total_steps, 1)
     warmup = round(config.warmup * steps)
     end = peak * config.final_lr_fraction
@@ -57,7 +65,7 @@ def make_schedule(config: OptimizerConfig) -> optax.Schedule:
         raise ValueError(f"Unknown schedule {config.schedule!r}; choose one of {SCHEDULES}.")
     if warmup == 0:
         return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+    return optax.join_schedules([linear_warmup(peak, warmup), decay], [warmup])
 
 
 def decay_mask(params: Any) -> Any:

@@ -21,14 +21,23 @@ NUM_STEPS = 3
 
 
 def _batch(rows=16, length=32, seed=0):
+    """Rows packing 1-3 segments of random lengths (then padding), each with a random prompt
+    length (no loss): microbatches hold different numbers of loss tokens, so a mean of
+    per-microbatch means would differ from the batch's token mean."""
     rng = np.random.default_rng(seed)
-    positions = np.tile(np.arange(length, dtype=np.int32), (rows, 1))
-    return {
-        "tokens": rng.integers(0, CONFIG.vocab_size, (rows, length), dtype=np.int32),
-        "positions": positions,
-        "segment_ids": np.ones((rows, length), np.int32),
-        "loss_mask": (positions > 8).astype(np.int32),
+    batch = {
+        k: np.zeros((rows, length), np.int32) for k in ("positions", "segment_ids", "loss_mask")
     }
+    batch["tokens"] = rng.integers(0, CONFIG.vocab_size, (rows, length), dtype=np.int32)
+    for row in range(rows):
+        start = 0
+        for segment, size in enumerate(rng.integers(4, 11, rng.integers(1, 4)), start=1):
+            end = start + size
+            batch["positions"][row, start:end] = np.arange(size)
+            batch["segment_ids"][row, start:end] = segment
+            batch["loss_mask"][row, start + rng.integers(1, size) : end] = 1
+            start = end
+    return batch
 
 
 def _train(mesh, num_microbatches):
