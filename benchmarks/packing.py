@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
+from common import append_results, load_average
 
 from lopd_jax.data import pipeline
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 PROMPT_MEDIAN, PROMPT_SIGMA = 120, 0.8
 RESPONSE_MEDIAN, RESPONSE_SIGMA = 3500, 0.7
 
@@ -76,12 +74,6 @@ def epoch_efficiency(
         num_rows += len(segment_ids)
         num_segments += int(np.sum(segment_ids.max(axis=1)))
     return real / slots, num_rows, num_segments / num_rows
-
-
-def load_average() -> str:
-    """`uptime`'s load averages (the machine is shared)."""
-    out = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout
-    return out.split("load average:")[-1].strip() if "load average:" in out else "unknown"
 
 
 def main() -> None:
@@ -132,9 +124,7 @@ def main() -> None:
     for bins, efficiency, num_rows, per_row in results:
         label = "unpacked" if bins is None else f"first-fit, {bins} bin{'s' * (bins > 1)}"
         lines.append(f"| {label} | {efficiency:.1%} | {num_rows} | {per_row:.2f} |")
-    with RESULTS.open("a") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"appended to {RESULTS}")
+    append_results(lines)
 
 
 if __name__ == "__main__":

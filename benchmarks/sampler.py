@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+from common import append_results, device_name
 
 from lopd_jax.models import hf, qwen3
 from lopd_jax.parallel.mesh import MeshConfig, make_mesh
 from lopd_jax.sampling import Sampler, SamplingParams
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 TEMPERATURE = 0.8
 
 
@@ -77,19 +75,6 @@ def bench_hf(model_dir: Path, dtype: str, prompts: np.ndarray, max_new_tokens: i
     return len(prompts) * max_new_tokens / _time(lambda: run(max_new_tokens))
 
 
-def device_name() -> str:
-    device = jax.devices()[0]
-    if device.platform == "cpu":
-        cpu = platform.processor() or platform.machine()
-        model_name = Path("/proc/cpuinfo")
-        if model_name.exists():
-            names = [ln for ln in model_name.read_text().splitlines() if "model name" in ln]
-            cpu = names[0].split(":", 1)[1].strip() if names else cpu
-        cores = len(os.sched_getaffinity(0))
-        return f"CPU: {cpu} ({jax.local_device_count()} jax device, {cores} cores)"
-    return f"{jax.device_count()} x {device.device_kind}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", choices=["tiny", *qwen3.PRESETS])
@@ -120,10 +105,6 @@ def main() -> None:
 
     if args.no_record:
         return
-    if not RESULTS.exists():
-        RESULTS.write_text(
-            "# Benchmark results\n\nAppended by the scripts in benchmarks/; newest last.\n"
-        )
     date = datetime.date.today().isoformat()
     lines = [
         f"\n## sampler, {args.preset} ({config.num_params / 1e6:.1f}M params, {args.dtype}), "
@@ -137,9 +118,7 @@ def main() -> None:
     for batch, ours, theirs in rows:
         ratio = f"{ours / theirs:.1f}x" if theirs else "-"
         lines.append(f"| {batch} | {ours:,.0f} | {f'{theirs:,.0f}' if theirs else '-'} | {ratio} |")
-    with RESULTS.open("a") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"appended to {RESULTS}")
+    append_results(lines)
 
 
 if __name__ == "__main__":

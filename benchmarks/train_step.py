@@ -35,22 +35,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import jax
 import numpy as np
-from sampler import device_name
+from common import append_results, device_name, load_average
 
 from lopd_jax.data import pipeline
 from lopd_jax.models import qwen3
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
 from lopd_jax.training import losses, optimizer, state, step
-
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 # Dense bf16 peak TFLOP/s per device, matched as substrings of the lower-cased
 # `device.device_kind`, first match wins (so the more specific names come first).
@@ -124,12 +120,6 @@ def timed_step(
     start = time.perf_counter()
     train_state, _ = jax.block_until_ready(train_step(train_state, batch))
     return train_state, time.perf_counter() - start
-
-
-def load_average() -> str:
-    """`uptime`'s load averages (the machine is shared)."""
-    out = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout
-    return out.split("load average:")[-1].strip() if "load average:" in out else "unknown"
 
 
 def parse_args() -> argparse.Namespace:
@@ -219,9 +209,7 @@ def main() -> None:
         f"| {args.microbatches} | {fill:.1%} | {compile_s:.1f} | {step_s * 1e3:.1f} "
         f"| {tokens_per_s:,.0f} | {mfu_text} |",
     ]
-    with RESULTS.open("a") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"appended to {RESULTS}")
+    append_results(lines)
 
 
 if __name__ == "__main__":
