@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Inputs and output.
     # SFT model: a lopd checkpoint dir (`lopd sft` writes <workdir>/checkpoints) or a HF dir.
     c.model = "runs/demo/sft/checkpoints"
-    c.tokenizer = ""  # tokenizer directory; "" = the model directory
+    c.tokenizer = ""  # tokenizer dir or "bytes"; "" = what the model came with (its dir)
     c.prompts = "runs/demo/opd_prompts.jsonl"  # {"prompt"|"messages"|"prompt_ids": ...} lines
     c.output = "runs/demo/rollouts.zarr"  # rollout store: local path or gs://bucket/path
     c.chat_template = True  # render {"prompt": ...} as a user turn + generation prompt

@@ -38,12 +38,31 @@ class SftDataError(ValueError):
 
 
 class Renderer(Protocol):
-    """Turns a conversation into token ids and a loss mask (1 on the final response)."""
+    """Turns a conversation into token ids and a loss mask (1 on the final response), and a
+    prompt into the ids a sampler continues (the same ids `render` keeps out of the loss)."""
 
-    name: str
+    name: str  # fingerprint of the tokenization, recorded in manifests
     vocab_size: int
+    eos_id: int  # ends a response
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def render_prompt(self, prompt: Messages) -> list[int]: ...
 
     def render(self, messages: Messages) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+BYTES = "bytes"  # tokenizer spec of the toy byte renderer
+
+
+def load_renderer(spec: str | Path) -> Renderer:
+    """`"bytes"`: the toy `ByteRenderer`; a directory: its tokenizer's chat template."""
+    if str(spec) == BYTES:
+        return ByteRenderer()
+    from lopd_jax.data import tokenizer as tokenizer_lib
+
+    tokenizer = tokenizer_lib.load_tokenizer(spec)
+    return ChatTemplateRenderer(tokenizer, name=tokenizer_lib.tokenizer_fingerprint(tokenizer))
 
 
 class ChatTemplateRenderer:
@@ -60,6 +79,13 @@ class ChatTemplateRenderer:
         self.name = name
         self.vocab_size = len(tokenizer)
 
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
     def prompt_text(self, prompt: Messages) -> str:
         """The turns before a response, then the assistant header the response follows."""
         return self.tokenizer.apply_chat_template(
@@ -70,7 +96,7 @@ class ChatTemplateRenderer:
         """Token ids of `prompt_text`: what a sampler continues with the response, and the
         text that `render` keeps out of the loss when `prompt` is `messages[:-1]`."""
         # Render then encode: apply_chat_template(tokenize=True) returns a dict in transformers 5.
-        return self.tokenizer.encode(self.prompt_text(prompt), add_special_tokens=False)
+        return self.encode(self.prompt_text(prompt))
 
     def render(self, messages: Messages) -> tuple[np.ndarray, np.ndarray]:
         prompt = self.prompt_text(messages[:-1])
@@ -95,18 +121,22 @@ class ByteRenderer:
 
     PAD, BOS, SEP, EOS = 0, 1, 2, 3
     OFFSET = 4
-    name = "bytes"
+    name = "bytes-v1"
     vocab_size = 256 + OFFSET
+    eos_id = EOS
 
     def encode(self, text: str) -> list[int]:
         return [b + self.OFFSET for b in text.encode()]
 
-    def render(self, messages: Messages) -> tuple[np.ndarray, np.ndarray]:
-        prompt_text = "\n".join(
-            m["content"] if len(messages) == 2 else f"{m['role']}: {m['content']}"
-            for m in messages[:-1]
+    def render_prompt(self, prompt: Messages) -> list[int]:
+        """`[BOS] prompt-bytes [SEP]`; a single turn is its bare content."""
+        text = "\n".join(
+            m["content"] if len(prompt) == 1 else f"{m['role']}: {m['content']}" for m in prompt
         )
-        prompt = [self.BOS, *self.encode(prompt_text), self.SEP]
+        return [self.BOS, *self.encode(text), self.SEP]
+
+    def render(self, messages: Messages) -> tuple[np.ndarray, np.ndarray]:
+        prompt = self.render_prompt(messages[:-1])
         response = [*self.encode(messages[-1]["content"]), self.EOS]
         mask = np.r_[np.zeros(len(prompt), np.int32), np.ones(len(response), np.int32)]
         return np.asarray(prompt + response, np.int32), mask

@@ -146,9 +146,7 @@ def _parse(line: str) -> dict[str, Any]:
     return row
 
 
-def _render(
-    row: dict[str, Any], renderer: sft.ChatTemplateRenderer | None, chat_template: bool
-) -> list[int]:
+def _render(row: dict[str, Any], renderer: sft.Renderer | None, chat_template: bool) -> list[int]:
     if "prompt_ids" in row:
         ids = row["prompt_ids"]
         if not isinstance(ids, list) or not all(type(t) is int for t in ids):
@@ -157,7 +155,7 @@ def _render(
     if "messages" in row:
         return renderer.render_prompt(row["messages"])
     if not chat_template:
-        return renderer.tokenizer.encode(row["prompt"], add_special_tokens=False)
+        return renderer.encode(row["prompt"])
     return renderer.render_prompt([{"role": "user", "content": row["prompt"]}])
 
 
@@ -183,12 +181,12 @@ def _line(path: str | Path, line_no: int) -> Iterator[None]:
 
 def read_prompts(
     path: str | Path,
-    tokenizer_path: str | Path,
+    tokenizer: str | Path,
     *,
     chat_template: bool,
     vocab_size: int,
     limit: int = 0,
-) -> tuple[list[list[int]], sft.ChatTemplateRenderer | None]:
+) -> tuple[list[list[int]], sft.Renderer | None]:
     """Token ids of every prompt line (each checked against `vocab_size`), and the renderer
     (None if every line was tokenized already)."""
     rows = []
@@ -200,11 +198,7 @@ def read_prompts(
                 rows.append((n, _parse(line)))
     renderer = None
     if any("prompt_ids" not in row for _, row in rows):
-        from lopd_jax.data import tokenizer as tokenizer_lib
-
-        tokenizer = tokenizer_lib.load_tokenizer(tokenizer_path)
-        fingerprint = tokenizer_lib.tokenizer_fingerprint(tokenizer)
-        renderer = sft.ChatTemplateRenderer(tokenizer, name=fingerprint)
+        renderer = sft.load_renderer(tokenizer)
     prompts = []
     for n, row in rows:
         with _line(path, n):
@@ -222,14 +216,24 @@ def prompt_ids_fingerprint(prompts: Sequence[Sequence[int]]) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
-def _stop_ids(config, model_path: Path, tokenizer: Any) -> tuple[int, ...]:
+def _stop_ids(config, model_path: Path, renderer: sft.Renderer | None) -> tuple[int, ...]:
     """The configured stop ids, else the model's generation_config.json and tokenizer EOS."""
     if config.eos_ids:
         return tuple(config.eos_ids)
     ids = hf.generation_eos_ids(model_path)
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
+    if renderer is not None and renderer.eos_id is not None:
+        ids.add(renderer.eos_id)
     return tuple(sorted(ids))
+
+
+def _tokenizer_spec(configured: str, model: SftModel) -> str:
+    """The configured tokenizer, else the toy byte renderer when the checkpoint was trained
+    with it, else the model directory (HF dirs and SFT checkpoints carry their tokenizer)."""
+    if configured:
+        return configured
+    if model.provenance.get("tokenizer_fingerprint") == sft.ByteRenderer.name:
+        return sft.BYTES
+    return str(model.path)
 
 
 def _check_tokenizer(model_tokenizer: str | None, prompts_tokenizer: str) -> None:
@@ -285,18 +289,17 @@ def run(config) -> dict[str, Any]:
     model = describe_model(config.model, config.dtype)
     prompts, renderer = read_prompts(
         config.prompts,
-        config.tokenizer or model.path,
+        _tokenizer_spec(config.tokenizer, model),
         chat_template=config.chat_template,
         vocab_size=model.config.vocab_size,
         limit=config.limit,
     )
-    tokenizer = renderer.tokenizer if renderer is not None else None
     sampling = SamplingParams(
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
         top_k=config.top_k,
         top_p=config.top_p,
-        stop_ids=_stop_ids(config, model.path, tokenizer),
+        stop_ids=_stop_ids(config, model.path, renderer),
     )
     if not sampling.stop_ids:
         log.warning("No stop ids: every response runs to max_new_tokens.")

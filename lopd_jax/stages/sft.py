@@ -41,24 +41,17 @@ from lopd_jax.training import checkpoint, losses, metrics, optimizer, state, ste
 _log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "sft_checkpoint"
-BYTES_TOKENIZER = "bytes"
 
 
-def make_renderer(config: ConfigDict) -> tuple[sft.Renderer, str]:
-    """The renderer and the tokenizer's fingerprint."""
-    path = config.data.tokenizer or config.model.base
-    if path == BYTES_TOKENIZER:
-        return sft.ByteRenderer(), "bytes-v1"
-    if not path:
+def make_renderer(config: ConfigDict) -> sft.Renderer:
+    """The renderer of `data.tokenizer` ("bytes" or a directory), else of the base model's."""
+    spec = config.data.tokenizer or config.model.base
+    if not spec:
         raise ValueError(
             "data.tokenizer is empty and there is no model.base to take the tokenizer from; "
-            "set data.tokenizer to a tokenizer directory (or 'bytes' for the toy renderer)."
+            f"set data.tokenizer to a tokenizer directory (or {sft.BYTES!r} for the toy renderer)."
         )
-    from lopd_jax.data import tokenizer as tokenizer_lib
-
-    tok = tokenizer_lib.load_tokenizer(path)
-    fingerprint = tokenizer_lib.tokenizer_fingerprint(tok)
-    return sft.ChatTemplateRenderer(tok, name=fingerprint), fingerprint
+    return sft.load_renderer(spec)
 
 
 def save_generation_files(renderer: sft.Renderer, base: str, ckpt_dir: Path) -> None:
@@ -67,9 +60,7 @@ def save_generation_files(renderer: sft.Renderer, base: str, ckpt_dir: Path) -> 
     which ends a chat turn, plus the base model's own EOS ids)."""
     if isinstance(renderer, sft.ChatTemplateRenderer):
         renderer.tokenizer.save_pretrained(ckpt_dir)
-        stop_ids = {renderer.tokenizer.eos_token_id}
-    else:
-        stop_ids = {renderer.EOS}
+    stop_ids = {renderer.eos_id}
     if base:
         stop_ids |= hf.generation_eos_ids(base)
     artifacts.atomic_write_text(
@@ -177,7 +168,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     ckpt_dir = workdir / "checkpoints"
     mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(**config.mesh))
 
-    renderer, tokenizer_id = make_renderer(config)
+    renderer = make_renderer(config)
     source = resolve_data(config, workdir)
     examples, stats = sft.load_examples(
         source.jsonl, renderer, max_len=config.data.seq_len,
@@ -204,7 +195,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         "sft_data": source.fingerprint,
         "sft_data_path": str(source.jsonl),
         "teacher": source.teacher,
-        "tokenizer": tokenizer_id,
+        "tokenizer": renderer.name,
         "data_stats": dataclasses.asdict(stats),
         "config": config.to_dict(),
     }

@@ -139,7 +139,7 @@ def test_read_prompts_renders_chat_template(tmp_path):
     assert prompts[2] == [1, 2]
     config = _config(tmp_path, tmp_path / "unused", eos_ids=())
     eos = renderer.tokenizer.eos_token_id
-    assert eos in rollout._stop_ids(config, tmp_path, renderer.tokenizer)
+    assert eos in rollout._stop_ids(config, tmp_path, renderer)
 
 
 def test_resume_with_other_prompts_or_dtype_is_refused(inputs, reference):

@@ -142,3 +142,25 @@ def test_prompts_tokenized_otherwise_than_the_model_are_refused():
     rollout._check_tokenizer(None, "sha256:abc")  # a HF directory records no tokenizer
     with pytest.raises(artifacts.ArtifactError, match="set `tokenizer`"):
         rollout._check_tokenizer("bytes-v1", "sha256:abc")
+
+
+def test_text_prompts_from_a_toy_checkpoint_use_its_byte_renderer(teacher_a, root):
+    """No tokenizer configured: the checkpoint's own (the toy byte renderer) renders the
+    prompts exactly as SFT rendered them, and its generation_config.json supplies the EOS."""
+    ckpt, *_ = teacher_a
+    questions = ["12+34=", "7+8="]
+    prompts = root / "text_prompts.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "{q}"}}\n' for q in questions))
+    c = rollout_config.get_config()
+    c.update(
+        model=str(ckpt), prompts=str(prompts), output=str(root / "text.zarr"),
+        max_new_tokens=4, batch_size=8,
+    )  # fmt: skip
+    rollout.run(c)
+    store = RolloutStore.open(root / "text.zarr")
+    assert store.manifest["sampling"]["stop_ids"] == [sft.ByteRenderer.EOS]
+    rows = store.read_rows(0, store.num_rows)
+    expected = {tuple(sft.ByteRenderer().render_prompt([{"role": "user", "content": q}]))
+                for q in questions}  # fmt: skip
+    got = {tuple(tokens[:n]) for tokens, n in zip(rows["tokens"], rows["prompt_len"])}
+    assert got == expected
