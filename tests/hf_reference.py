@@ -1,8 +1,7 @@
 """Tiny random Hugging Face reference models shared by the tests (no hub needed)."""
 
-# Each config exercises a
-# different corner: tied vs untied embeddings, GQA ratio (1, 2, 4), head_dim != hidden/heads,
-# rope theta, and the Llama family (no q/k norm).
+# Each config exercises a different corner: tied vs untied embeddings, GQA ratio (1, 2, 3, 4),
+# head_dim != hidden/heads, rope theta, and the Llama family (no q/k norm).
 HF_TINY_CONFIGS = {
     "qwen3_tied_gqa2": dict(
         model_type="qwen3", vocab_size=384, hidden_size=64, intermediate_size=96,
