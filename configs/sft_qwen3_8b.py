@@ -2,36 +2,28 @@
 
 Full fine-tune with packing, lr 8e-5 cosine with 10% warmup, 3000 steps, sequence length
 16384, on one 8-GPU node (FSDP over all devices). Every field not set here is documented in
-configs/sft.py. Paths are placeholders: override them, e.g.
-`lopd sft --config=configs/sft_qwen3_8b.py --config.model.base=/models/Qwen3-8B-Base
+lopd_jax/configs/sft.py. Paths are placeholders: override them, e.g.
+`lopd sft --config=configs/sft_qwen3_8b.py --config.model.path=/models/Qwen3-8B-Base
  --config.data.path=/runs/teacher_data --config.workdir=/runs/sft`.
 """
 
-import importlib.util
-from pathlib import Path
-
 from ml_collections import ConfigDict
 
-
-def _base_config() -> ConfigDict:
-    spec = importlib.util.spec_from_file_location("sft_base", Path(__file__).with_name("sft.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from lopd_jax.configs import sft
 
 
 def get_config() -> ConfigDict:
-    c = _base_config()
+    c = sft.get_config()
     c.workdir = "/runs/lopd/sft_qwen3_8b"
     # Base student (HF directory with config.json + safetensors); its tokenizer is used too.
-    c.model.base = "/models/Qwen3-8B-Base"
+    c.model.path = "/models/Qwen3-8B-Base"
     c.model.param_dtype = "float32"  # fp32 master weights (what AdamW updates)
     c.model.dtype = "bfloat16"  # bf16 matmuls
     c.model.remat_policy = "full"  # 16k-token rows: recompute each layer in the backward pass
     c.model.logits_chunk_size = 1024
     # SFT data written by the teacher stage (data.jsonl + manifest with the teacher).
     c.data.path = "/runs/lopd/teacher_data"
-    c.data.tokenizer = ""  # take the tokenizer from model.base
+    c.data.tokenizer = ""  # take the tokenizer from model.path
     c.data.seq_len = 16384
     c.data.packing = True
     c.data.num_packing_bins = 64

@@ -15,10 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lopd_jax.errors import LopdError
+
 MANIFEST = "manifest.json"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(LopdError, ValueError):
     """An input artifact is missing, corrupt or inconsistent with the others."""
 
 

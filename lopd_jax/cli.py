@@ -1,8 +1,11 @@
-"""`lopd <stage> --config=configs/<file>.py --config.key=value ...`: a thin layer over stages.
+"""`lopd <stage> [--config=NAME_OR_FILE] [--config.key=value ...]`: a thin layer over stages.
 
-Each stage is a module `lopd_jax.stages.<stage>` with a docstring (its help text) and
-`run(config: ml_collections.ConfigDict)`. Each config file defines `get_config()`; its
-comments document the options, so `--help` shows the stage's docstring and the config file.
+Each stage is a module `lopd_jax.stages.<module>` with a docstring (its help text) and
+`run(config: ml_collections.ConfigDict)`. Its default config is the shipped
+`lopd_jax/configs/<module>.py`; `--config` takes a shipped config's name or a file path (with
+an optional `:arg` passed to its `get_config`). Expected user errors (`LopdError`) print one
+line saying what, where and the fix, and exit with status 2; anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -11,67 +14,140 @@ import importlib
 import sys
 from pathlib import Path
 
-# stage name -> (module, default config file relative to the repo's configs/)
-STAGES: dict[str, tuple[str, str]] = {
-    "smoke": ("lopd_jax.stages.smoke", "smoke.py"),
-    "sft": ("lopd_jax.stages.sft", "sft.py"),
-    "rollout": ("lopd_jax.stages.rollout", "rollout.py"),
+# stage name -> module under lopd_jax.stages (its default config has the same name)
+STAGES: dict[str, str] = {
+    "smoke": "smoke",
+    "sft": "sft",
+    "rollout": "rollout",
 }
 
-_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+_SHIPPED = Path(__file__).resolve().parent / "configs"
 
 
 def _usage() -> str:
-    lines = ["usage: lopd <stage> [--config=CONFIG.py] [--config.KEY=VALUE ...] [--help]", ""]
-    for name, (module, _) in STAGES.items():
-        doc = (importlib.import_module(module).__doc__ or "").strip().splitlines()
-        lines.append(f"  {name:<12} {doc[0] if doc else ''}")
+    lines = ["usage: lopd <stage> [--config=NAME_OR_FILE] [--config.KEY=VALUE ...] [--help]", ""]
+    for name, module in STAGES.items():
+        doc = (importlib.import_module(f"lopd_jax.stages.{module}").__doc__ or "").strip()
+        lines.append(f"  {name:<14} {doc.splitlines()[0] if doc else ''}")
     return "\n".join(lines)
 
 
-def _stage_help(stage: str, config_path: Path) -> str:
-    module = importlib.import_module(STAGES[stage][0])
-    text = [(module.__doc__ or "").strip(), ""]
-    text.append(f"Options: any field of {config_path}, as --config.FIELD=VALUE:")
-    text.append("")
-    text.append(config_path.read_text() if config_path.exists() else "(config file not found)")
+def config_file(spec: str) -> tuple[Path, str]:
+    """`NAME[:ARG]` of a shipped config or `PATH[:ARG]` -> (file, ':ARG' or '')."""
+    path, sep, arg = spec.partition(":")
+    candidate = Path(path)
+    if candidate.suffix != ".py" and (_SHIPPED / f"{path}.py").exists():
+        candidate = _SHIPPED / f"{path}.py"
+    return candidate, f"{sep}{arg}"
+
+
+def _stage_help(stage: str, config_path: Path, config_param: str) -> str:
+    """The stage's docstring, its config file (comments document each field), the shared
+    sections it builds on, and every field's current value as an override."""
+    import inspect
+
+    from lopd_jax.configs import sections
+
+    module = importlib.import_module(f"lopd_jax.stages.{STAGES[stage]}")
+    text = [(module.__doc__ or "").strip(), "", f"Config file {config_path}:", ""]
+    if not config_path.exists():
+        return "\n".join([*text, "(config file not found)"])
+    text.append(config_path.read_text())
+    config = _load_config(config_path, config_param)
+    shared = [name for name in SECTIONS if name in config]
+    if shared:
+        text += ["Shared sections (lopd_jax/configs/sections.py):", ""]
+        text += [inspect.getsource(getattr(sections, name)) for name in shared]
+    text += ["Every field, as an override (--config.FIELD=VALUE):", ""]
+    text += [f"  --config.{k}={v}" for k, v in _flatten(config.to_dict()).items()]
     return "\n".join(text)
+
+
+SECTIONS = ("model", "mesh", "optimizer", "checkpoint", "train")
+
+
+def _load_config(config_path: Path, config_param: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_lopd_config_{config_path.stem}", config_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    param = config_param.lstrip(":")
+    return module.get_config(param) if param else module.get_config()
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out |= _flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+def _print(text: str) -> None:
+    """Prints, and exits quietly when the reader went away (`lopd sft --help | head`)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        sys.stdout = None  # nothing more to flush at exit
+        raise SystemExit(0) from None
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
-        print(_usage())
+        _print(_usage())
         return
     stage, rest = argv[1], argv[2:]
     if stage not in STAGES:
         sys.exit(f"lopd: unknown stage {stage!r}.\n\n{_usage()}")
 
-    module_name, default_config = STAGES[stage]
     config_arg = next((a for a in rest if a.startswith("--config=")), None)
-    config_path = Path(config_arg.split("=", 1)[1]) if config_arg else _CONFIGS / default_config
+    spec = config_arg.split("=", 1)[1] if config_arg else STAGES[stage]
+    config_path, config_param = config_file(spec)
     if "--help" in rest or "-h" in rest:
-        print(_stage_help(stage, config_path))
+        _print(_stage_help(stage, config_path, config_param))
         return
     if not config_path.exists():
-        sys.exit(f"lopd {stage}: config file {config_path} not found.")
-    if not config_arg:
-        rest = [f"--config={config_path}", *rest]
+        sys.exit(
+            f"lopd {stage}: config {spec!r} not found: neither a file nor one of the shipped "
+            f"configs {sorted(p.stem for p in _SHIPPED.glob('*.py') if p.stem != '__init__')}."
+        )
+    rest = [a for a in rest if a != config_arg]
+    argv = [f"lopd {stage}", f"--config={config_path}{config_param}", *rest]
+    sys.exit(_run(stage, argv))
 
-    from absl import app, flags, logging
+
+def _run(stage: str, argv: list[str]) -> int:
+    from absl import flags, logging
     from ml_collections import config_flags
 
-    argv = [f"lopd {stage}", *rest]
+    from lopd_jax.errors import LopdError
+
     # config_flags discovers the `--config.*` overrides from the argv it is given here.
     config_flag = config_flags.DEFINE_config_file("config", None, lock_config=True, sys_argv=argv)
-    module = importlib.import_module(module_name)
-
-    def _run(_: list[str]) -> None:
-        logging.set_verbosity(logging.WARNING)  # absl's INFO lines drown the progress bars
+    try:
+        flags.FLAGS(argv)
+    except Exception as e:  # a typo'd field or a bad value: one clear line, not three traces
+        print(f"lopd {stage}: error: {_flag_error(e)}", file=sys.stderr)
+        return 2
+    logging.set_verbosity(logging.WARNING)  # absl's INFO lines drown the progress bars
+    module = importlib.import_module(f"lopd_jax.stages.{STAGES[stage]}")
+    try:
         module.run(config_flag.value)
+    except LopdError as e:
+        print(f"lopd {stage}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
-    flags.FLAGS.unparse_flags()
-    app.run(_run, argv=argv)
+
+def _flag_error(error: BaseException) -> str:
+    """The innermost message of a flag-parsing error (ml_collections chains three)."""
+    messages = []
+    while error is not None:
+        messages.append(str(error.args[0] if error.args else error).strip("'\""))
+        error = error.__cause__ or error.__context__
+    message = max(messages, key=len).replace("\\n", " ").replace("\n", " ")  # the fullest
+    return f"{message} (`lopd <stage> --help` lists every field)"
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from ml_collections import ConfigDict
 
-from configs import sft as sft_config
+from lopd_jax.configs import sft as sft_config
 
 
 def tiny_sft_config(workdir: Path, data_path: Path, *, steps: int, save_every: int) -> ConfigDict:

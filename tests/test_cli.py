@@ -31,7 +31,9 @@ def test_unknown_stage_and_missing_config_exit_with_a_message():
 def test_smoke_job_runs_with_overrides(tmp_path):
     """The README's main job until the end-to-end demo exists; overrides reach the stage."""
     with pytest.raises(SystemExit) as done:  # absl's app.run exits 0 when the stage returns
-        cli.main(["lopd", "smoke", f"--config.out_dir={tmp_path}", "--config.model.num_layers=1"])
+        cli.main(
+            ["lopd", "smoke", f"--config.out_dir={tmp_path}", "--config.architecture.num_layers=1"]
+        )
     assert done.value.code in (0, None)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["reloaded_params_identical"]

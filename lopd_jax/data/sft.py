@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lopd_jax import artifacts
+from lopd_jax.errors import LopdError
 
 _log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ OVERLONG_POLICIES = ("truncate", "skip", "error")
 Messages = list[dict[str, str]]
 
 
-class SftDataError(ValueError):
+class SftDataError(LopdError, ValueError):
     """SFT data that cannot be used as it is (the message names the lines and the fix)."""
 
 
@@ -253,14 +254,14 @@ def load_examples(
             f"(choose {OVERLONG_POLICIES})."
         )
     stats, examples, bad, too_long = DataStats(), [], [], []
-    with open(jsonl, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
+    with open(jsonl, "rb") as f:  # bytes: an invalid UTF-8 line is one bad line, not a crash
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             stats.lines += 1
             try:
-                tokens, mask = renderer.render(parse_record(json.loads(line)))
-            except (json.JSONDecodeError, SftDataError) as e:
+                tokens, mask = renderer.render(parse_record(json.loads(raw.decode("utf-8"))))
+            except (UnicodeDecodeError, json.JSONDecodeError, SftDataError) as e:
                 bad.append(f"line {line_no}: {e}")
                 continue
             if len(tokens) > max_len:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopd_jax import artifacts
+from lopd_jax.errors import LopdError
 from lopd_jax.models import qwen3
 
 SUPPORTED_MODEL_TYPES = {"qwen3": True, "llama": False}  # model_type -> qk_norm
@@ -33,7 +34,7 @@ _LAYER = "model.layers.{i}."
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LopdError, ValueError):
     """A Hugging Face checkpoint that cannot be imported as it is (the message says why)."""
 
 

@@ -43,7 +43,7 @@ def _torch_logprobs(model_dir: Path, tokens: np.ndarray, mask: np.ndarray) -> np
 def run(config) -> dict:
     out_dir = Path(config.out_dir)
     tokenizer = build_qwen3_tokenizer()
-    model_config = qwen3.Qwen3Config(vocab_size=151_936, **config.model)
+    model_config = qwen3.Qwen3Config(vocab_size=151_936, **config.architecture)
     params = qwen3.init_params(model_config, jax.random.key(config.seed))
     print(f"random Qwen3: {model_config.num_params / 1e6:.1f}M params")
 

@@ -7,6 +7,7 @@ restarted before its first checkpoint: everything), so the logs read as one unin
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,7 @@ import jax
 from lopd_jax import artifacts
 
 METRICS_FILE = "metrics.jsonl"
+_log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
@@ -34,9 +36,9 @@ class MetricsWriter:
         first_new_step = 0 if resume_step is None else resume_step + 1
         if self.path.exists():
             kept = [
-                line
-                for line in self.path.read_text().splitlines(keepends=True)
-                if json.loads(line)["step"] < first_new_step
+                json.dumps(row) + "\n"
+                for row in read_metrics(logdir)
+                if row["step"] < first_new_step
             ]
             artifacts.atomic_write_text(self.path, "".join(kept))
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,9 +79,21 @@ def _json_safe(value: float | int) -> float | int | None:
 
 
 def read_metrics(logdir: str | Path) -> list[dict]:
-    """All logged lines of a run directory, in order."""
+    """All logged lines of a run directory, in order. A torn last line (the run was killed
+    mid-write) is dropped; a damaged line elsewhere is an error naming it."""
     path = Path(logdir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    lines = path.read_text().splitlines() if path.exists() else []
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number < len(lines):
+                raise artifacts.ArtifactError(
+                    f"{path}, line {number} is not JSON ({e}); fix or delete that line."
+                ) from e
+            _log.warning("%s: dropping a torn last line (a killed run).", path)
+    return rows
 
 
 def plot_metrics(logdir: str | Path, names: tuple[str, ...], filename: str = "metrics.png") -> Path:

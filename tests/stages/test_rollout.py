@@ -9,7 +9,7 @@ import pytest
 from stage_helpers import write_prompt_ids
 
 import lopd_jax
-from configs import rollout as rollout_config
+from lopd_jax.configs import rollout as rollout_config
 from lopd_jax.models import qwen3
 from lopd_jax.parallel import rules
 from lopd_jax.parallel.mesh import MeshConfig, make_mesh

@@ -9,6 +9,7 @@ from stage_helpers import tiny_sft_config
 
 from lopd_jax import artifacts, cli
 from lopd_jax.data import pipeline, sft, synthetic
+from lopd_jax.models import ref
 from lopd_jax.stages import sft as sft_stage
 from lopd_jax.training import checkpoint, metrics
 
@@ -41,7 +42,7 @@ def uninterrupted(tmp_path_factory, data_dir):
 
 
 def _final_params(workdir):
-    return checkpoint.load_params(Path(workdir) / "checkpoints")
+    return ref.load_params(Path(workdir) / "checkpoints")
 
 
 def test_heldout_loss_drops_and_manifest_records_provenance(uninterrupted, data_dir):
@@ -127,7 +128,7 @@ def test_bad_data_stops_before_training_with_the_fix(tmp_path, data_dir):
 def test_different_data_in_same_workdir_is_refused(uninterrupted, tmp_path):
     other = synthetic.write_addition_data(tmp_path / "other", 300, seed=1, max_digits=2)
     config = _config(uninterrupted[0], other.jsonl.parent)
-    with pytest.raises(artifacts.ArtifactError, match="different sft_data"):
+    with pytest.raises(artifacts.ArtifactError, match=r"different inputs.*inputs\.sft_data"):
         sft_stage.run(config)
 
 
@@ -135,8 +136,10 @@ def test_cli_help_documents_every_option(capsys):
     cli.main(["lopd", "sft", "--help"])
     text = capsys.readouterr().out
     assert "Lightning OPD, step 1" in text
-    for field in ("c.data.packing", "c.optimizer.warmup", "c.checkpoint.keep", "c.mesh.preset"):
-        assert field in text
+    assert "c.data.packing" in text  # the stage's own commented fields
+    assert "# Warmup as a fraction of train.steps." in text  # the shared sections' comments
+    for field in ("data.packing=True", "optimizer.warmup=0.1", "checkpoint.keep=2", "mesh.preset"):
+        assert f"--config.{field}" in text
 
 
 def test_checkpoint_dir_carries_tokenizer_and_stop_ids(tmp_path):
@@ -152,12 +155,13 @@ def test_checkpoint_dir_carries_tokenizer_and_stop_ids(tmp_path):
     (base / "generation_config.json").write_text(json.dumps({"eos_token_id": 151643}))
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    sft_stage.save_generation_files(sft.ChatTemplateRenderer(tok, "qwen3"), str(base), ckpt)
+    renderer = sft.ChatTemplateRenderer(tok, "qwen3")
+    sft_stage.save_generation_files(renderer, hf.generation_eos_ids(base), ckpt)
     assert hf.generation_eos_ids(ckpt) == {tokenizer_lib.IM_END_ID, tokenizer_lib.ENDOFTEXT_ID}
     reloaded = tokenizer_lib.load_tokenizer(ckpt)
     assert tokenizer_lib.tokenizer_fingerprint(reloaded) == tokenizer_lib.tokenizer_fingerprint(tok)
 
     toy = tmp_path / "toy"
     toy.mkdir()
-    sft_stage.save_generation_files(sft.ByteRenderer(), "", toy)
+    sft_stage.save_generation_files(sft.ByteRenderer(), set(), toy)
     assert hf.generation_eos_ids(toy) == {sft.ByteRenderer.EOS}

@@ -10,8 +10,8 @@ import pytest
 from stage_helpers import tiny_sft_config, write_prompt_ids
 
 import lopd_jax
-from configs import rollout as rollout_config
 from lopd_jax import artifacts
+from lopd_jax.configs import rollout as rollout_config
 from lopd_jax.data import sft, synthetic
 from lopd_jax.parallel import rules
 from lopd_jax.parallel.mesh import MeshConfig, make_mesh

@@ -1,19 +1,24 @@
-"""Config of `lopd rollout`: SFT student + prompts JSONL -> rollout store (sampled once).
+"""Config of `lopd rollout`: SFT student + prompts -> rollout store (sampled once).
 
 Sampling defaults are the paper's (1 sample per prompt, temperature 0.8, top-p 1.0, at most
 4096 new tokens); the rest is sized for a CPU run of a tiny model.
 """
 
-import ml_collections
+from ml_collections import ConfigDict
+
+from lopd_jax.configs import sections
 
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    # Inputs and output.
-    # SFT model: a lopd checkpoint dir (`lopd sft` writes <workdir>/checkpoints) or a HF dir.
-    c.model = "runs/demo/sft/checkpoints"
+def get_config() -> ConfigDict:
+    c = ConfigDict()
+    # The SFT student: model.path is a lopd checkpoint dir (`lopd sft` writes
+    # <workdir>/checkpoints; model.step=-1 reads its latest step) or a HF dir. model.dtype and
+    # model.param_dtype: "bfloat16" on GPU/TPU.
+    c.model = sections.model("runs/demo/sft/checkpoints")
     c.tokenizer = ""  # tokenizer dir or "bytes"; "" = what the model came with (its dir)
-    c.prompts = "runs/demo/opd_prompts.jsonl"  # {"prompt"|"messages"|"prompt_ids": ...} lines
+    # Prompts JSONL: {"prompt"|"messages"|"prompt_ids": ...} lines; "" = 256 prompts of the
+    # generated addition task that `lopd sft` trains on by default.
+    c.prompts = ""
     c.output = "runs/demo/rollouts.zarr"  # rollout store: local path or gs://bucket/path
     c.chat_template = True  # render {"prompt": ...} as a user turn + generation prompt
     c.limit = 0  # use only the first `limit` prompts (0 = all)
@@ -28,8 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Throughput and resumption.
     c.batch_size = 64  # rows per batch over all devices (a multiple of the data-parallel size)
     c.chunk_rows = 1024  # rows per store chunk: the unit of resumption after a crash
-    c.dtype = "float32"  # params + compute dtype; "bfloat16" on GPU/TPU
-    # Mesh preset when >1 device: "dp" (params replicated: fastest when the model fits one
-    # device) or "fsdp" (params sharded over all devices: for models that do not, e.g. 14B+).
-    c.mesh = "dp"
+    # "dp" (params replicated: fastest when the model fits one device) or "fsdp" (params
+    # sharded over all devices: for models that do not, e.g. 14B+).
+    c.mesh = sections.mesh("dp")
     return c

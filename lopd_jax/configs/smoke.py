@@ -7,9 +7,10 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.out_dir = "runs/smoke"  # where the exported HF model and report.json go
     c.seed = 0  # PRNG seed of the random weights
-    # Tiny Qwen3 (fields of lopd_jax.models.qwen3.Qwen3Config) with the real 151,936-entry
-    # vocabulary, so real tokenizer ids fit.
-    c.model = ml_collections.ConfigDict(
+    # Tiny Qwen3 architecture (fields of lopd_jax.models.qwen3.Qwen3Config) with the real
+    # 151,936-entry vocabulary, so real tokenizer ids fit. (Not a `model` section: the smoke
+    # job builds its model from scratch rather than reading one.)
+    c.architecture = ml_collections.ConfigDict(
         dict(
             hidden_size=64, intermediate_size=192, num_layers=2, num_heads=4, num_kv_heads=2,
             head_dim=32, tie_word_embeddings=False,

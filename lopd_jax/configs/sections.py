@@ -1,0 +1,150 @@
+"""The config sections every stage shares, each defined once.
+
+`--config.model.dtype=bfloat16` or `--config.mesh.preset=fsdp` mean the same thing in every
+stage because every stage builds these sections here. The `to_*` functions turn a section
+into the object the code uses, checking values that would otherwise fail deep inside a run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from lopd_jax.errors import ConfigError
+
+
+def model(path: str = "", *, preset: str = "tiny") -> ConfigDict:
+    c = ConfigDict()
+    # A Hugging Face model directory or a lopd checkpoint directory; "" = a random init of
+    # `preset` (training stages only).
+    c.path = path
+    # Checkpoint step to read; -1 = the latest finished step.
+    c.step = -1
+    # Architecture of a random init: "tiny" or a key of lopd_jax.models.qwen3.PRESETS.
+    c.preset = preset
+    # Parameter dtype: the master weights a training stage updates and saves; the weights an
+    # inference stage holds.
+    c.param_dtype = "float32"
+    # Matmul dtype ("bfloat16" on GPU/TPU); norms, softmax and log-probs stay float32.
+    c.dtype = "float32"
+    # Rematerialisation per decoder layer: "none", "full" or "dots" (save matmul outputs).
+    c.remat_policy = "none"
+    # Sequence positions per chunk of the log-softmax over the vocabulary (memory vs speed).
+    c.logits_chunk_size = 1024
+    return c
+
+
+def mesh(preset: str = "fsdp") -> ConfigDict:
+    c = ConfigDict()
+    # Device layout: "dp" (params replicated), "fsdp" (params sharded over all devices),
+    # "fsdp_tp" (FSDP x `tensor`-way tensor parallelism), or "custom" (uses `shape`).
+    c.preset = preset
+    # Tensor-parallel group size for fsdp_tp.
+    c.tensor = 1
+    # (data, fsdp, tensor) sizes for preset "custom"; -1 = all remaining devices.
+    c.shape = (1, -1, 1)
+    # Data-parallel replicas across slices / nodes (DCN); the preset lays out each one.
+    c.dcn_data = 1
+    return c
+
+
+def optimizer(**overrides: Any) -> ConfigDict:
+    c = ConfigDict()
+    # Peak learning rate.
+    c.learning_rate = 1e-3
+    # "constant", "warmup_cosine" or "warmup_linear".
+    c.schedule = "warmup_cosine"
+    # Warmup as a fraction of train.steps.
+    c.warmup = 0.1
+    # Final learning rate as a fraction of the peak (cosine and linear decay).
+    c.final_lr_fraction = 0.0
+    # Adam moments and epsilon.
+    c.b1 = 0.9
+    c.b2 = 0.999
+    c.eps = 1e-8
+    # Decoupled weight decay (AdamW) on matrices; norm scales are exempt.
+    c.weight_decay = 0.0
+    # Clip the global gradient norm to this (None: no clipping).
+    c.clip_grad_norm = 1.0
+    c.update(overrides)
+    return c
+
+
+def checkpoint(save_every: int = 50) -> ConfigDict:
+    c = ConfigDict()
+    # Save every this many steps (and always at the last step).
+    c.save_every = save_every
+    # Checkpoints kept (oldest deleted first).
+    c.keep = 2
+    # Write checkpoints in the background while training continues.
+    c.async_save = True
+    return c
+
+
+def train(steps: int = 100, batch_size: int = 16) -> ConfigDict:
+    c = ConfigDict()
+    # Optimizer updates in total (the schedule spans them).
+    c.steps = steps
+    # Rows per update, over all devices and processes.
+    c.batch_size = batch_size
+    # Microbatches per update (gradient accumulation); batch_size must be a multiple of
+    # num_microbatches x data-parallel devices.
+    c.num_microbatches = 1
+    # Log train metrics every this many steps.
+    c.log_every = 10
+    # Evaluate every this many steps (and at the end).
+    c.eval_every = 50
+    return c
+
+
+def model_config(section: ConfigDict, stored=None):
+    """The `Qwen3Config` of a model section: the stored architecture (`stored`, from a model
+    directory) or the preset's, with the section's numerics."""
+    from lopd_jax.models import qwen3
+
+    if stored is None:
+        if section.preset == "tiny":
+            stored = qwen3.tiny_config()
+        elif section.preset in qwen3.PRESETS:
+            stored = qwen3.PRESETS[section.preset]
+        else:
+            raise ConfigError(
+                f"model.preset={section.preset!r} is not a known architecture; choose 'tiny' or "
+                f"one of {sorted(qwen3.PRESETS)}, or set model.path to a model directory."
+            )
+    numerics = {
+        k: section[k]
+        for k in ("param_dtype", "dtype", "remat_policy", "logits_chunk_size", "attention")
+        if k in section
+    }
+    try:
+        return stored.replace(**numerics)
+    except ValueError as e:
+        raise ConfigError(f"model section: {e}") from e
+
+
+def model_step(section: ConfigDict) -> int | None:
+    return None if section.step < 0 else int(section.step)
+
+
+def mesh_config(section: ConfigDict):
+    from lopd_jax.parallel import mesh as mesh_lib
+
+    return mesh_lib.MeshConfig(**section)
+
+
+def require_positive(config: ConfigDict, *names: str) -> None:
+    """Sizes that must be >= 1 (0 would make a run that silently produces nothing)."""
+    for name in names:
+        value = config
+        for part in name.split("."):
+            value = value[part]
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name}={value!r} must be a positive integer.")
+
+
+def require_path(value: str, name: str, what: str) -> str:
+    if not value:
+        raise ConfigError(f"{name} is empty; set it to {what} (--config.{name}=...).")
+    return value

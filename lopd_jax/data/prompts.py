@@ -1,0 +1,133 @@
+"""Prompt sets: JSONL lines -> validated token ids (rollout, teacher data, evaluation).
+
+One object per line: `{"prompt": "..."}` (a user turn, rendered with the chat template and the
+generation prompt, or encoded bare with `chat_template=False`), `{"messages": [...]}` (the
+turns before the response, rendered exactly as SFT renders a prompt:
+`ChatTemplateRenderer.render_prompt`), or `{"prompt_ids": [...]}` (already tokenized). Other
+fields (an `answer`, an `id`) are kept for the stages that need them. Every id must be in the
+model's vocabulary, and a prompt must leave room for a response within the model's positions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lopd_jax.data import sft
+from lopd_jax.errors import LopdError
+
+FIELDS = ("prompt_ids", "messages", "prompt")
+
+
+class PromptError(LopdError, ValueError):
+    """A prompts file that cannot be used as it is (names the line and the fix)."""
+
+
+def _parse(line: str) -> dict[str, Any]:
+    row = json.loads(line)
+    if not isinstance(row, dict) or not any(k in row for k in FIELDS):
+        raise ValueError(f"needs a JSON object with one of {FIELDS}")
+    if "prompt_ids" in row:
+        ids = row["prompt_ids"]
+        if not isinstance(ids, list) or not all(type(t) is int for t in ids):
+            raise ValueError("'prompt_ids' must be a list of integers")
+    elif "messages" in row:
+        messages = row["messages"]
+        if not (isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str) for m in messages
+        )):  # fmt: skip
+            raise ValueError("'messages' must be a non-empty list of {role, content} strings")
+    elif not isinstance(row["prompt"], str):
+        raise ValueError(f"'prompt' must be a string, not {type(row['prompt']).__name__}")
+    return row
+
+
+def render(row: dict[str, Any], renderer: sft.Renderer | None, chat_template: bool) -> list[int]:
+    if "prompt_ids" in row:
+        return row["prompt_ids"]
+    if "messages" in row:
+        return renderer.render_prompt(row["messages"])
+    if not chat_template:
+        return renderer.encode(row["prompt"])
+    return renderer.render_prompt([{"role": "user", "content": row["prompt"]}])
+
+
+def check_ids(ids: list[int], vocab_size: int, max_len: int) -> None:
+    """Ids outside the embedding table would be gathered as NaN rows, not fail."""
+    if not ids:
+        raise ValueError("the prompt has no tokens")
+    bad = sorted({t for t in ids if not 0 <= t < vocab_size})
+    if bad:
+        raise ValueError(
+            f"token ids {bad[:8]} are outside the model's vocabulary [0, {vocab_size})"
+        )
+    if len(ids) >= max_len:
+        raise ValueError(
+            f"the prompt has {len(ids)} tokens, leaving no room for a response within the "
+            f"model's {max_len} positions (max_position_embeddings)"
+        )
+
+
+@contextlib.contextmanager
+def _line(path: str | Path, line_no: int) -> Iterator[None]:
+    """Names the prompts line a ValueError (a JSON or UTF-8 error included) came from."""
+    try:
+        yield
+    except ValueError as e:
+        raise PromptError(f"{path}, line {line_no}: {e}. Fix that line or drop it.") from e
+
+
+def read_rows(path: str | Path, *, limit: int = 0) -> list[dict[str, Any]]:
+    """The parsed, validated lines of a prompts JSONL (the first `limit`; 0 = all)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptError(f"Prompts file {path} does not exist; set `prompts` to a JSONL file.")
+    rows = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if limit and len(rows) == limit:
+                break
+            with _line(path, n):
+                if raw.strip():
+                    rows.append(_parse(raw.decode("utf-8")))
+    if not rows:
+        raise PromptError(f"{path} holds no prompts; nothing to do.")
+    return rows
+
+
+def tokenize(
+    rows: Sequence[dict[str, Any]],
+    tokenizer: str | Path,
+    *,
+    chat_template: bool,
+    vocab_size: int,
+    max_len: int,
+    where: str = "prompts",
+) -> tuple[list[list[int]], sft.Renderer | None]:
+    """Token ids of every row (each checked), and the renderer (None if every row was
+    tokenized already)."""
+    renderer = None
+    if any("prompt_ids" not in row for row in rows):
+        renderer = sft.load_renderer(tokenizer)
+    prompts = []
+    for n, row in enumerate(rows, 1):
+        with _line(where, n):
+            prompts.append(render(row, renderer, chat_template))
+            check_ids(prompts[-1], vocab_size, max_len)
+    return prompts, renderer
+
+
+def fingerprint(prompts: Sequence[Sequence[int]]) -> str:
+    """Identity of the rendered prompts in order: what decides every row's prompt."""
+    h = hashlib.sha256()
+    for ids in prompts:
+        h.update(np.int64(len(ids)).tobytes())
+        h.update(np.asarray(ids, np.int64).tobytes())
+    return "sha256:" + h.hexdigest()[:16]

@@ -1,0 +1,295 @@
+"""One model reference: every stage that reads a model resolves it here.
+
+`resolve(path, step=None)` accepts a lopd checkpoint directory (its `manifest.json` names a
+model config; the latest finished step unless `step` is given) or a Hugging Face directory
+(`config.json` + safetensors), in that order, and returns a `ModelRef` with the config, one
+**identity**, the tokenizer, the stop ids and `load(dtype, shardings)`.
+
+Identity is content: `model:<hex>` hashes the architecture (not the numerics: dtype, remat,
+chunking) and the weights. A checkpoint's weight digest is computed on device when it is saved
+(`weights_digest`, exact and independent of sharding) and kept in the step's metadata; a HF
+directory's is the sha256 of its weight files, cached beside them. A HF directory exported by
+lopd (`lopd export`) carries the identity of the checkpoint it came from, which it keeps as long
+as its files are unchanged. A model known only by name (SFT data generated elsewhere) is
+`name:<name>`: recorded, never equal to a fingerprint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lopd_jax import artifacts
+from lopd_jax.models import hf, qwen3
+
+# Fields of Qwen3Config that change the function the weights compute; the rest are numerics.
+_NUMERICS = ("param_dtype", "dtype", "remat_policy", "logits_chunk_size", "attention")
+_DIGEST_CACHE = ".lopd_weights_digest.json"
+EXPORT_KIND = "hf_export"
+_log = logging.getLogger(__name__)
+
+
+def architecture_fields(config: qwen3.Qwen3Config) -> dict[str, Any]:
+    fields = dataclasses.asdict(config)
+    return {k: v for k, v in fields.items() if k not in _NUMERICS}
+
+
+def named_model(name: str) -> str:
+    """The identity of a model known only by name (never equal to a content fingerprint)."""
+    return name if name.startswith(("name:", "model:")) else f"name:{name}"
+
+
+def model_identity(config: qwen3.Qwen3Config, weights_digest: str) -> str:
+    payload = json.dumps([architecture_fields(config), weights_digest], sort_keys=True)
+    return "model:" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@jax.jit
+def _leaf_digest(x: jax.Array) -> jax.Array:
+    """Two position-weighted sums of the raw bits, modulo 2**32: exact (integer arithmetic
+    is associative, so sharding and reduction order cannot change it) and sensitive to any
+    changed or moved value."""
+    bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{x.dtype.itemsize * 8}"))
+    bits = bits.astype(jnp.uint32).reshape(-1)
+    index = jnp.arange(bits.size, dtype=jnp.uint32)
+    return jnp.stack([jnp.sum(bits), jnp.sum(bits * (index * jnp.uint32(2654435761) + 1))])
+
+
+def weights_digest(params: Any) -> str:
+    """Content digest of a params pytree (one pass over the weights, on their devices)."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    sums = jax.device_get([_leaf_digest(x) for _, x in leaves])
+    h = hashlib.sha256()
+    for (path, x), s in zip(leaves, sums, strict=True):
+        h.update(f"{jax.tree_util.keystr(path)}:{x.shape}:{x.dtype}:".encode())
+        h.update(np.asarray(s, np.uint32).tobytes())
+    return "params:" + h.hexdigest()[:32]
+
+
+def _hf_files_digest(path: Path) -> str:
+    """sha256 of config.json and every weight file, cached beside them (keyed by size and
+    mtime) so a 60 GB teacher is read once, not by every stage."""
+    files = sorted([path / "config.json", *path.glob("*.safetensors")])
+    stamp = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}
+    cache = path / _DIGEST_CACHE
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("files") == stamp:
+            return cached["digest"]
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}:{f.stat().st_size}:".encode())
+        with open(f, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 24), b""):
+                h.update(block)
+    digest = "files:" + h.hexdigest()[:32]
+    try:
+        artifacts.atomic_write_text(cache, json.dumps({"files": stamp, "digest": digest}))
+    except OSError:
+        pass  # a read-only model directory: hash again next time
+    return digest
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """A resolved model: what it is, before any weight is read."""
+
+    path: Path
+    config: qwen3.Qwen3Config  # as stored (its param_dtype is the stored dtype)
+    identity: str
+    step: int | None  # the checkpoint step; None for a HF directory
+    manifest: dict[str, Any]  # the checkpoint's run manifest ({} for a plain HF directory)
+
+    @property
+    def kind(self) -> str:
+        return "hf" if self.step is None else "checkpoint"
+
+    @property
+    def sft_teacher(self) -> str | None:
+        """The teacher that wrote the SFT data this model was trained on (None: unknown)."""
+        return self.manifest.get("teacher")
+
+    @property
+    def tokenizer_identity(self) -> str | None:
+        """The tokenizer this model was trained with, if recorded."""
+        return self.manifest.get("tokenizer")
+
+    def tokenizer_spec(self) -> str:
+        """What `lopd_jax.data.sft.load_renderer` takes: the toy byte renderer's name when the
+        model was trained with it, else the model directory (lopd checkpoints and HF
+        directories carry their tokenizer)."""
+        from lopd_jax.data import sft
+
+        return sft.BYTES if self.tokenizer_identity == sft.ByteRenderer.name else str(self.path)
+
+    def stop_ids(self) -> set[int]:
+        """EOS ids of the directory's generation_config.json."""
+        return hf.generation_eos_ids(self.path)
+
+    def describe(self) -> dict[str, Any]:
+        """What a manifest records about this model."""
+        return {"path": str(self.path), "identity": self.identity, "step": self.step}
+
+    def load(self, dtype: str | None = None, shardings: Any = None) -> qwen3.Params:
+        """The weights cast to `dtype` (default: as stored), each placed by `shardings` (a
+        pytree like `lopd_jax.parallel.rules.param_shardings`; None: one device)."""
+        dtype = dtype or self.config.param_dtype
+        if self.step is None:
+            return hf.load_hf(self.path, dtype=dtype, shardings=shardings)[1]
+        params = load_checkpoint_params(self.path, self.config, self.step, shardings)
+        # Restored in the dtype it was saved in; the cast keeps each device's shard in place.
+        return jax.tree.map(lambda x: x.astype(dtype), params)
+
+
+def resolve(path: str | os.PathLike, step: int | None = None) -> ModelRef:
+    """A lopd checkpoint directory (latest or `step`) or a HF directory, weights unread."""
+    path = Path(path).absolute()
+    if not path.is_dir():
+        raise artifacts.ArtifactError(
+            f"Model {path} does not exist (or is not a directory). Pass a Hugging Face model "
+            "directory or a lopd checkpoint directory (`lopd sft` writes <workdir>/checkpoints)."
+        )
+    manifest = artifacts.read_manifest(path) if (path / artifacts.MANIFEST).exists() else {}
+    if "model_config" in manifest:
+        config = qwen3.Qwen3Config(**manifest["model_config"])
+        step, meta = _readable_step(path, step)
+        if "weights_digest" not in meta:
+            raise artifacts.ArtifactError(
+                f"{path} step {step} records no weights digest (it was written by an older "
+                "lopd_jax); re-save it, or export it with an older version."
+            )
+        return ModelRef(
+            path, config, model_identity(config, meta["weights_digest"]), step, manifest
+        )
+    if not (path / "config.json").exists():
+        raise artifacts.ArtifactError(
+            f"{path}: neither a lopd checkpoint ({artifacts.MANIFEST} with a model config) nor a "
+            "Hugging Face model directory (config.json). Pass the model directory itself."
+        )
+    if step is not None:
+        raise artifacts.ArtifactError(f"{path} is a Hugging Face directory; it has no steps.")
+    config = hf.config_from_hf(json.loads((path / "config.json").read_text()))
+    digest = _hf_files_digest(path)
+    if manifest.get("kind") == EXPORT_KIND and manifest.get("files_digest") == digest:
+        return ModelRef(path, config, manifest["identity"], None, manifest)  # lopd's own export
+    return ModelRef(path, config, model_identity(config, digest), None, {})
+
+
+# ------------------------------------------------------------------------------------------
+# The read side of lopd checkpoints (orbax directories written by training.checkpoint).
+
+
+def _read_only_manager(ckpt_dir: Path):
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def finished_steps(ckpt_dir: str | os.PathLike) -> list[int]:
+    """Steps saved completely (orbax lists only steps whose atomic rename happened)."""
+    manager = _read_only_manager(Path(ckpt_dir).absolute())
+    try:
+        return sorted(manager.all_steps())
+    finally:
+        manager.close()
+
+
+def resolve_step(ckpt_dir: str | os.PathLike, step: int | None = None) -> int:
+    """`step` if it was saved completely, else (None) the latest finished step.
+
+    Resolve once and pass the result on, so that params, identity and the step a later stage
+    records all name the same step while the run that writes it may still be saving.
+    """
+    steps = finished_steps(ckpt_dir)
+    if not steps:
+        raise artifacts.ArtifactError(
+            f"{ckpt_dir} has no finished checkpoint step: its run stopped (or is still running) "
+            "before its first save. Resume that run (re-run its stage with the same workdir) or "
+            "use a checkpoint directory that has a step."
+        )
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise artifacts.ArtifactError(
+            f"{ckpt_dir} has no finished checkpoint at step {step}; it has steps {steps}."
+        )
+    return step
+
+
+def _readable_step(ckpt_dir: Path, step: int | None) -> tuple[int, dict[str, Any]]:
+    """The step and its metadata; with no step given, the latest step that reads back (a
+    damaged latest step falls back to the one before it, with a warning)."""
+    if step is not None:
+        return step, checkpoint_meta(ckpt_dir, resolve_step(ckpt_dir, step))
+    steps = finished_steps(ckpt_dir)
+    for candidate in reversed(steps):
+        try:
+            return candidate, checkpoint_meta(ckpt_dir, candidate)
+        except artifacts.ArtifactError as e:
+            _log.warning("%s; using an earlier step.", e)
+    resolve_step(ckpt_dir)  # no steps at all: its error says so
+    raise artifacts.ArtifactError(f"{ckpt_dir}: every step {steps} is damaged; re-run its stage.")
+
+
+def checkpoint_meta(ckpt_dir: str | os.PathLike, step: int) -> dict[str, Any]:
+    """The JSON metadata saved with `step` (its weights digest, the run manifest)."""
+    import orbax.checkpoint as ocp
+
+    manager = _read_only_manager(Path(ckpt_dir).absolute())
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many kinds for a damaged step
+        raise artifacts.ArtifactError(
+            f"{ckpt_dir} step {step}: its metadata cannot be read ({type(e).__name__}: {e}). "
+            "The step is damaged; delete that step directory to fall back to the previous one."
+        ) from e
+    finally:
+        manager.close()
+    return dict(restored["meta"])
+
+
+def load_checkpoint_params(
+    ckpt_dir: str | os.PathLike, config: qwen3.Qwen3Config, step: int, shardings: Any = None
+) -> qwen3.Params:
+    import orbax.checkpoint as ocp
+
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, qwen3.param_shapes(config))
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        qwen3.param_shapes(config),
+        shardings,
+    )
+    manager = _read_only_manager(Path(ckpt_dir).absolute())
+    try:
+        restored = manager.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
+        )
+    except Exception as e:
+        raise artifacts.ArtifactError(
+            f"{ckpt_dir} step {step}: its params cannot be read ({type(e).__name__}: {e}). "
+            "The step is damaged; delete that step directory to fall back to the previous one."
+        ) from e
+    finally:
+        manager.close()
+    return restored["params"]
+
+
+def load_params(
+    path: str | os.PathLike, step: int | None = None, *, dtype: str | None = None, shardings=None
+) -> tuple[qwen3.Qwen3Config, qwen3.Params]:
+    """`(config, params)` of any model directory (a checkpoint's latest step by default)."""
+    ref = resolve(path, step)
+    return ref.config, ref.load(dtype, shardings)

@@ -1,0 +1,247 @@
+"""The one training loop: init-or-resume, step, hooks every N steps, checkpoints, metrics.
+
+Every training stage (SFT, Lightning OPD, online OPD) is this loop with its own loss and
+batches:
+
+    trainer = Trainer(workdir=..., model_config=..., loss_fn=..., sections=config, ...)
+    trainer.add_hook(evaluate_fn, every=config.train.eval_every)
+    state = trainer.initial_state(init_params, data_iterator)
+    metrics = trainer.train(state, next_batch, data_iterator)
+
+The checkpoint directory `<workdir>/checkpoints` holds a run manifest with the run's
+*identity*: its inputs (base model, data, teacher, tokenizer identities) and every config field
+that changes the result. A re-run with the same workdir resumes exactly (params, optimizer, RNG,
+data position) and is refused, naming the fields, if any of them changed. The manifest is
+written only once the inputs are loaded, so a start that fails does not block the fixed re-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+from ml_collections import ConfigDict
+
+from lopd_jax import artifacts
+from lopd_jax.models import qwen3
+from lopd_jax.parallel import rules
+from lopd_jax.training import checkpoint, metrics, optimizer, state, step
+from lopd_jax.training.losses import LossFn
+
+_log = logging.getLogger(__name__)
+
+# Config fields that change how a run is carried out, not what it computes.
+OPERATIONAL_FIELDS = ("workdir", "checkpoint", "mesh", "train.log_every", "train.eval_every")
+
+
+@dataclasses.dataclass
+class StepInfo:
+    """What a hook sees after an update."""
+
+    step: int  # updates done
+    state: state.TrainState
+    metrics: dict[str, Any]  # this step's metrics, on device
+
+
+Hook = Callable[[StepInfo], Mapping[str, float] | None]
+
+
+def result_config(config: ConfigDict) -> dict[str, Any]:
+    """The config without its operational fields: what a resume must agree on."""
+    flat = _flatten(config.to_dict())
+    return {
+        k: v
+        for k, v in flat.items()
+        if not any(k == f or k.startswith(f + ".") for f in OPERATIONAL_FIELDS)
+    }
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def check_same_run(existing: Mapping[str, Any], identity: Mapping[str, Any], where: Path) -> None:
+    """Refuses a resume whose identity-bearing inputs or config changed, naming each."""
+    old, new = _flatten(existing), _flatten(identity)
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if changed:
+        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise artifacts.ArtifactError(
+            f"{where} holds a run made with different inputs or settings ({details}). Resuming "
+            "would mix two runs: use a new workdir, or rerun with the original values."
+        )
+
+
+class Trainer:
+    """The training loop over any `LossFn` (see `lopd_jax.training.losses`)."""
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        workdir: str | Path,
+        model_config: qwen3.Qwen3Config,
+        loss_fn: LossFn,
+        config: ConfigDict,
+        mesh: jax.sharding.Mesh,
+        manifest: dict[str, Any],
+        summarize: Callable[[dict[str, float]], dict[str, float]] | None = None,
+        plots: tuple[str, ...] = ("train/loss", "train/grad_norm", "train/lr"),
+    ):
+        """`config` holds the shared `train`, `optimizer` and `checkpoint` sections;
+        `manifest` the run's inputs (identities), recorded in the checkpoint manifest and
+        compared on resume with the result-bearing config; `summarize` turns the step's
+        summed metrics into reported ones (default: as they are)."""
+        self.kind = kind
+        self.workdir = Path(workdir).absolute()
+        self.ckpt_dir = self.workdir / "checkpoints"
+        self.model_config = model_config
+        self.config = config
+        self.mesh = mesh
+        self.plots = plots
+        self.summarize = summarize or (lambda m: m)
+        self.manifest = {
+            **manifest,
+            "model_config": checkpoint.model_config_fields(model_config),
+            "identity": {"inputs": manifest, "config": result_config(config)},
+            "config": config.to_dict(),
+        }
+        opt_config = optimizer.OptimizerConfig.from_dict(
+            {**config.optimizer, "total_steps": config.train.steps}
+        )
+        self.tx = optimizer.make_optimizer(opt_config)
+        self.schedule = optimizer.make_schedule(opt_config)
+        self.shardings = state.state_shardings(model_config, self.tx, mesh)
+        self.train_step = step.make_train_step(
+            loss_fn, self.tx, self.shardings, mesh, num_microbatches=config.train.num_microbatches
+        )
+        self._hooks: list[tuple[int, Hook, bool]] = []
+        self.resumed_step: int | None = None
+        self.manager: checkpoint.CheckpointManager | None = None
+
+    def add_hook(self, fn: Hook, *, every: int, at_start: bool = False) -> None:
+        """Calls `fn(info)` after every `every`-th update and after the last (and, with
+        `at_start`, before the first update of a fresh run: the baseline); what it returns is
+        logged as `eval/*` metrics."""
+        self._hooks.append((max(1, every), fn, at_start))
+
+    def initial_state(
+        self, init_params: Callable[[Any], qwen3.Params], data_iterator: Any
+    ) -> state.TrainState:
+        """The state of the last checkpoint (moving `data_iterator` to its position), else a
+        fresh one around `init_params(param_shardings)`."""
+        existing = None
+        if (self.ckpt_dir / artifacts.MANIFEST).exists():
+            existing = artifacts.read_manifest(self.ckpt_dir)
+            check_same_run(existing.get("identity", {}), self.manifest["identity"], self.ckpt_dir)
+        self.manager = checkpoint.CheckpointManager(
+            self.ckpt_dir,
+            save_every=self.config.checkpoint.save_every,
+            keep=self.config.checkpoint.keep,
+            async_save=self.config.checkpoint.async_save,
+        )
+        abstract = state.abstract_state(self.model_config, self.tx, self.shardings)
+        restored = self.manager.restore_latest(abstract, data_iterator)
+        if restored is not None:
+            train_state, _ = restored
+            self.resumed_step = int(train_state.step)
+            _log.info("Resumed %s at step %d.", self.ckpt_dir, self.resumed_step)
+            return train_state
+        params = init_params(self.shardings.params)
+        train_state = state.init_state(params, self.tx, self.config.seed, self.shardings)
+        if existing is None and jax.process_index() == 0:  # the inputs loaded: now record them
+            artifacts.write_manifest(self.ckpt_dir, self.kind, **self.manifest)
+        return train_state
+
+    def train(
+        self,
+        train_state: state.TrainState,
+        next_batch: Callable[[state.TrainState], dict[str, np.ndarray]],
+        data_iterator: Any = None,
+    ) -> dict[str, float]:
+        """Runs the updates left to `train.steps`; returns the last logged metrics.
+
+        `next_batch(state)` gives this process's rows of the next global batch (a data
+        iterator's next item, or freshly sampled rollouts); `data_iterator` (grain) is saved
+        with every checkpoint for an exact resume (None when batches depend on the step only).
+        """
+        steps, log_every = self.config.train.steps, self.config.train.log_every
+        first = int(train_state.step)
+        writer = metrics.MetricsWriter(self.workdir, resume_step=self.resumed_step)
+        last: dict[str, float] = {}
+        window = _Throughput()
+        meta = {"manifest": self.manifest}
+        try:
+            if self.resumed_step is None:
+                for _, hook, at_start in self._hooks:
+                    if at_start and (extra := hook(StepInfo(0, train_state, {}))):
+                        writer.write(0, extra, prefix="eval")
+            bar = tqdm.trange(first, steps, initial=first, total=steps, desc=self.kind,
+                              disable=jax.process_index() != 0)  # fmt: skip
+            for i in bar:
+                batch = next_batch(train_state)
+                window.add(batch)
+                train_state, step_metrics = self.train_step(
+                    train_state, rules.global_batch(self.mesh, batch)
+                )
+                done = i + 1
+                if done % log_every == 0 or done == steps:
+                    reported = self.summarize(
+                        {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                    )
+                    last = {**reported, "lr": float(self.schedule(i)), **window.read()}
+                    writer.write(done, last, prefix="train")
+                    bar.set_postfix(loss=f"{last['loss']:.4g}")
+                for every, hook, _ in self._hooks:
+                    if done % every == 0 or done == steps:
+                        start = time.perf_counter()
+                        extra = hook(StepInfo(done, train_state, step_metrics)) or {}
+                        if extra:
+                            writer.write(done, extra, prefix="eval")
+                            last |= {f"eval_{k}": v for k, v in extra.items()}
+                        window.exclude(time.perf_counter() - start)  # not training throughput
+                self.manager.save(done, train_state, data_iterator, meta, force=done == steps)
+        finally:
+            self.manager.wait()
+            self.manager.close()
+            writer.close()
+        if jax.process_index() == 0 and self.plots:
+            metrics.plot_metrics(self.workdir, self.plots)
+        return {k: float(v) for k, v in last.items()}
+
+
+class _Throughput:
+    """Real (non-padding) tokens per second and slot fill since the last read."""
+
+    def __init__(self):
+        self.tokens, self.slots, self.start = 0, 0, time.perf_counter()
+
+    def add(self, batch: Mapping[str, np.ndarray]) -> None:
+        segments = np.asarray(batch["segment_ids"])
+        self.tokens += int(np.sum(segments != 0))
+        self.slots += segments.size
+
+    def exclude(self, seconds: float) -> None:
+        self.start += seconds
+
+    def read(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        out = {
+            "tokens_per_s": self.tokens * jax.process_count() / elapsed,
+            "padding_efficiency": self.tokens / max(self.slots, 1),
+        }
+        self.tokens, self.slots, self.start = 0, 0, time.perf_counter()
+        return out
