@@ -152,3 +152,23 @@ def check_teacher_consistency(
         "teacher_consistent": consistent,
         "allow_inconsistent_teacher": allow_inconsistent,
     }
+
+
+def check_tokenizer_consistency(
+    data_tokenizer: str | None, model_tokenizer: str | None, *, allow_unknown: bool, where: str
+) -> None:
+    """Teacher and student must tokenize identically: a teacher's log-prob of another
+    tokenizer's ids is meaningless. An unknown side passes only with `allow_unknown`."""
+    if data_tokenizer is not None and model_tokenizer is not None:
+        if data_tokenizer != model_tokenizer:
+            raise TeacherMismatchError(
+                f"{where}: the rollouts were tokenized with {data_tokenizer!r} but the teacher's "
+                f"tokenizer is {model_tokenizer!r}. Teacher and student must share a tokenizer; "
+                "use a teacher of the student's model family."
+            )
+    elif not allow_unknown:
+        raise TeacherMismatchError(
+            f"{where}: a tokenizer is unknown (rollouts: {data_tokenizer!r}, teacher: "
+            f"{model_tokenizer!r}), so tokenizer consistency cannot be checked. Set "
+            "allow_inconsistent_teacher=True to proceed (it is recorded)."
+        )

@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -339,13 +339,15 @@ def save_hf(
     path: str | os.PathLike,
     *,
     tokenizer: Any = None,
+    stop_ids: Sequence[int] = (),
     max_shard_bytes: int = 4 << 30,
 ) -> Path:
     """Writes a HF model directory that `AutoModelForCausalLM.from_pretrained` loads.
 
     Weights are written in the params' dtype as sharded safetensors (`max_shard_bytes` each)
     with an index; the directory appears atomically (written to a temp dir, then renamed).
-    Passing `tokenizer` also saves it and takes the EOS/pad ids for `generation_config.json`.
+    Passing `tokenizer` also saves it and takes the EOS/pad ids for `generation_config.json`;
+    `stop_ids` (e.g. a chat model's end-of-turn and end-of-text ids) are its EOS ids instead.
     Only process 0 writes; every process must call this (the gather is collective).
     """
     from safetensors.numpy import save_file
@@ -394,9 +396,14 @@ def save_hf(
     # The pad id stays out of config.json: transformers would make it the embedding's
     # padding_idx, which must lie inside the vocabulary (it does not for tiny test models).
     config_to_hf(config, eos_token_id=special.get("eos_token_id")).save_pretrained(str(tmp))
+    if stop_ids:
+        special["eos_token_id"] = sorted(stop_ids)
     GenerationConfig(**special).save_pretrained(str(tmp))
 
-    os.chmod(tmp, 0o777 & ~artifacts.current_umask())  # mkdtemp's 0700 would hide it
+    # mkdtemp's 0700 (and any 0600 file) would hide the export from other users.
+    os.chmod(tmp, 0o777 & ~artifacts.current_umask())
+    for file in tmp.iterdir():
+        os.chmod(file, 0o666 & ~artifacts.current_umask())
     # Swap in the new directory. An existing export is moved aside first and only deleted once
     # the new one is in place; a crash in between leaves it intact as `.<name>.old`.
     old = path.with_name(f".{path.name}.old")

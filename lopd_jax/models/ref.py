@@ -75,7 +75,7 @@ def weights_digest(params: Any) -> str:
     return "params:" + h.hexdigest()[:32]
 
 
-def _hf_files_digest(path: Path) -> str:
+def hf_files_digest(path: Path) -> str:
     """sha256 of config.json and every weight file, cached beside them (keyed by size and
     mtime) so a 60 GB teacher is read once, not by every stage."""
     files = sorted([path / "config.json", *path.glob("*.safetensors")])
@@ -124,6 +124,17 @@ class ModelRef:
     def tokenizer_identity(self) -> str | None:
         """The tokenizer this model was trained with, if recorded."""
         return self.manifest.get("tokenizer")
+
+    def tokenizer_name(self) -> str | None:
+        """The tokenizer's identity: as recorded (checkpoints), else that of the tokenizer
+        files in the directory; None when there are none."""
+        if self.tokenizer_identity is not None:
+            return self.tokenizer_identity
+        if not (self.path / "tokenizer.json").exists():
+            return None
+        from lopd_jax.data import sft
+
+        return sft.load_renderer(self.path).name
 
     def tokenizer_spec(self) -> str:
         """What `lopd_jax.data.sft.load_renderer` takes: the toy byte renderer's name when the
@@ -180,7 +191,7 @@ def resolve(path: str | os.PathLike, step: int | None = None) -> ModelRef:
     if step is not None:
         raise artifacts.ArtifactError(f"{path} is a Hugging Face directory; it has no steps.")
     config = hf.config_from_hf(json.loads((path / "config.json").read_text()))
-    digest = _hf_files_digest(path)
+    digest = hf_files_digest(path)
     if manifest.get("kind") == EXPORT_KIND and manifest.get("files_digest") == digest:
         return ModelRef(path, config, manifest["identity"], None, manifest)  # lopd's own export
     return ModelRef(path, config, model_identity(config, digest), None, {})

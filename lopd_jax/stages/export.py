@@ -1,0 +1,61 @@
+"""Export: any lopd checkpoint (SFT or OPD, any step) -> a Hugging Face model directory.
+
+Writes safetensors (sharded, with an index), `config.json`, `generation_config.json` with the
+checkpoint's stop ids and the tokenizer the model was trained with, so `transformers`
+(`AutoModelForCausalLM`, `AutoTokenizer`) and serving stacks load it. A `manifest.json` records
+the checkpoint's identity and step: `lopd_jax.models.ref` resolves the export to the same
+identity as the checkpoint while its files are unchanged. The directory appears atomically; an
+existing output is replaced only if it is an earlier lopd export.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from lopd_jax import artifacts
+from lopd_jax.configs import sections
+from lopd_jax.data import sft
+from lopd_jax.models import hf, ref
+
+
+def check_output(output: Path) -> None:
+    """Never replace what lopd did not export."""
+    if output.is_file():
+        raise artifacts.ArtifactError(f"output={output} is a file; choose a directory path.")
+    if output.is_dir() and any(output.iterdir()):
+        manifest = output / artifacts.MANIFEST
+        kind = artifacts.read_manifest(output).get("kind") if manifest.exists() else None
+        if kind != ref.EXPORT_KIND:
+            raise artifacts.ArtifactError(
+                f"output={output} exists and is not a lopd export; choose a new directory "
+                "(lopd never replaces what it did not write)."
+            )
+
+
+def run(config: ConfigDict) -> dict[str, Any]:
+    output = Path(sections.require_path(config.output, "output", "the HF directory to write"))
+    check_output(output.absolute())
+    model = ref.resolve(config.model.path, sections.model_step(config.model))
+    if model.kind != "checkpoint":
+        raise artifacts.ArtifactError(
+            f"model.path={model.path} is already a Hugging Face directory; nothing to export."
+        )
+    spec = model.tokenizer_spec()
+    tokenizer = None if spec == sft.BYTES else sft.load_renderer(spec).tokenizer
+    model_config = sections.model_config(config.model, model.config)
+    params = model.load(model_config.param_dtype)
+    hf.save_hf(model_config, params, output, tokenizer=tokenizer, stop_ids=model.stop_ids())
+    record = {
+        "identity": model.identity,
+        "files_digest": ref.hf_files_digest(output),
+        "checkpoint": model.describe(),
+        "teacher": model.sft_teacher,
+        "tokenizer": model.tokenizer_identity,
+        "dtype": model_config.param_dtype,
+    }
+    artifacts.write_manifest(output, ref.EXPORT_KIND, **record)
+    print(f"export: wrote {output} ({model.identity}, step {model.step})")
+    return record

@@ -1,0 +1,253 @@
+"""OPD: train the student from pi_ref with the on-policy-distillation loss (Lightning OPD step 4).
+
+`mode=lightning` (the paper's method): the rollouts sampled once from pi_ref and scored once by
+the teacher (`lopd rollout`, `lopd score`) are read from the store as packed rows, reshuffled
+every epoch and never refreshed; the student's log-probs are recomputed every step and the
+per-token advantage is `A_t = stored log pi_T - log pi_theta`, clipped; no importance weights.
+No teacher is loaded. The run is refused if scoring is incomplete, if the store's rollouts were
+not sampled from this SFT checkpoint, or if the scoring teacher is not the teacher that wrote
+the SFT data (unless `allow_inconsistent_teacher=True`, recorded).
+
+`mode=online` (standard OPD, the baseline): every `online.reuse_steps` steps, fresh responses
+are sampled from the current student and scored by the live teacher held in the same job on the
+same mesh; same loss and optimizer. Metrics record the wall time of sampling, teacher and train.
+
+Losses (`loss.loss`): `sampled_token` (the paper's) or `topk_reverse_kl` (exact reverse KL over
+the teacher's top-k + a rest bucket; `lopd_jax.training.losses`). Ablations: advantage clip and
+centering, a truncated importance weight against pi_ref, a KL-to-pi_ref penalty, rollouts per
+prompt, an inconsistent teacher, periodic refresh (`mode=online`, `online.reuse_steps > 1`).
+
+Outputs in the workdir: checkpoints/ (exact resume: model, optimizer, data position),
+metrics.jsonl + tb/ (loss, advantage, clip fraction, k1/k3 KL, w_t mean/std, rest masses,
+tokens/s), metrics.png.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from lopd_jax import artifacts
+from lopd_jax.configs import sections
+from lopd_jax.data import pipeline, synthetic
+from lopd_jax.data import prompts as prompts_lib
+from lopd_jax.errors import ConfigError
+from lopd_jax.models import logprobs, ref
+from lopd_jax.parallel import mesh as mesh_lib
+from lopd_jax.parallel import rules
+from lopd_jax.sampling import Sampler, SamplingParams
+from lopd_jax.stages import score
+from lopd_jax.store import RolloutStore, StoreError
+from lopd_jax.training import loop, losses
+
+CHECKPOINT_KIND = "opd_checkpoint"
+MODES = ("lightning", "online")
+
+
+def loss_config(config: ConfigDict) -> losses.OpdLossConfig:
+    try:
+        return losses.OpdLossConfig(**config.loss)
+    except ValueError as e:
+        raise ConfigError(f"loss section: {e}") from e
+
+
+def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
+    """The store's packed rows for this process, after every check; and what to record."""
+    store = RolloutStore.open(config.store)
+    sampled_by = store.manifest.get("sft_checkpoint", {}).get("identity")
+    if sampled_by != pi_ref.identity:
+        raise StoreError(
+            f"{config.store} holds rollouts sampled from model {sampled_by!r}, not from "
+            f"model.path={pi_ref.path} ({pi_ref.identity}). Lightning OPD starts from the "
+            "checkpoint that sampled its rollouts: point model.path at it, or re-run rollout."
+        )
+    scoring = store.manifest.get("scoring")
+    columns = losses.required_columns(opd)
+    incomplete = [c for c in columns if c in score.COLUMNS and not store.column_complete(c)]
+    if scoring is None or incomplete:
+        raise StoreError(
+            f"{config.store}: teacher columns {incomplete or list(score.COLUMNS)} are not "
+            "complete; run (or finish) `lopd score` first"
+            + (
+                " with --config.topk > 0 for loss=topk_reverse_kl."
+                if opd.loss != "sampled_token"
+                else "."
+            )  # fmt: skip
+        )
+    guard = artifacts.check_teacher_consistency(
+        store.manifest.get("sft_teacher"), scoring["teacher"]["identity"],
+        allow_inconsistent=config.allow_inconsistent_teacher, where=f"lopd opd ({config.store})",
+    )  # fmt: skip
+    rows = None
+    if config.data.rollouts_per_prompt:
+        table = store.row_table()
+        seen: dict[int, int] = {}
+        rows = []
+        for row, prompt in enumerate(table["prompt_index"]):
+            seen[prompt] = seen.get(prompt, 0) + 1
+            if seen[prompt] <= config.data.rollouts_per_prompt:
+                rows.append(row)
+    data = pipeline.rollout_rows(
+        store, [c for c in columns if c not in pipeline.FEATURES],
+        seq_len=config.data.seq_len, seed=config.seed, packing=config.data.packing,
+        num_packing_bins=config.data.num_packing_bins, rows=rows,
+    )  # fmt: skip
+    iterator = iter(
+        pipeline.batches(data, config.train.batch_size, jax.process_index(), jax.process_count())
+    )
+    inputs = {
+        "store": str(config.store),
+        "rollouts": store.manifest.get("identity"),
+        "teacher": scoring["teacher"]["identity"],
+        **guard,
+    }
+    return iterator, inputs
+
+
+class OnlineSource:
+    """Fresh rollouts from the current student, scored by the live teacher, as packed rows.
+
+    Every `reuse_steps` updates it samples `prompts_per_step x samples_per_prompt` responses
+    (prompts and sampling keys are functions of the seed and the step, so a resumed run
+    samples what an uninterrupted one would) and scores them with the teacher.
+    """
+
+    def __init__(self, config, model_config, teacher: ref.ModelRef, mesh, columns, stop_ids):
+        self.config, self.model_config, self.mesh = config, model_config, mesh
+        self.columns = [c for c in columns if c not in pipeline.FEATURES]
+        teacher_config = sections.model_config(config.model, teacher.config)
+        shardings = rules.param_shardings(teacher_config, mesh)
+        self.teacher_params = teacher.load(teacher_config.param_dtype, shardings)
+        self.topk = config.online.topk if "teacher_topk_ids" in columns else 0
+        topk = self.topk
+        self.teacher_forward = jax.jit(
+            lambda p, b: logprobs.teacher_scores(teacher_config, p, **b, topk=topk),
+            in_shardings=(shardings, rules.batch_sharding(mesh)),
+        )
+        self.prompts = load_prompts(config.online.prompts, config.seed, model_config, teacher)
+        self.sampling = SamplingParams(
+            max_new_tokens=config.online.max_new_tokens, temperature=config.online.temperature,
+            top_p=config.online.top_p, stop_ids=stop_ids,
+        )  # fmt: skip
+        self.buffer: list[dict[str, np.ndarray]] = []
+        self.seconds = {"sample_s": 0.0, "teacher_s": 0.0}
+
+    def __call__(self, state) -> dict[str, np.ndarray]:
+        step = int(state.step)
+        if step % self.config.online.reuse_steps == 0 or not self.buffer:
+            self.buffer = self.sample_and_score(state.params, step)
+        return self.buffer[step % len(self.buffer)]
+
+    def sample_and_score(self, params, step: int) -> list[dict[str, np.ndarray]]:
+        online = self.config.online
+        rng = np.random.default_rng([self.config.seed, step])
+        picked = rng.choice(len(self.prompts), online.prompts_per_step, replace=False)
+        prompts = [self.prompts[i] for i in picked for _ in range(online.samples_per_prompt)]
+        start = time.perf_counter()
+        sampler = Sampler(self.model_config, params, mesh=self.mesh, batch_size=len(prompts))
+        out = sampler.sample(prompts, self.sampling, seed=self.config.seed + step)
+        self.seconds["sample_s"] += time.perf_counter() - start
+        start = time.perf_counter()
+        rows = [p + list(t) for p, t in zip(prompts, out.tokens, strict=True)]
+        lengths = np.array([len(r) for r in rows])
+        chunk = {
+            "tokens": np.concatenate(rows).astype(np.int32),
+            "offsets": np.concatenate([[0], np.cumsum(lengths)]),
+            "prompt_len": np.array([len(p) for p in prompts]),
+        }
+        scored = score.score_chunk(
+            self.teacher_forward, self.teacher_params, self.mesh, chunk, topk=self.topk,
+            seq_len=self.config.data.seq_len, batch_size=self.config.train.batch_size,
+        )  # fmt: skip
+        self.seconds["teacher_s"] += time.perf_counter() - start
+        sampler_lp = [np.r_[np.full(len(p), np.nan), lp] for p, lp in zip(prompts, out.logprobs)]
+        chunk["sampler_logprobs"] = np.concatenate(sampler_lp).astype(np.float32)
+        examples = pipeline.examples_from_flat(
+            {**chunk, **scored}, self.columns, seq_len=self.config.data.seq_len
+        )
+        return pipeline.pack_batches(
+            examples, self.columns, seq_len=self.config.data.seq_len,
+            batch_size=self.config.train.batch_size, steps=online.reuse_steps,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+        )  # fmt: skip
+
+
+def load_prompts(path: str, seed: int, model_config, model: ref.ModelRef) -> list[list[int]]:
+    rows = prompts_lib.read_rows(path) if path else synthetic.addition_records(256, seed=seed + 1)
+    ids, _ = prompts_lib.tokenize(
+        rows, model.tokenizer_spec(), chat_template=True, vocab_size=model_config.vocab_size,
+        max_len=model_config.max_position_embeddings, where=path or "generated prompts",
+    )  # fmt: skip
+    return ids
+
+
+def run(config: ConfigDict) -> dict[str, Any]:
+    """Runs (or resumes) OPD; returns the final metrics."""
+    if config.mode not in MODES:
+        raise ConfigError(f"mode={config.mode!r}; choose one of {MODES}.")
+    sections.require_positive(config, "train.steps", "train.batch_size", "data.seq_len")
+    opd = loss_config(config)
+    mesh_lib.maybe_initialize_distributed()
+    mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
+    pi_ref = ref.resolve(config.model.path, sections.model_step(config.model))
+    model_config = sections.model_config(config.model, pi_ref.config)
+    columns = losses.required_columns(opd)
+
+    if config.mode == "lightning":  # never touches config.teacher
+        data_iterator, inputs = lightning_source(config, pi_ref, opd)
+        next_batch = lambda _: next(data_iterator)
+    else:
+        teacher = ref.resolve(sections.require_path(config.teacher, "teacher", "the teacher"))
+        inputs = artifacts.check_teacher_consistency(
+            pi_ref.sft_teacher, teacher.identity,
+            allow_inconsistent=config.allow_inconsistent_teacher, where="lopd opd (online)",
+        )  # fmt: skip
+        artifacts.check_tokenizer_consistency(
+            pi_ref.tokenizer_name(), teacher.tokenizer_name(),
+            allow_unknown=config.allow_inconsistent_teacher, where="lopd opd (online)",
+        )  # fmt: skip
+        stop_ids = tuple(sorted(pi_ref.stop_ids()))
+        data_iterator = None  # batches are a function of the step: nothing to checkpoint
+        next_batch = OnlineSource(config, model_config, teacher, mesh, columns, stop_ids)
+        inputs = {"teacher": teacher.identity, **inputs}
+
+    trainer = loop.Trainer(
+        kind=CHECKPOINT_KIND, workdir=config.workdir, model_config=model_config,
+        loss_fn=losses.opd_loss_fn(model_config, opd), config=config, mesh=mesh,
+        manifest={
+            "mode": config.mode, "pi_ref": pi_ref.identity, "pi_ref_path": str(pi_ref.path),
+            "sft_teacher": pi_ref.sft_teacher, "tokenizer": pi_ref.tokenizer_identity, **inputs,
+        },
+        summarize=lambda m: _reported(m, next_batch),
+        plots=("train/loss", "train/advantage_mean", "train/w_mean", "train/w_std",
+               "train/kl_k3", "train/student_rest_mass"),
+    )  # fmt: skip
+    state = trainer.initial_state(
+        lambda shardings: pi_ref.load(model_config.param_dtype, shardings), data_iterator
+    )
+    if trainer.resumed_step is None and jax.process_index() == 0:
+        _copy_generation_files(pi_ref.path, trainer.ckpt_dir)
+    return trainer.train(state, next_batch, data_iterator)
+
+
+def _reported(summed: dict[str, float], source) -> dict[str, float]:
+    """Means of the summed aux, and the online step's wall-time split so far."""
+    out = {k: float(v) for k, v in losses.opd_metrics(summed).items()}
+    out["loss"], out["grad_norm"] = summed["loss"], summed["grad_norm"]
+    if isinstance(source, OnlineSource):
+        out |= source.seconds
+    return out
+
+
+def _copy_generation_files(src: Path, dst: Path) -> None:
+    """The student keeps pi_ref's tokenizer and stop ids (its directory reads like a HF dir)."""
+    import shutil
+
+    for file in src.iterdir():
+        if file.is_file() and file.name != artifacts.MANIFEST and not file.name.startswith("."):
+            shutil.copy2(file, dst / file.name)

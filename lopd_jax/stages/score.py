@@ -1,0 +1,225 @@
+"""Score: the teacher's log-probs (and top-k) of every rollout token, once (Lightning OPD step 3).
+
+Reads a complete rollout store and the teacher (a HF directory or a lopd checkpoint), runs one
+teacher-forced forward over prompt + response of every row, and writes aligned columns into the
+same store: `teacher_logprobs[i] = log pi_T(tokens[i] | tokens[<i])` at response positions
+(NaN at prompt positions) and, with `topk > 0`, `teacher_topk_ids` / `teacher_topk_logprobs`
+`[N_tok, k]`, the teacher's k most likely next tokens at position i and their log-probs
+(descending; fill values at prompt positions). After this the teacher is never loaded again.
+
+The guard: the teacher must be the one that wrote the SFT data of the model that sampled the
+rollouts (the store records it), and must share its tokenizer; otherwise the run is refused
+with both identities named, unless `allow_inconsistent_teacher=True` (an ablation, recorded).
+
+Rows are packed (first-fit, longest first) into `[batch_size, seq_len]` batches; the teacher is
+sharded over the devices by `mesh.*` (fsdp / fsdp_tp). Chunks are scored and committed one at a
+time, so a re-run skips finished chunks; with several processes each scores its own chunks on
+its own devices.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+from ml_collections import ConfigDict
+
+from lopd_jax import artifacts
+from lopd_jax.configs import sections
+from lopd_jax.errors import ConfigError
+from lopd_jax.models import logprobs, ref
+from lopd_jax.parallel import mesh as mesh_lib
+from lopd_jax.parallel import rules
+from lopd_jax.store import RolloutStore, StoreError
+
+COLUMNS = ("teacher_logprobs", "teacher_topk_ids", "teacher_topk_logprobs")
+
+
+def pack(lengths: np.ndarray, seq_len: int) -> list[list[int]]:
+    """Row indices per packed row: first-fit, longest first (rows never split)."""
+    bins: list[list[int]] = []
+    space: list[int] = []
+    for row in np.argsort(-lengths, kind="stable"):
+        fit = next((b for b, free in enumerate(space) if free >= lengths[row]), None)
+        if fit is None:
+            bins.append([]), space.append(seq_len)
+            fit = len(bins) - 1
+        bins[fit].append(int(row))
+        space[fit] -= int(lengths[row])
+    return bins
+
+
+def packed_batches(offsets: np.ndarray, tokens: np.ndarray, seq_len: int, batch_size: int):
+    """`(batch, flat index of every slot or -1)` for the rows of one chunk, packed."""
+    lengths = np.diff(offsets)
+    rows = pack(lengths, seq_len)
+    for start in range(0, len(rows), batch_size):
+        index = np.full((batch_size, seq_len), -1, np.int64)
+        segment_ids = np.zeros((batch_size, seq_len), np.int32)
+        positions = np.zeros((batch_size, seq_len), np.int32)
+        for b, packed in enumerate(rows[start : start + batch_size]):
+            at = 0
+            for segment, row in enumerate(packed, 1):
+                n = lengths[row]
+                index[b, at : at + n] = np.arange(offsets[row], offsets[row + 1])
+                segment_ids[b, at : at + n] = segment
+                positions[b, at : at + n] = np.arange(n)
+                at += n
+        batch = {
+            "tokens": np.where(index >= 0, tokens[np.maximum(index, 0)], 0).astype(np.int32),
+            "positions": positions,
+            "segment_ids": segment_ids,
+        }
+        yield batch, index
+
+
+def check_guard(store: RolloutStore, teacher: ref.ModelRef, allow: bool) -> dict[str, Any]:
+    """The teacher-consistency and tokenizer checks; returns what to record."""
+    where = f"lopd score ({store.path})"
+    record = artifacts.check_teacher_consistency(
+        store.manifest.get("sft_teacher"), teacher.identity, allow_inconsistent=allow, where=where
+    )
+    teacher_tokenizer = teacher.tokenizer_name()
+    artifacts.check_tokenizer_consistency(
+        store.manifest.get("tokenizer"), teacher_tokenizer, allow_unknown=allow, where=where
+    )
+    return record | {
+        "rollout_tokenizer": store.manifest.get("tokenizer"),
+        "teacher_tokenizer": teacher_tokenizer,
+    }
+
+
+def open_scoring(store: RolloutStore, scoring: dict[str, Any]) -> None:
+    """Records what scores the store, refusing a resume by another teacher or settings."""
+    previous = store.manifest.get("scoring")
+    if previous is not None:
+        changed = [k for k in ("teacher", "topk", "dtype") if previous.get(k) != scoring[k]]
+        if changed:
+            raise StoreError(
+                f"{store.path} was partly scored with a different "
+                + "; ".join(f"{k} ({previous.get(k)!r} -> {scoring[k]!r})" for k in changed)
+                + ". Rerun with the original teacher and settings, or score a copy of the store."
+            )
+        return
+    store.update_manifest(scoring=scoring)
+
+
+def run(config: ConfigDict) -> dict[str, Any]:
+    sections.require_positive(config, "seq_len", "batch_size")
+    if config.topk < 0:
+        raise ConfigError(f"topk={config.topk} must be >= 0 (0 stores no top-k).")
+    mesh_lib.maybe_initialize_distributed()
+    store = RolloutStore.open(config.store)
+    if not store.manifest.get("complete"):
+        raise StoreError(
+            f"{config.store}: the rollout is not complete ({store.num_rows} rows so far); "
+            "finish `lopd rollout` (re-run it with the same settings) before scoring."
+        )
+    teacher = ref.resolve(sections.require_path(config.teacher, "teacher", "the teacher model"))
+    guard = check_guard(store, teacher, config.allow_inconsistent_teacher)
+    teacher_config = sections.model_config(config.model, teacher.config)
+    longest = int(np.diff(store.row_table()["offsets"]).max(initial=0))
+    if longest > config.seq_len:
+        raise ConfigError(
+            f"The longest rollout row has {longest} tokens but seq_len={config.seq_len}; set "
+            f"--config.seq_len={longest} or more."
+        )
+    columns = COLUMNS if config.topk else COLUMNS[:1]
+    if jax.process_index() == 0:  # one writer of the manifest and the new columns
+        open_scoring(store, {
+            "teacher": teacher.describe(), **guard, "topk": config.topk,
+            "dtype": [teacher_config.param_dtype, teacher_config.dtype],
+        })  # fmt: skip
+        if config.topk:
+            store.add_column("teacher_topk_ids", np.int32, tail_shape=(config.topk,), fill_value=0)
+            store.add_column("teacher_topk_logprobs", np.float32, tail_shape=(config.topk,))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("lopd score: columns created")
+        store = RolloutStore.open(config.store)  # the manifest process 0 wrote
+
+    done = set.intersection(*(set(store.complete_chunks(c)) for c in columns))
+    mine = [
+        c.index
+        for c in store.chunks
+        if c.index % jax.process_count() == jax.process_index() and c.index not in done
+    ]
+    if not mine:
+        print(f"score: {config.store} is already scored by this teacher.")
+        return store.manifest.get("scoring_summary", {})
+
+    # Each process scores its own chunks on its own devices: one local mesh per process.
+    mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh), devices=jax.local_devices())
+    param_shardings = rules.param_shardings(teacher_config, mesh)
+    params = teacher.load(teacher_config.param_dtype, param_shardings)
+    forward = jax.jit(
+        functools.partial(logprobs.teacher_scores, teacher_config, topk=config.topk),
+        in_shardings=(param_shardings, rules.batch_sharding(mesh)),
+    )
+    total = sum(store.chunks[i].token_stop - store.chunks[i].token_start for i in mine)
+    bar = tqdm.tqdm(total=total, unit="tok", unit_scale=True, desc="score")
+    start, scored = time.perf_counter(), 0
+    for index in mine:
+        chunk = store.read_chunk(index, ["tokens"])
+        out = score_chunk(
+            forward, params, mesh, chunk,
+            topk=config.topk, seq_len=config.seq_len, batch_size=config.batch_size,
+        )  # fmt: skip
+        for name in columns:  # teacher_logprobs last: its marker completes the chunk
+            store.write_column(name, index, out[name])
+        scored += len(chunk["tokens"])
+        bar.update(len(chunk["tokens"]))
+        bar.set_postfix(tok_per_s=f"{scored / (time.perf_counter() - start):.0f}")
+    bar.close()
+
+    summary = {
+        "tokens_scored": scored,
+        "tokens_per_s": scored / (time.perf_counter() - start),
+        "bytes_per_token": 4 + 8 * config.topk,  # float32 log-prob + k (int32 id, float32 lp)
+        "complete": all(store.column_complete(c) for c in columns),
+    }
+    if jax.process_index() == 0:
+        store.update_manifest(scoring_summary=summary)
+    print(f"score: {config.store}: {summary}")
+    return summary
+
+
+def score_chunk(
+    forward,
+    params,
+    mesh,
+    chunk: dict[str, np.ndarray],
+    *,
+    topk: int,
+    seq_len: int,
+    batch_size: int,
+) -> dict[str, np.ndarray]:
+    """The teacher columns of rows given flat (`tokens`, `offsets` from 0, `prompt_len`), flat
+    over their tokens, prompt positions filled (NaN log-probs, id 0)."""
+    offsets, tokens = chunk["offsets"], chunk["tokens"]
+    n, k = len(tokens), topk
+    out = {
+        "teacher_logprobs": np.full(n, np.nan, np.float32),
+        "teacher_topk_ids": np.zeros((n, k), np.int32),
+        "teacher_topk_logprobs": np.full((n, k), np.nan, np.float32),
+    }
+    with rules.activation_sharding(mesh):
+        for batch, index in packed_batches(offsets, tokens, seq_len, batch_size):
+            placed = jax.device_put(batch, rules.batch_sharding(mesh))
+            lp, ids, top = jax.device_get(forward(params, placed))
+            real = index >= 0
+            out["teacher_logprobs"][index[real]] = lp[real]
+            out["teacher_topk_ids"][index[real]] = ids[real]
+            out["teacher_topk_logprobs"][index[real]] = top[real]
+    response = np.zeros(n, bool)
+    for row, prompt_len in enumerate(chunk["prompt_len"]):
+        response[offsets[row] + prompt_len : offsets[row + 1]] = True
+    out["teacher_logprobs"][~response] = np.nan
+    out["teacher_topk_ids"][~response] = 0
+    out["teacher_topk_logprobs"][~response] = np.nan
+    return out
