@@ -108,9 +108,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
             texts = [_decode(renderer, out.tokens[s]) for s in samples]
             result = {
                 "id": str(problems[i]["id"]),
-                "correct": [
-                    eval_lib.grade(problems[i], t, timeout_s=config.grade_timeout_s) for t in texts
-                ],  # fmt: skip
+                "correct": [grade(problems[i], t) for t in texts],
                 "lengths": [len(out.tokens[s]) for s in samples],
                 "truncated": [out.finish_reason[s] == "length" for s in samples],
                 "response": texts[0],

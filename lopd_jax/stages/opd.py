@@ -70,14 +70,10 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
     columns = losses.required_columns(opd)
     incomplete = [c for c in columns if c in score.COLUMNS and not store.column_complete(c)]
     if scoring is None or incomplete:
+        topk_hint = " with --config.topk > 0" if "teacher_topk_ids" in columns else ""
         raise StoreError(
             f"{config.store}: teacher columns {incomplete or list(score.COLUMNS)} are not "
-            "complete; run (or finish) `lopd score` first"
-            + (
-                " with --config.topk > 0 for loss=topk_reverse_kl."
-                if opd.loss != "sampled_token"
-                else "."
-            )  # fmt: skip
+            f"complete; run (or finish) `lopd score`{topk_hint} first."
         )
     guard = artifacts.check_teacher_consistency(
         store.manifest.get("sft_teacher"), scoring["teacher"]["identity"],
