@@ -14,7 +14,8 @@ compressible than text), log-probs -Exponential(1), numpy default_rng(`--seed`).
 every file under the store. Write tokens/s = tokens / wall time of all `append_chunk` calls;
 read tokens/s = tokens / wall time of `read_chunk` of the three per-token columns over every
 chunk (checksums checked), when the code has `read_chunk`. Also a 40-row store (issue 9.5
-reported 52 MB for one).
+reported 52 MB for one). Then the slot fill (real tokens / token slots) of one shuffled epoch
+of `pipeline.rollout_rows` over the large store, unpacked and first-fit packed.
 
 `--baseline-ref REF` runs the same measurement on `lopd_jax/` of git commit REF (exported to
 a temporary directory, run in a subprocess). Results go to benchmarks/RESULTS.md.
@@ -107,11 +108,37 @@ def measure(directory: Path, num_tokens: int, chunk_rows: int, seed: int) -> dic
     return result
 
 
-def run_all(num_tokens: int, chunk_rows: int, seed: int) -> list[dict]:
+def slot_fill(path: Path, seq_len: int, bins: list[int], seed: int) -> list[tuple]:
+    """(bins or None for unpacked, slot fill, rows, rows per packed row) of one shuffled epoch
+    of `pipeline.rollout_rows` over the store at `path`."""
+    from lopd_jax.data import pipeline
+    from lopd_jax.store import RolloutStore
+
+    store = RolloutStore.open(path)
+    out = []
+    for num_bins in [None, *bins]:
+        rows = pipeline.rollout_rows(
+            store, ("sampler_logprobs",), seq_len=seq_len, seed=seed, num_epochs=1,
+            packing=num_bins is not None, num_packing_bins=num_bins or 1,
+        )  # fmt: skip
+        real = slots = num_rows = segments = 0
+        for batch in rows.batch(64):
+            real += int(np.sum(batch["segment_ids"] != 0))
+            slots += batch["segment_ids"].size
+            num_rows += len(batch["segment_ids"])
+            segments += int(np.sum(batch["segment_ids"].max(axis=1)))
+        out.append((num_bins, real / slots, num_rows, segments / num_rows))
+    return out
+
+
+def run_all(args: argparse.Namespace, fill: bool) -> tuple[list[dict], list[tuple]]:
+    """Figures of a 40-row store and of the large one, and the large one's slot fill."""
     with tempfile.TemporaryDirectory() as tmp:
-        return [
-            measure(Path(tmp), n, chunk_rows, seed) for n in (-40, num_tokens)
-        ]  # 40 rows, then the large store
+        results = [measure(Path(tmp), n, args.chunk_rows, args.seed) for n in (-40, args.tokens)]
+        if not fill:
+            return results, []
+        path = Path(tmp) / f"store{args.tokens}"
+        return results, slot_fill(path, args.seq_len, args.num_packing_bins, args.seed)
 
 
 def run_baseline(ref: str, args: argparse.Namespace) -> list[dict]:
@@ -133,11 +160,11 @@ def run_baseline(ref: str, args: argparse.Namespace) -> list[dict]:
 
 def describe(label: str, r: dict) -> str:
     mb = 1 << 20
-    read = f"{r['tokens'] / r['read_s'] / 1e6:.1f}" if r["read_s"] else "n/a"
+    read = f"{r['tokens'] / r['read_s'] / 1e6:.3g}" if r["read_s"] else "n/a"
     return (
         f"| {label} | {r['rows']:,} | {r['tokens']:,} | {r['raw_bytes'] / mb:.2f} | "
         f"{r['disk_bytes'] / mb:.2f} | {r['disk_bytes'] / r['raw_bytes']:.2f} | "
-        f"{r['write_s']:.2f} | {r['tokens'] / r['write_s'] / 1e6:.2f} | {read} |"
+        f"{r['write_s']:.3g} | {r['tokens'] / r['write_s'] / 1e6:.3g} | {read} |"
     )
 
 
@@ -146,27 +173,40 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1_024_000)
     parser.add_argument("--chunk-rows", type=int, default=1024)  # the rollout default
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seq-len", type=int, default=2048, help="of the slot-fill rows")
+    parser.add_argument("--num-packing-bins", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--baseline-ref", help="also measure the store of this git commit")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON only")
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
 
     if args.json:
-        print(json.dumps(run_all(args.tokens, args.chunk_rows, args.seed)))
+        print(json.dumps(run_all(args, fill=False)[0]))
         return
     from common import append_results, device_name, load_average
 
     runs = []
     if args.baseline_ref:
         runs += [(f"`{args.baseline_ref}`", r) for r in run_baseline(args.baseline_ref, args)]
-    runs += [("this tree", r) for r in run_all(args.tokens, args.chunk_rows, args.seed)]
+    results, fill = run_all(args, fill=True)
+    runs += [("this tree", r) for r in results]
     header = [
         "| code | rows | tokens | raw MiB | on disk MiB | disk / raw | write s | write Mtok/s "
         "| read Mtok/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines = [describe(label, r) for label, r in runs]
-    print("\n".join(header + lines))
+    large = results[-1]
+    fill_lines = [
+        f"\nSlot fill of `pipeline.rollout_rows` over the {large['rows']:,}-row store "
+        f"({large['tokens']:,} tokens), seq_len {args.seq_len}, one shuffled epoch:\n",
+        "| packing | slots filled | rows | store rows / row |",
+        "|---|---:|---:|---:|",
+    ] + [
+        f"| {'unpacked' if b is None else f'first-fit, {b} bins'} | {f:.1%} | {n:,} | {k:.2f} |"
+        for b, f, n, k in fill
+    ]
+    print("\n".join(header + lines + fill_lines))
     if args.no_record:
         return
     append_results(
@@ -180,6 +220,7 @@ def main() -> None:
             f"average at the run (shared machine): {load_average()}.\n",
             *header,
             *lines,
+            *fill_lines,
         ]
     )
 

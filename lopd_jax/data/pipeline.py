@@ -111,7 +111,8 @@ class StoreRows:
     per-chunk cache would reread the store again and again. Host memory is the store's bytes
     for those columns (`N_tok x (4 + bytes per token of each column)`; the paper's ~17k x 4k
     tokens is ~70M tokens, ~0.8 GB for tokens and two float columns, +11 GB for a top-20
-    (id, log-prob) pair per token).
+    (id, log-prob) pair per token). Every process holds all of it: each builds the same
+    global row order (see `batches`).
 
     Example `i` is store row `rows[i]`: `tokens` cut to `seq_len` (the prompt kept, the
     response tail dropped), `loss_mask` 1 on response tokens, and each column aligned to the
