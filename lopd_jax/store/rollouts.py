@@ -254,7 +254,9 @@ class RolloutStore:
             try:
                 self._arrays[name] = ts.open(_array_spec(self._url + name)).result()
             except ValueError as e:
-                raise StoreError(f"{self.path}: cannot open column {name!r} ({e}).") from e
+                known = name in ROW_TABLE or name in self.manifest["token_columns"]
+                fix = DAMAGED_FIX if known else "Add it first (`add_column`)."
+                raise StoreError(f"{self.path}: cannot open column {name!r} ({e}). {fix}") from e
         return self._arrays[name]
 
     def _markers(self, column: str) -> dict[int, dict[str, Any]]:

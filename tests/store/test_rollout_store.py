@@ -138,6 +138,8 @@ def test_columns_per_chunk(tmp_path):
             store.verify()  # partly written columns are fine
     with pytest.raises(StoreError, match="shape"):
         store.write_column("teacher_logprobs", 0, teacher[1])
+    with pytest.raises(StoreError, match="Add it first"):
+        store.write_column("teacher_topk_logprobs", 0, teacher[0])
     with pytest.raises(StoreError, match="append_chunk"):
         store.write_column("tokens", 0, teacher[0])
 
