@@ -8,6 +8,7 @@ from lopd_jax.models.hf import load_hf, save_hf
 from lopd_jax.models.logprobs import token_logprobs
 from lopd_jax.models.qwen3 import Qwen3Config
 from lopd_jax.sampling import generate
+from lopd_jax.training.losses import opd_loss
 
-__all__ = ["Qwen3Config", "generate", "load_hf", "save_hf", "token_logprobs"]
+__all__ = ["Qwen3Config", "generate", "load_hf", "opd_loss", "save_hf", "token_logprobs"]
 __version__ = "0.1.0"

@@ -52,7 +52,42 @@ def map_logit_chunks(
     return jax.tree.map(lambda y: jnp.moveaxis(y, 0, 1).reshape(b, n * c, *y.shape[3:])[:, :t], out)
 
 
-def _target_logprob(logits_bcv: jax.Array, target_bc: jax.Array) -> jax.Array:
+def map_next_token_logits(
+    fn: Callable[..., Any],
+    config: qwen3.Qwen3Config,
+    params: qwen3.Params,
+    tokens_bt: jax.Array,
+    positions_bt: jax.Array,
+    segment_ids_bt: jax.Array,
+    per_token: tuple[jax.Array, ...] = (),
+) -> Any:
+    """`fn(logits_bcv_f32, targets_bc, *per_token_chunks)` over the logits that predict each token.
+
+    Everything is aligned to `tokens_bt`: output `[:, t]` comes from the logits of
+    `p(. | tokens[:, :t])` within its segment, with `targets = tokens[:, t]` and the per-token
+    arrays' entry `[:, t]`. Outputs (a pytree of `[b, t, ...]` arrays) are 0 where `t` starts a
+    segment or is padding (segment id 0): nothing predicts it there. Packed rows work.
+    """
+    h_btd, _ = qwen3.hidden_states(config, params, tokens_bt, positions_bt, segment_ids_bt)
+    out = map_logit_chunks(
+        fn,
+        h_btd[:, :-1],
+        qwen3.unembedding(config, params),
+        (tokens_bt[:, 1:], *(x[:, 1:] for x in per_token)),
+        chunk_size=config.logits_chunk_size,
+    )
+    scored_bt = (segment_ids_bt[:, 1:] == segment_ids_bt[:, :-1]) & (segment_ids_bt[:, 1:] != 0)
+    scored_bt = jnp.pad(scored_bt, [(0, 0), (1, 0)])
+
+    def align(y):
+        y = jnp.pad(y, [(0, 0), (1, 0)] + [(0, 0)] * (y.ndim - 2))
+        return jnp.where(scored_bt.reshape(scored_bt.shape + (1,) * (y.ndim - 2)), y, 0)
+
+    return jax.tree.map(align, out)
+
+
+def target_logprob(logits_bcv: jax.Array, target_bc: jax.Array) -> jax.Array:
+    """`log softmax(logits)[target]` without a second `[b, c, vocab]` array."""
     target_logit = jnp.take_along_axis(logits_bcv, target_bc[..., None], axis=-1)[..., 0]
     return target_logit - jax.nn.logsumexp(logits_bcv, axis=-1)
 
@@ -69,17 +104,40 @@ def next_token_logprobs(
     Zero where `t` starts a segment or is padding (segment id 0): nothing predicts it there.
     Works on packed rows (several segments per row).
     """
-    h_btd, _ = qwen3.hidden_states(config, params, tokens_bt, positions_bt, segment_ids_bt)
-    logprobs = map_logit_chunks(
-        _target_logprob,
-        h_btd[:, :-1],
-        qwen3.unembedding(config, params),
-        (tokens_bt[:, 1:],),
-        chunk_size=config.logits_chunk_size,
+    return map_next_token_logits(
+        target_logprob, config, params, tokens_bt, positions_bt, segment_ids_bt
     )
-    scored = (segment_ids_bt[:, 1:] == segment_ids_bt[:, :-1]) & (segment_ids_bt[:, 1:] != 0)
-    logprobs = jnp.where(scored, logprobs, 0.0)
-    return jnp.pad(logprobs, [(0, 0), (1, 0)])
+
+
+def teacher_scores(
+    config: qwen3.Qwen3Config,
+    params: qwen3.Params,
+    tokens_bt: jax.Array,
+    positions_bt: jax.Array,
+    segment_ids_bt: jax.Array,
+    *,
+    topk: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A teacher-forced scoring pass: `(logprobs_bt, topk_ids_btk, topk_logprobs_btk)`.
+
+    Aligned as the rollout store is: index `t` describes `p(. | tokens[:, :t])` within its
+    segment. `logprobs_bt[:, t] = log p(tokens[:, t] | ...)` (float32); `topk_ids_btk[:, t]`
+    (int32) are the `topk` most likely next tokens there and `topk_logprobs_btk[:, t]` their
+    log-softmax over the full vocabulary, descending. Positions nothing predicts (segment starts,
+    padding) hold 0. `topk=0` gives `[b, t, 0]` top-k arrays. Computed chunk by chunk with
+    `lax.top_k`, never a full `[b, t, vocab]` float32 tensor; packed rows work. Pure and
+    jittable (`config` and `topk` static).
+    """
+    if topk < 0 or topk > config.vocab_size:
+        raise ValueError(f"topk must lie in [0, vocab_size={config.vocab_size}], got {topk}.")
+
+    def score(logits_bcv, target_bc):
+        lse_bc = jax.nn.logsumexp(logits_bcv, axis=-1)
+        target_bc = jnp.take_along_axis(logits_bcv, target_bc[..., None], axis=-1)[..., 0]
+        top_bck, ids_bck = jax.lax.top_k(logits_bcv, topk)
+        return target_bc - lse_bc, ids_bck.astype(jnp.int32), top_bck - lse_bc[..., None]
+
+    return map_next_token_logits(score, config, params, tokens_bt, positions_bt, segment_ids_bt)
 
 
 def positions_from_mask(attention_mask_bt: jax.Array) -> jax.Array:

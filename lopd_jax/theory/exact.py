@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from lopd_jax.theory.space import Family, Space, seq_logp_n, token_logq_nt
+from lopd_jax.training import losses
 
 
 def kl(logp_n: jax.Array, logq_n: jax.Array) -> jax.Array:
@@ -34,8 +35,8 @@ def chi2(logp_n: jax.Array, logref_n: jax.Array) -> jax.Array:
 
 
 def advantage_nt(logq_sv: jax.Array, logq_teacher_sv: jax.Array, space: Space) -> jax.Array:
-    """Per-token advantage `A_t = log pi_T(a_t|s_t) - log pi(a_t|s_t)`, `[N, T]`."""
-    return token_logq_nt(logq_teacher_sv, space) - token_logq_nt(logq_sv, space)
+    """Per-token advantage `A_t = log pi_T(a_t|s_t) - log pi(a_t|s_t)` (unclipped), `[N, T]`."""
+    return losses.advantage(token_logq_nt(logq_teacher_sv, space), token_logq_nt(logq_sv, space))
 
 
 def _surrogate_nt(
@@ -45,12 +46,10 @@ def _surrogate_nt(
     logq_teacher_sv: jax.Array,
     adv_clip: float | None = None,
 ) -> jax.Array:
-    """`sg(A_t) * log pi_theta(a_t|s_t)`: its gradient is `f`, term by term."""
+    """`sg(A_t) * log pi_theta(a_t|s_t)`, the training loss negated: its gradient is `f`."""
     logq_nt = token_logq_nt(family.logq_sv(theta_p, space), space)
-    adv_nt = token_logq_nt(logq_teacher_sv, space) - logq_nt
-    if adv_clip is not None:
-        adv_nt = jnp.clip(adv_nt, -adv_clip, adv_clip)
-    return jax.lax.stop_gradient(adv_nt) * logq_nt
+    adv_nt = losses.advantage(token_logq_nt(logq_teacher_sv, space), logq_nt, adv_clip)
+    return -losses.sampled_token_loss(adv_nt, logq_nt)
 
 
 @partial(jax.jit, static_argnames=("family", "space", "adv_clip"))

@@ -27,6 +27,7 @@ import optax
 from lopd_jax.theory.exact import chi2, kl, surrogate_grad
 from lopd_jax.theory.setting import p_correct
 from lopd_jax.theory.space import Family, Space, sample_weights, seq_logp_n, token_logq_nt
+from lopd_jax.training import losses
 
 Objective = Literal["online", "online_sampled", "population", "buffer", "topk"]
 
@@ -82,14 +83,14 @@ def topk_reverse_kl(
     if not 1 <= k < logq_sv.shape[-1]:
         raise ValueError(f"top_k must be in [1, V-1], got {k}")
     _, top_sk = jax.lax.top_k(logq_teacher_sv, k)
-    in_top_sv = jax.nn.one_hot(top_sk, logq_sv.shape[-1], dtype=bool).any(axis=-2)
+    in_top_sv = losses.topk_mask(top_sk, logq_sv.shape[-1])
 
-    def rest_logmass_s(lq_sv: jax.Array) -> jax.Array:
-        return jax.nn.logsumexp(jnp.where(in_top_sv, -jnp.inf, lq_sv), axis=-1)
+    def topk_and_rest(lq_sv: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return jnp.take_along_axis(lq_sv, top_sk, -1), losses.rest_logmass(lq_sv, in_top_sv)
 
-    top_s = jnp.where(in_top_sv, jnp.exp(logq_sv) * (logq_sv - logq_teacher_sv), 0.0).sum(-1)
-    rest_s, rest_teacher_s = rest_logmass_s(logq_sv), rest_logmass_s(logq_teacher_sv)
-    return occupancy_s @ (top_s + jnp.exp(rest_s) * (rest_s - rest_teacher_s))
+    return occupancy_s @ losses.topk_reverse_kl(
+        *topk_and_rest(logq_sv), *topk_and_rest(logq_teacher_sv)
+    )
 
 
 @partial(jax.jit, static_argnames=("family", "space", "method", "steps"))
@@ -172,7 +173,9 @@ def track(
     def at(theta_p: jax.Array) -> Track:
         logq_sv = family.logq_sv(theta_p, space)
         logp_n = seq_logp_n(logq_sv, space)
-        w_nt = jnp.exp(token_logq_nt(logq_sv, space) - token_logq_nt(logq_ref_sv, space))
+        w_nt = losses.importance_weight(
+            token_logq_nt(logq_sv, space), token_logq_nt(logq_ref_sv, space)
+        )
         w_mean = (pos_weight_nt * w_nt).sum()
         return Track(
             kl_k=jax.vmap(kl, (None, 0))(logp_n, logt_kn),

@@ -1,5 +1,9 @@
 """Training objectives as pure functions of per-token log-probs and masks.
 
+The OPD math lives here once (method.md): the advantage, the sampled-token surrogate, the top-k
+reverse KL with a rest bucket, importance weights, KL estimators and the reductions. The exact
+lab (`lopd_jax.theory`) calls the same functions, so its tests exercise the code that trains.
+
 A loss returns a *sum* and the weight it should be divided by (tokens, or samples). The train
 step adds both over microbatches and divides once, so the optimised loss is exactly the
 full-batch loss whatever the microbatching (a mean of per-microbatch means would not be).
@@ -11,8 +15,10 @@ other `aux` entry a scalar sum reported as a metric.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +28,10 @@ from lopd_jax.models import qwen3
 
 Batch = dict[str, jax.Array]
 LossFn = Callable[[qwen3.Params, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+Reduction = Literal["seq_mean_token_mean", "token_mean", "sum"]
+REDUCTIONS = ("seq_mean_token_mean", "token_mean", "sum")
+OpdLoss = Literal["sampled_token", "topk_reverse_kl"]
+OPD_LOSSES = ("sampled_token", "topk_reverse_kl")
 
 
 def token_cross_entropy(
@@ -58,3 +68,365 @@ def sft_loss_fn(config: qwen3.Qwen3Config) -> LossFn:
 def normalize(loss_sum: jax.Array, aux: dict[str, Any]) -> jax.Array:
     """The loss the optimiser sees: sum over weight (0 when nothing is weighted)."""
     return loss_sum / jnp.maximum(aux["weight"], 1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-token OPD math: pure functions over arrays of any leading shape.
+
+
+def advantage(
+    teacher_logprobs: jax.Array, student_logprobs: jax.Array, clip: float | None = None
+) -> jax.Array:
+    """`A_t = clip(stop_gradient(teacher_t - student_t), -clip, clip)` (`clip=None`: unclipped).
+
+    The advantage is a constant under the gradient: OPD follows `A_t grad log pi(a_t)`, not the
+    gradient of `A_t` itself.
+    """
+    adv = jax.lax.stop_gradient(teacher_logprobs - student_logprobs)
+    return adv if clip is None else jnp.clip(adv, -clip, clip)
+
+
+def sampled_token_loss(advantage_t: jax.Array, student_logprobs: jax.Array) -> jax.Array:
+    """The paper's per-token surrogate `-A_t * s_t`; descending it ascends `A_t log pi(a_t)`."""
+    return -advantage_t * student_logprobs
+
+
+def kl_k1(logp: jax.Array, logq: jax.Array) -> jax.Array:
+    """k1 estimate of `KL(p || q)` at a token drawn from `p`: `log p - log q` (unbiased)."""
+    return logp - logq
+
+
+def kl_k3(logp: jax.Array, logq: jax.Array) -> jax.Array:
+    """k3 estimate of `KL(p || q)` at a token drawn from `p`: `r - 1 - log r`, `r = q / p`.
+
+    Unbiased and never negative; as a loss of `logp` its gradient is `1 - q / p`.
+    """
+    log_r = logq - logp
+    return jnp.expm1(log_r) - log_r
+
+
+def importance_weight(
+    student_logprobs: jax.Array, ref_logprobs: jax.Array, cap: float | None = None
+) -> jax.Array:
+    """`w_t = exp(s_t - ref_t)` as a constant, truncated at `cap` (`None`: not truncated)."""
+    w = jnp.exp(jax.lax.stop_gradient(student_logprobs - ref_logprobs))
+    return w if cap is None else jnp.minimum(w, cap)
+
+
+def topk_mask(topk_ids_k: jax.Array, vocab_size: int) -> jax.Array:
+    """bool `[..., vocab]`, True at the ids of `topk_ids_k` (`[..., k]`)."""
+    k = topk_ids_k.shape[-1]
+    flat = jax.vmap(lambda ids: jnp.zeros(vocab_size, bool).at[ids].set(True))(
+        topk_ids_k.reshape(-1, k)
+    )
+    return flat.reshape(*topk_ids_k.shape[:-1], vocab_size)
+
+
+def rest_logmass(logprobs_v: jax.Array, in_topk_v: jax.Array) -> jax.Array:
+    """`log sum_{v not in top-k} p_v` of a full distribution, finite even when the rest is empty.
+
+    An empty rest gives `log(tiny)` (its mass ~1e-38 in float32, so its KL term vanishes) with
+    zero gradient, where a plain logsumexp would give `-inf` and a NaN gradient.
+    """
+    masked_v = jnp.where(in_topk_v, -jnp.inf, logprobs_v)
+    max_ = jax.lax.stop_gradient(jnp.max(masked_v, axis=-1, keepdims=True))
+    max_ = jnp.where(jnp.isfinite(max_), max_, 0.0)
+    total = jnp.sum(jnp.exp(masked_v - max_), axis=-1)  # >= 1 unless the rest is empty
+    return max_[..., 0] + jnp.log(jnp.maximum(total, jnp.finfo(total.dtype).tiny))
+
+
+def rest_logmass_from_topk(topk_logprobs_k: jax.Array) -> jax.Array:
+    """`log(1 - sum_k q_k)` from stored top-k log-probs alone, floored at the dtype's epsilon.
+
+    Below the rounding error of a sum of k probabilities the rest is unknown; the floor keeps
+    its log finite (and stable, not a log of rounding noise) when the top-k holds ~all the mass.
+    """
+    rest = -jnp.expm1(jax.nn.logsumexp(topk_logprobs_k, axis=-1))
+    return jnp.log(jnp.maximum(rest, jnp.finfo(rest.dtype).eps))
+
+
+def topk_reverse_kl(
+    student_topk_logprobs_k: jax.Array,
+    student_rest_logmass: jax.Array,
+    teacher_topk_logprobs_k: jax.Array,
+    teacher_rest_logmass: jax.Array,
+) -> jax.Array:
+    """`sum_{v in K} p_v (log p_v - log q_v) + r_p (log r_p - log r_q)`: the exact reverse KL
+    `KL(p || q)` between the two distributions coarsened to the teacher's top-k plus one rest
+    bucket (method.md, "Known failure mode at small scale"). Exact when K is the vocabulary.
+    """
+    top = jnp.sum(
+        jnp.exp(student_topk_logprobs_k) * (student_topk_logprobs_k - teacher_topk_logprobs_k),
+        axis=-1,
+    )
+    rest = jnp.exp(student_rest_logmass) * (student_rest_logmass - teacher_rest_logmass)
+    return top + rest
+
+
+def sequence_index(segment_ids_bt: jax.Array) -> jax.Array:
+    """A distinct id in `[0, b * t)` for each contiguous segment of each row, int32 `[b, t]`.
+
+    Segment ids need only differ between neighbours: a packed row's segments, and the same
+    segment id in two rows, are told apart.
+    """
+    b, t = segment_ids_bt.shape
+    starts_bt = jnp.pad(segment_ids_bt[:, 1:] != segment_ids_bt[:, :-1], [(0, 0), (1, 0)])
+    return jnp.arange(b, dtype=jnp.int32)[:, None] * t + jnp.cumsum(
+        starts_bt, axis=1, dtype=jnp.int32
+    )
+
+
+def _per_sequence(
+    x_bt: jax.Array, mask_bt: jax.Array, segment_ids_bt: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(sum of `x` over each sequence's masked tokens, their count, sequence index `[b, t]`)."""
+    index_bt = sequence_index(segment_ids_bt)
+    mask = mask_bt.astype(x_bt.dtype)
+    num = segment_ids_bt.size
+
+    def sums(y_bt):
+        return jax.ops.segment_sum(y_bt.reshape(-1), index_bt.reshape(-1), num_segments=num)
+
+    return sums(jnp.where(mask_bt, x_bt, 0)), sums(mask), index_bt
+
+
+def center_per_sequence(
+    x_bt: jax.Array, mask_bt: jax.Array, segment_ids_bt: jax.Array
+) -> jax.Array:
+    """`x` minus its mean over its sequence's masked tokens (each packed segment separately).
+
+    Per sequence, not per batch, so the result does not depend on how a batch is microbatched.
+    """
+    sums, counts, index_bt = _per_sequence(x_bt, mask_bt, segment_ids_bt)
+    return x_bt - (sums / jnp.maximum(counts, 1))[index_bt]
+
+
+def reduce_tokens(
+    x_bt: jax.Array, mask_bt: jax.Array, segment_ids_bt: jax.Array, reduction: Reduction
+) -> tuple[jax.Array, jax.Array]:
+    """`(sum, weight)` of per-token values over the masked tokens; the reduction is sum/weight.
+
+    - `"seq_mean_token_mean"`: sum of each sequence's token mean, weight the number of sequences
+      with at least one masked token (a packed row's segments count separately);
+    - `"token_mean"`: sum over tokens, weight the number of tokens;
+    - `"sum"`: sum over tokens, weight 1.
+
+    Sums and weights add over rows, so the two means are exact over microbatches of whole rows;
+    `"sum"`'s weight adds up to the number of microbatches instead (a constant factor).
+    """
+    mask = mask_bt.astype(jnp.float32)
+    x_bt = jnp.where(mask_bt, x_bt, 0)
+    if reduction == "token_mean":
+        return jnp.sum(x_bt), jnp.sum(mask)
+    if reduction == "sum":
+        return jnp.sum(x_bt), jnp.ones((), jnp.float32)
+    if reduction == "seq_mean_token_mean":
+        sums, counts, _ = _per_sequence(x_bt, mask_bt, segment_ids_bt)
+        return jnp.sum(sums / jnp.maximum(counts, 1)), jnp.sum(counts > 0).astype(jnp.float32)
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
+
+
+# --------------------------------------------------------------------------------------------
+# OPD losses for the train step, and the public entry point.
+
+
+@dataclass(frozen=True)
+class OpdLossConfig:
+    """What the OPD loss optimises (hashable: a static argument).
+
+    `loss`: `"sampled_token"` (the paper's, `-A_t s_t`) or `"topk_reverse_kl"` (needs the
+    teacher's top-k columns). `adv_clip` clips `A_t`; `center_advantage` subtracts each
+    sequence's mean advantage; `importance_weight_cap > 0` weights each token of the
+    sampled-token loss by `min(exp(s_t - sampler_t), cap)` (the importance-weighted offline
+    ablation, `pi_ref` = the sampler); `kl_ref_coef` adds `coef * k3(pi_theta || pi_ref)` at the
+    sampled token.
+    """
+
+    loss: OpdLoss = "sampled_token"
+    adv_clip: float = 10.0
+    reduction: Reduction = "seq_mean_token_mean"
+    center_advantage: bool = False
+    importance_weight_cap: float = 0.0
+    kl_ref_coef: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.loss not in OPD_LOSSES:
+            raise ValueError(f"loss must be one of {OPD_LOSSES}, got {self.loss!r}.")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}.")
+        if not self.adv_clip > 0:
+            raise ValueError(f"adv_clip must be > 0, got {self.adv_clip}.")
+        if self.importance_weight_cap < 0 or self.kl_ref_coef < 0:
+            raise ValueError("importance_weight_cap and kl_ref_coef must be >= 0 (0 = off).")
+        if self.loss == "topk_reverse_kl" and (self.center_advantage or self.importance_weight_cap):
+            raise ValueError(
+                "center_advantage and importance_weight_cap act on the sampled-token advantage; "
+                "set them only with loss='sampled_token'."
+            )
+
+
+def _required_columns(opd: OpdLossConfig) -> tuple[str, ...]:
+    base = ("tokens", "positions", "segment_ids", "loss_mask", "teacher_logprobs")
+    base += ("sampler_logprobs",)
+    if opd.loss == "topk_reverse_kl":
+        base += ("teacher_topk_ids", "teacher_topk_logprobs")
+    return base
+
+
+def _student_topk_chunk(logits_bcv: jax.Array, target_bc: jax.Array, topk_ids_bck: jax.Array):
+    """Student log-prob of the target, of the teacher's top-k ids, and of the rest (one chunk)."""
+    logp_bcv = jax.nn.log_softmax(logits_bcv, axis=-1)
+    in_topk_bcv = topk_mask(topk_ids_bck, logits_bcv.shape[-1])
+    return (
+        jnp.take_along_axis(logp_bcv, target_bc[..., None], axis=-1)[..., 0],
+        jnp.take_along_axis(logp_bcv, topk_ids_bck, axis=-1),
+        rest_logmass(logp_bcv, in_topk_bcv),
+    )
+
+
+def opd_token_terms(
+    config: qwen3.Qwen3Config, params: qwen3.Params, batch: Batch, opd: OpdLossConfig
+) -> dict[str, jax.Array]:
+    """Per-token `[b, t]` loss and monitors of OPD, 0 outside `loss_mask`.
+
+    Inputs outside the mask are replaced by 0 before any arithmetic, so whatever they hold
+    (and the student's own log-probs at prompt tokens) cannot make a value or gradient
+    non-finite. Keys: `loss`, `advantage` (clipped, before centering), `clipped`, `kl_k1`,
+    `kl_k3` (student vs teacher at the sampled token), `w` (`exp(s_t - sampler_t)`), and with
+    top-k columns `student_rest` / `teacher_rest` (masses outside the teacher's top-k).
+    """
+    missing = [k for k in _required_columns(opd) if k not in batch]
+    if missing:
+        raise ValueError(
+            f"OPD batch lacks {missing} (loss={opd.loss!r}); the rollout store's packed batches "
+            "carry them once the store is scored (with topk > 0 for the top-k loss)."
+        )
+    mask_bt = batch["loss_mask"] > 0
+
+    def masked(x):
+        return jnp.where(mask_bt.reshape(mask_bt.shape + (1,) * (x.ndim - 2)), x, 0)
+
+    model_inputs = (config, params, batch["tokens"], batch["positions"], batch["segment_ids"])
+    teacher_bt = masked(batch["teacher_logprobs"].astype(jnp.float32))
+    sampler_bt = masked(batch["sampler_logprobs"].astype(jnp.float32))
+    has_topk = "teacher_topk_ids" in batch and "teacher_topk_logprobs" in batch
+    if has_topk:
+        student_bt, student_topk_btk, student_rest_bt = logprobs_lib.map_next_token_logits(
+            _student_topk_chunk, *model_inputs, (masked(batch["teacher_topk_ids"]),)
+        )
+        teacher_topk_btk = masked(batch["teacher_topk_logprobs"].astype(jnp.float32))
+        teacher_rest_bt = rest_logmass_from_topk(teacher_topk_btk)
+    else:
+        student_bt = logprobs_lib.next_token_logprobs(*model_inputs)
+    student_bt = masked(student_bt)
+
+    adv_bt = advantage(teacher_bt, student_bt, opd.adv_clip)
+    terms = {
+        "advantage": adv_bt,
+        "clipped": jnp.abs(teacher_bt - student_bt) > opd.adv_clip,
+        "kl_k1": kl_k1(student_bt, teacher_bt),
+        "kl_k3": kl_k3(student_bt, teacher_bt),
+        "w": importance_weight(student_bt, sampler_bt),
+    }
+    if opd.loss == "sampled_token":
+        if opd.center_advantage:
+            adv_bt = center_per_sequence(adv_bt, mask_bt, batch["segment_ids"])
+        loss_bt = sampled_token_loss(adv_bt, student_bt)
+        if opd.importance_weight_cap:
+            loss_bt *= importance_weight(student_bt, sampler_bt, opd.importance_weight_cap)
+    else:
+        loss_bt = topk_reverse_kl(
+            masked(student_topk_btk), masked(student_rest_bt), teacher_topk_btk, teacher_rest_bt
+        )
+    if opd.kl_ref_coef:
+        loss_bt += opd.kl_ref_coef * kl_k3(student_bt, sampler_bt)
+    if has_topk:
+        terms["student_rest"] = jnp.exp(student_rest_bt)
+        terms["teacher_rest"] = jnp.exp(teacher_rest_bt)
+    terms = jax.tree.map(jax.lax.stop_gradient, terms)
+    return {"loss": masked(loss_bt)} | {k: masked(v) for k, v in terms.items()}
+
+
+def opd_loss_fn(config: qwen3.Qwen3Config, opd: OpdLossConfig) -> LossFn:
+    """The OPD `LossFn` for `make_train_step`: `(loss_sum, aux)` with `aux["weight"]` the
+    reduction's normaliser and the monitors as sums (`<name>_sum`) with their counts
+    (`num_tokens`, `num_sequences`); `opd_metrics` turns summed aux into means.
+
+    Student log-probs (and, for the top-k loss, the student's top-k and rest log-masses) come
+    from the chunked log-softmax: never a full-vocabulary float32 `[b, t, vocab]` tensor.
+    """
+
+    def loss_fn(params: qwen3.Params, batch: Batch, rng: jax.Array):
+        del rng  # deterministic objective
+        terms = opd_token_terms(config, params, batch, opd)
+        mask_bt, segment_ids_bt = batch["loss_mask"] > 0, batch["segment_ids"]
+        loss_sum, weight = reduce_tokens(terms.pop("loss"), mask_bt, segment_ids_bt, opd.reduction)
+        _, num_sequences = reduce_tokens(
+            jnp.zeros(mask_bt.shape), mask_bt, segment_ids_bt, "seq_mean_token_mean"
+        )
+        aux = {"weight": weight, "num_tokens": jnp.sum(mask_bt, dtype=jnp.float32)}
+        aux["num_sequences"] = num_sequences
+        aux |= {f"{k}_sum": jnp.sum(v, dtype=jnp.float32) for k, v in terms.items()}
+        aux["w_sq_sum"] = jnp.sum(jnp.square(terms["w"]))
+        return loss_sum, aux
+
+    return loss_fn
+
+
+def opd_metrics(aux: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Reported means from `opd_loss_fn`'s summed aux (over any number of microbatches).
+
+    Per response token: `advantage_mean`, `clip_fraction`, `kl_k1`, `kl_k3` (reverse KL to the
+    teacher), `w_mean` / `w_std` (`exp(s_t - sampler_t)`, the paper's Fig. 3a monitor), and
+    with top-k columns `student_rest_mass` / `teacher_rest_mass`; plus the counts.
+    """
+    n = jnp.maximum(aux["num_tokens"], 1.0)
+    w_mean = aux["w_sum"] / n
+    out = {
+        "advantage_mean": aux["advantage_sum"] / n,
+        "clip_fraction": aux["clipped_sum"] / n,
+        "kl_k1": aux["kl_k1_sum"] / n,
+        "kl_k3": aux["kl_k3_sum"] / n,
+        "w_mean": w_mean,
+        "w_std": jnp.sqrt(jnp.maximum(aux["w_sq_sum"] / n - jnp.square(w_mean), 0.0)),
+        "num_tokens": aux["num_tokens"],
+        "num_sequences": aux["num_sequences"],
+    }
+    if "student_rest_sum" in aux:
+        out["student_rest_mass"] = aux["student_rest_sum"] / n
+        out["teacher_rest_mass"] = aux["teacher_rest_sum"] / n
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _opd_loss(config, opd, params, batch):
+    loss_sum, aux = opd_loss_fn(config, opd)(params, batch, jax.random.key(0))
+    return normalize(loss_sum, aux), opd_metrics(aux)
+
+
+def opd_loss(
+    config: qwen3.Qwen3Config,
+    params: qwen3.Params,
+    batch: Batch,
+    *,
+    loss: OpdLoss = "sampled_token",
+    adv_clip: float = 10.0,
+    reduction: Reduction = "seq_mean_token_mean",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The OPD loss of `params` on one batch, and its monitors (means): `(loss, metrics)`.
+
+    `batch` holds `[b, t]` `tokens`, `positions`, `segment_ids` (0 = padding; packed rows
+    allowed), `loss_mask` (1 at response tokens), `teacher_logprobs`, `sampler_logprobs`, and for
+    `loss="topk_reverse_kl"` `teacher_topk_ids` / `teacher_topk_logprobs` `[b, t, k]`. Every
+    per-token array is aligned to `tokens`: entry `[b, t]` describes `p(. | tokens[b, :t])` in
+    its segment (the store's convention). Values outside `loss_mask` are ignored. With
+    `s_t = log pi_theta(tokens_t)`:
+
+    - `"sampled_token"`: `A_t = clip(stop_gradient(teacher_t - s_t), +-adv_clip)`, loss `-A_t s_t`;
+    - `"topk_reverse_kl"`: the reverse KL over the teacher's top-k plus a rest bucket.
+
+    Reductions: `"seq_mean_token_mean"` (mean over sequences of each one's token mean; a packed
+    row's segments count separately), `"token_mean"`, `"sum"`. Differentiable in `params`.
+    """
+    opd = OpdLossConfig(loss=loss, adv_clip=adv_clip, reduction=reduction)
+    return _opd_loss(config, opd, params, {k: jnp.asarray(v) for k, v in batch.items()})
