@@ -19,6 +19,10 @@ STAGES: dict[str, str] = {
     "smoke": "smoke",
     "sft": "sft",
     "rollout": "rollout",
+    "score": "score",
+    "opd": "opd",
+    "evaluate": "evaluate",
+    "export": "export",
 }
 
 _SHIPPED = Path(__file__).resolve().parent / "configs"

@@ -103,61 +103,37 @@ def rows(
     )  # fmt: skip
 
 
-class StoreRows:
-    """A rollout store's rows as training examples, held in host memory.
+class FlatRows:
+    """Ragged rows held flat in host memory (as a rollout store holds them) as examples.
 
-    Every chunk of `tokens` and the requested per-token `columns` is read once, whole and
-    checksummed, at construction: a shuffled epoch touches every chunk in random order, so a
-    per-chunk cache would reread the store again and again. Host memory is the store's bytes
-    for those columns (`N_tok x (4 + bytes per token of each column)`; the paper's ~17k x 4k
-    tokens is ~70M tokens, ~0.8 GB for tokens and two float columns, +11 GB for a top-20
-    (id, log-prob) pair per token). Every process holds all of it: each builds the same
-    global row order (see `batches`).
-
-    Example `i` is store row `rows[i]`: `tokens` cut to `seq_len` (the prompt kept, the
-    response tail dropped), `loss_mask` 1 on response tokens, and each column aligned to the
-    tokens with 0 outside the loss mask (prompt NaNs never reach a loss).
+    `flat` maps `tokens` and each per-token column to `[N_tok, ...]` arrays; row `r` is flat
+    `[offsets[r], offsets[r + 1])` and its first `prompt_len[r]` tokens are the prompt. Example
+    `i` is row `rows[i]`: `tokens` cut to `seq_len` (the prompt kept, the response tail
+    dropped), `loss_mask` 1 on response tokens, and each column aligned to the tokens with 0
+    outside the loss mask (prompt NaNs never reach a loss).
     """
 
     def __init__(
         self,
-        store: RolloutStore,
-        columns: Sequence[str],
+        flat: dict[str, np.ndarray],
+        offsets: np.ndarray,
+        prompt_len: np.ndarray,
         *,
         seq_len: int,
         rows: Sequence[int] | None = None,
+        where: str = "rows",
     ):
-        self.columns = tuple(columns)
-        for name in self.columns:
-            if name in FEATURES:
-                raise ValueError(f"{name!r} is always in the rows; do not list it in columns.")
-            if not store.column_complete(name):
-                raise StoreError(
-                    f"{store.path}: column {name!r} is written for chunks "
-                    f"{store.complete_chunks(name)} of {len(store.chunks)}; finish the stage "
-                    "that writes it (e.g. `lopd score`) first."
-                )
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("tokens", *self.columns)}
-        offsets, prompt_len = [np.zeros(1, np.int64)], []
-        for chunk in store.chunks:
-            data = store.read_chunk(chunk.index, ("tokens", *self.columns))
-            _check_scored(data, self.columns, where=f"{store.path} chunk {chunk.index}")
-            for name, values in parts.items():
-                values.append(data[name])
-            offsets.append(data["offsets"][1:] + chunk.token_start)
-            prompt_len.append(data["prompt_len"])
-        self.flat = {k: _concat(v) for k, v in parts.items()}
-        self.offsets = np.concatenate(offsets)
-        self.prompt_len = _concat(prompt_len, np.int32)
-        self.seq_len = seq_len
-        num_rows = len(self.prompt_len)
+        self.flat = flat
+        self.columns = tuple(k for k in flat if k != "tokens")
+        self.offsets, self.prompt_len, self.seq_len = offsets, prompt_len, seq_len
+        num_rows = len(prompt_len)
         self.rows = np.arange(num_rows) if rows is None else np.asarray(rows, np.int64)
         if len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= num_rows):
-            raise StoreError(f"{store.path}: rows outside the {num_rows} committed rows.")
+            raise StoreError(f"{where}: rows outside the {num_rows} committed rows.")
         too_long = self.rows[self.prompt_len[self.rows] > seq_len]
         if len(too_long):
             raise StoreError(
-                f"{store.path}: the prompts of rows {too_long[:10].tolist()}"
+                f"{where}: the prompts of rows {too_long[:10].tolist()}"
                 f"{' ...' if len(too_long) > 10 else ''} alone exceed seq_len={seq_len}; "
                 "raise seq_len or leave those rows out (`rows=`)."
             )
@@ -170,13 +146,45 @@ class StoreRows:
         start = self.offsets[row]
         n = min(int(self.offsets[row + 1] - start), self.seq_len)
         response = np.arange(n) >= self.prompt_len[row]
-        example = {"tokens": self.flat["tokens"][start : start + n], "loss_mask": response}
+        example = {"tokens": self.flat["tokens"][start : start + n]}
         for name in self.columns:
             values = self.flat[name][start : start + n]
             mask = response.reshape(n, *[1] * (values.ndim - 1))
             example[name] = np.where(mask, values, 0).astype(values.dtype)
         example["loss_mask"] = response.astype(np.int32)
         return example
+
+
+def store_rows(store: RolloutStore, columns: Sequence[str], *, seq_len: int, rows=None) -> FlatRows:
+    """A rollout store's rows, every chunk of `tokens` and `columns` read once, whole and
+    checksummed: a shuffled epoch touches every chunk in random order, so a per-chunk cache
+    would reread the store again and again. Host memory is the store's bytes for those columns
+    (`N_tok x (4 + bytes per token of each column)`; the paper's ~17k x 4k tokens is ~70M
+    tokens, ~0.8 GB for tokens and two float columns, +11 GB for a top-20 (id, log-prob) pair
+    per token)."""
+    for name in columns:
+        if name in FEATURES:
+            raise ValueError(f"{name!r} is always in the rows; do not list it in columns.")
+        if not store.column_complete(name):
+            raise StoreError(
+                f"{store.path}: column {name!r} is written for chunks "
+                f"{store.complete_chunks(name)} of {len(store.chunks)}; finish the stage "
+                "that writes it (e.g. `lopd score`) first."
+            )
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("tokens", *columns)}
+    offsets, prompt_len = [np.zeros(1, np.int64)], []
+    for chunk in store.chunks:
+        data = store.read_chunk(chunk.index, ("tokens", *columns))
+        _check_scored(data, columns, where=f"{store.path} chunk {chunk.index}")
+        for name, values in parts.items():
+            values.append(data[name])
+        offsets.append(data["offsets"][1:] + chunk.token_start)
+        prompt_len.append(data["prompt_len"])
+    flat = {k: _concat(v) for k, v in parts.items()}
+    return FlatRows(
+        flat, np.concatenate(offsets), _concat(prompt_len, np.int32), seq_len=seq_len,
+        rows=rows, where=str(store.path),
+    )  # fmt: skip
 
 
 def _concat(parts: list[np.ndarray], dtype: Any = None) -> np.ndarray:
@@ -199,7 +207,7 @@ def _check_scored(data: dict[str, np.ndarray], columns: Sequence[str], where: st
 
 
 def rollout_rows(
-    store: RolloutStore,
+    source: RolloutStore | FlatRows,
     columns: Sequence[str] = (),
     *,
     seq_len: int,
@@ -211,9 +219,10 @@ def rollout_rows(
     rows: Sequence[int] | None = None,
 ) -> grain.IterDataset:
     """The global sequence of `seq_len`-token rows from a rollout store's `rows` (default:
-    all), packed as SFT examples are (see `rows`), with each per-token `columns` aligned to
-    the tokens (see `StoreRows`); batch it with `batches`."""
-    source = StoreRows(store, columns, seq_len=seq_len, rows=rows)
+    all) or from `FlatRows` (e.g. fresh online rollouts), packed as SFT examples are (see
+    `rows`), with each per-token `columns` aligned to the tokens; batch it with `batches`."""
+    if isinstance(source, RolloutStore):
+        source = store_rows(source, columns, seq_len=seq_len, rows=rows)
     return _pack(
         grain.MapDataset.source(source), ("tokens", "loss_mask", *source.columns),
         seq_len=seq_len, seed=seed, shuffle=shuffle, num_epochs=num_epochs, packing=packing,

@@ -28,7 +28,7 @@ from lopd_jax.configs import sections
 from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.data import sft
 from lopd_jax.errors import ConfigError
-from lopd_jax.models import logprobs, ref
+from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
 from lopd_jax.sampling import Sampler, SamplingParams
@@ -156,10 +156,7 @@ def _teacher_scorer(teacher: ref.ModelRef, config, mesh):
     teacher_config = sections.model_config(config.model, teacher.config)
     shardings = rules.param_shardings(teacher_config, mesh)
     params = teacher.load(teacher_config.param_dtype, shardings)
-    forward = jax.jit(
-        lambda p, b: logprobs.teacher_scores(teacher_config, p, **b, topk=0),
-        in_shardings=(shardings, rules.batch_sharding(mesh)),
-    )
+    forward = score.make_forward(teacher_config, shardings, mesh, topk=0)
 
     def scorer(prompts, out) -> list[float]:
         rows = [p + list(t) for p, t in zip(prompts, out.tokens, strict=True)]

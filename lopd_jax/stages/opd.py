@@ -37,7 +37,7 @@ from lopd_jax.configs import sections
 from lopd_jax.data import pipeline, synthetic
 from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.errors import ConfigError
-from lopd_jax.models import logprobs, ref
+from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
 from lopd_jax.sampling import Sampler, SamplingParams
@@ -121,10 +121,7 @@ class OnlineSource:
         self.teacher_params = teacher.load(teacher_config.param_dtype, shardings)
         self.topk = config.online.topk if "teacher_topk_ids" in columns else 0
         topk = self.topk
-        self.teacher_forward = jax.jit(
-            lambda p, b: logprobs.teacher_scores(teacher_config, p, **b, topk=topk),
-            in_shardings=(shardings, rules.batch_sharding(mesh)),
-        )
+        self.teacher_forward = score.make_forward(teacher_config, shardings, mesh, topk=topk)
         self.prompts = load_prompts(config.online.prompts, config.seed, model_config, teacher)
         self.sampling = SamplingParams(
             max_new_tokens=config.online.max_new_tokens, temperature=config.online.temperature,
@@ -135,9 +132,10 @@ class OnlineSource:
 
     def __call__(self, state) -> dict[str, np.ndarray]:
         step = int(state.step)
-        if step % self.config.online.reuse_steps == 0 or not self.buffer:
-            self.buffer = self.sample_and_score(state.params, step)
-        return self.buffer[step % len(self.buffer)]
+        reuse = self.config.online.reuse_steps
+        if step % reuse == 0 or not self.buffer:  # a resumed run re-samples its buffer
+            self.buffer = self.sample_and_score(state.params, step - step % reuse)
+        return self.buffer[0]
 
     def sample_and_score(self, params, step: int) -> list[dict[str, np.ndarray]]:
         online = self.config.online
@@ -162,15 +160,27 @@ class OnlineSource:
         )  # fmt: skip
         self.seconds["teacher_s"] += time.perf_counter() - start
         sampler_lp = [np.r_[np.full(len(p), np.nan), lp] for p, lp in zip(prompts, out.logprobs)]
-        chunk["sampler_logprobs"] = np.concatenate(sampler_lp).astype(np.float32)
-        examples = pipeline.examples_from_flat(
-            {**chunk, **scored}, self.columns, seq_len=self.config.data.seq_len
-        )
-        return pipeline.pack_batches(
-            examples, self.columns, seq_len=self.config.data.seq_len,
-            batch_size=self.config.train.batch_size, steps=online.reuse_steps,
-            process_index=jax.process_index(), process_count=jax.process_count(),
+        flat = {"tokens": chunk["tokens"], **scored}
+        flat["sampler_logprobs"] = np.concatenate(sampler_lp).astype(np.float32)
+        seq_len, batch_size = self.config.data.seq_len, self.config.train.batch_size
+        rows = pipeline.FlatRows(
+            {k: flat[k] for k in ("tokens", *self.columns)}, chunk["offsets"],
+            chunk["prompt_len"], seq_len=seq_len, where="online rollouts",
         )  # fmt: skip
+        packed = pipeline.rollout_rows(
+            rows, seq_len=seq_len, seed=step, shuffle=False, num_epochs=1,
+            packing=self.config.data.packing, num_packing_bins=self.config.data.num_packing_bins,
+        )  # fmt: skip
+        batches = list(
+            pipeline.fixed_batches(packed, batch_size, jax.process_index(), jax.process_count())
+        )
+        if len(batches) != 1:
+            raise ConfigError(
+                f"The {len(prompts)} sampled sequences of a step fill {len(batches)} batches of "
+                f"train.batch_size={batch_size} rows x data.seq_len={seq_len}; raise "
+                "train.batch_size (or seq_len, with packing) so one step's rollouts fit one batch."
+            )
+        return batches
 
 
 def load_prompts(path: str, seed: int, model_config, model: ref.ModelRef) -> list[list[int]]:

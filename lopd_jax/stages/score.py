@@ -19,7 +19,6 @@ its own devices.
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any
 
@@ -75,6 +74,18 @@ def packed_batches(offsets: np.ndarray, tokens: np.ndarray, seq_len: int, batch_
             "segment_ids": segment_ids,
         }
         yield batch, index
+
+
+def make_forward(model_config, param_shardings, mesh, *, topk: int):
+    """The jitted teacher-forced scoring pass over packed batches (`score_chunk` runs it)."""
+
+    def forward(params, batch):
+        return logprobs.teacher_scores(
+            model_config, params, batch["tokens"], batch["positions"], batch["segment_ids"],
+            topk=topk,
+        )  # fmt: skip
+
+    return jax.jit(forward, in_shardings=(param_shardings, rules.batch_sharding(mesh)))
 
 
 def check_guard(store: RolloutStore, teacher: ref.ModelRef, allow: bool) -> dict[str, Any]:
@@ -157,10 +168,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh), devices=jax.local_devices())
     param_shardings = rules.param_shardings(teacher_config, mesh)
     params = teacher.load(teacher_config.param_dtype, param_shardings)
-    forward = jax.jit(
-        functools.partial(logprobs.teacher_scores, teacher_config, topk=config.topk),
-        in_shardings=(param_shardings, rules.batch_sharding(mesh)),
-    )
+    forward = make_forward(teacher_config, param_shardings, mesh, topk=config.topk)
     total = sum(store.chunks[i].token_stop - store.chunks[i].token_start for i in mine)
     bar = tqdm.tqdm(total=total, unit="tok", unit_scale=True, desc="score")
     start, scored = time.perf_counter(), 0

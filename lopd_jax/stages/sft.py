@@ -83,21 +83,6 @@ def split_heldout(examples: list, num_heldout: int, seed: int) -> tuple[list, li
             [x for i, x in enumerate(examples) if i in held])  # fmt: skip
 
 
-def heldout_batches(heldout_rows, batch_size: int, seq_len: int) -> list[dict[str, np.ndarray]]:
-    """This process's held-out batches, padded with empty batches to the count of the process
-    with the most, since every process must join every (collective) eval step."""
-    local_rows = batch_size // jax.process_count()
-    batches = list(pipeline.fixed_batches(heldout_rows, local_rows))
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        most = int(np.max(multihost_utils.process_allgather(np.array(len(batches)))))
-        # Built from the shape, not from a batch of ours: this process may have none.
-        empty = {k: np.zeros((local_rows, seq_len), np.int32) for k in pipeline.FEATURES}
-        batches += [empty] * (most - len(batches))
-    return batches
-
-
 def held_out_loss(eval_step, params, batches, mesh) -> float:
     """Token-mean cross-entropy over `batches`."""
     loss_sum, weight = 0.0, 0.0
@@ -155,17 +140,15 @@ def run(config: ConfigDict) -> dict[str, Any]:
     row_options = dict(
         seq_len=config.data.seq_len, packing=config.data.packing,
         num_packing_bins=config.data.num_packing_bins,
-        process_index=jax.process_index(), process_count=jax.process_count(),
     )  # fmt: skip
-    local_rows = config.train.batch_size // jax.process_count()
-    train_iter = iter(
-        pipeline.rows(train_examples, seed=config.seed, **row_options).batch(
-            local_rows, drop_remainder=True
-        )
-    )
+    # The global batch sequence depends on the data, config and seed only; each process
+    # takes its slice of every global batch.
+    processes = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    train_rows = pipeline.rows(train_examples, seed=config.seed, **row_options)
+    train_iter = iter(pipeline.batches(train_rows, config.train.batch_size, **processes))
     if heldout:  # no held-out examples: no eval loss at all (a 0.0 would read as perfect)
         rows = pipeline.rows(heldout, seed=config.seed, shuffle=False, num_epochs=1, **row_options)
-        eval_batches = heldout_batches(rows, config.train.batch_size, config.data.seq_len)
+        eval_batches = list(pipeline.fixed_batches(rows, config.train.batch_size, **processes))
         eval_step = step.make_eval_step(loss_fn, trainer.shardings.params, mesh)
         trainer.add_hook(
             lambda info: {"loss": held_out_loss(eval_step, info.state.params, eval_batches, mesh)},

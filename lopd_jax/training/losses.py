@@ -265,7 +265,7 @@ class OpdLossConfig:
             )
 
 
-def _required_columns(opd: OpdLossConfig) -> tuple[str, ...]:
+def required_columns(opd: OpdLossConfig) -> tuple[str, ...]:
     base = ("tokens", "positions", "segment_ids", "loss_mask", "teacher_logprobs")
     base += ("sampler_logprobs",)
     if opd.loss == "topk_reverse_kl":
@@ -295,7 +295,7 @@ def opd_token_terms(
     `kl_k3` (student vs teacher at the sampled token), `w` (`exp(s_t - sampler_t)`), and with
     top-k columns `student_rest` / `teacher_rest` (masses outside the teacher's top-k).
     """
-    missing = [k for k in _required_columns(opd) if k not in batch]
+    missing = [k for k in required_columns(opd) if k not in batch]
     if missing:
         raise ValueError(
             f"OPD batch lacks {missing} (loss={opd.loss!r}); the rollout store's packed batches "

@@ -202,7 +202,7 @@ def test_rollout_rows_subset_and_refusals(tmp_path):
     store = _rollout_store(tmp_path / "r.zarr", scored=False)
     with pytest.raises(StoreError, match=r"'teacher_logprobs' is written for chunks \[0\] of 5"):
         pipeline.rollout_rows(store, ("teacher_logprobs",), seq_len=SEQ_LEN, seed=0)
-    source = pipeline.StoreRows(store, ("sampler_logprobs",), seq_len=SEQ_LEN, rows=[4, 2])
+    source = pipeline.store_rows(store, ("sampler_logprobs",), seq_len=SEQ_LEN, rows=[4, 2])
     assert len(source) == 2 and set(source[1]["tokens"].tolist()) == {3}
 
     prompt_len = store.row_table()["prompt_len"]
@@ -217,9 +217,9 @@ def test_rollout_rows_refuse_nan_on_a_response_token(tmp_path):
     store = _rollout_store(tmp_path / "r.zarr")
     data = store.read_chunk(1, ("teacher_logprobs",))
     values = data["teacher_logprobs"]
-    pipeline.StoreRows(store, ("teacher_logprobs",), seq_len=SEQ_LEN)  # NaN-free
+    pipeline.store_rows(store, ("teacher_logprobs",), seq_len=SEQ_LEN)  # NaN-free
     row = np.flatnonzero(np.diff(data["offsets"]) > data["prompt_len"])[0]  # has a response
     values[data["offsets"][row + 1] - 1] = np.nan
     store.write_column("teacher_logprobs", 1, values)
     with pytest.raises(StoreError, match="chunk 1: column 'teacher_logprobs' has NaN on response"):
-        pipeline.StoreRows(store, ("teacher_logprobs",), seq_len=SEQ_LEN)
+        pipeline.store_rows(store, ("teacher_logprobs",), seq_len=SEQ_LEN)

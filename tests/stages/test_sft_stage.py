@@ -8,7 +8,7 @@ import pytest
 from stage_helpers import tiny_sft_config
 
 from lopd_jax import artifacts, cli
-from lopd_jax.data import pipeline, sft, synthetic
+from lopd_jax.data import sft, synthetic
 from lopd_jax.models import ref
 from lopd_jax.stages import sft as sft_stage
 from lopd_jax.training import checkpoint, metrics
@@ -100,21 +100,6 @@ def test_no_heldout_examples_skips_evaluation(tmp_path, data_dir):
     assert "eval_loss" not in result and result["loss"] > 0
     assert [m["step"] for m in metrics.read_metrics(tmp_path)] == [1]
     assert not any(k.startswith("eval/") for m in metrics.read_metrics(tmp_path) for k in m)
-
-
-def test_process_without_heldout_rows_joins_every_eval_step(monkeypatch):
-    """Multi-host: a process holding none of the held-out rows pads to the others' count."""
-    from jax.experimental import multihost_utils
-
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    monkeypatch.setattr(multihost_utils, "process_allgather", lambda n: np.array([n, 3]))
-    no_rows = pipeline.rows([], seq_len=16, seed=0, shuffle=False, num_epochs=1)
-    batches = sft_stage.heldout_batches(no_rows, batch_size=8, seq_len=16)
-    assert len(batches) == 3
-    for batch in batches:
-        assert sorted(batch) == sorted(pipeline.FEATURES)
-        assert all(v.shape == (4, 16) and v.dtype == np.int32 for v in batch.values())
-        assert not batch["segment_ids"].any()  # all padding: no tokens, no loss
 
 
 def test_bad_data_stops_before_training_with_the_fix(tmp_path, data_dir):
