@@ -128,9 +128,16 @@ class OnlineSource:
             top_p=config.online.top_p, stop_ids=stop_ids,
         )  # fmt: skip
         self.buffer: list[dict[str, np.ndarray]] = []
-        self.seconds = {"sample_s": 0.0, "teacher_s": 0.0}
+        self.seconds, self.steps = {"sample_s": 0.0, "teacher_s": 0.0}, 0
+
+    def timing(self) -> dict[str, float]:
+        """Mean seconds per update spent sampling and scoring since the last call."""
+        out = {k: v / max(self.steps, 1) for k, v in self.seconds.items()}
+        self.seconds, self.steps = dict.fromkeys(self.seconds, 0.0), 0
+        return out
 
     def __call__(self, state) -> dict[str, np.ndarray]:
+        self.steps += 1
         step = int(state.step)
         reuse = self.config.online.reuse_steps
         if step % reuse == 0 or not self.buffer:  # a resumed run re-samples its buffer
@@ -245,8 +252,8 @@ def _reported(summed: dict[str, float], source) -> dict[str, float]:
     """Means of the summed aux, and the online step's wall-time split so far."""
     out = {k: float(v) for k, v in losses.opd_metrics(summed).items()}
     out["loss"], out["grad_norm"] = summed["loss"], summed["grad_norm"]
-    if isinstance(source, OnlineSource):
-        out |= source.seconds
+    if isinstance(source, OnlineSource):  # train_s = step_s - sample_s - teacher_s
+        out |= source.timing()
     return out
 
 

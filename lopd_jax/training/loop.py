@@ -227,12 +227,13 @@ class _Throughput:
     """Real (non-padding) tokens per second and slot fill since the last read."""
 
     def __init__(self):
-        self.tokens, self.slots, self.start = 0, 0, time.perf_counter()
+        self.tokens, self.slots, self.steps, self.start = 0, 0, 0, time.perf_counter()
 
     def add(self, batch: Mapping[str, np.ndarray]) -> None:
         segments = np.asarray(batch["segment_ids"])
         self.tokens += int(np.sum(segments != 0))
         self.slots += segments.size
+        self.steps += 1
 
     def exclude(self, seconds: float) -> None:
         self.start += seconds
@@ -242,6 +243,7 @@ class _Throughput:
         out = {
             "tokens_per_s": self.tokens * jax.process_count() / elapsed,
             "padding_efficiency": self.tokens / max(self.slots, 1),
+            "step_s": elapsed / max(self.steps, 1),  # wall time per update, batches included
         }
-        self.tokens, self.slots, self.start = 0, 0, time.perf_counter()
+        self.tokens, self.slots, self.steps, self.start = 0, 0, 0, time.perf_counter()
         return out
