@@ -189,7 +189,8 @@ class Trainer:
                 for _, hook, at_start in self._hooks:
                     if at_start and (extra := hook(StepInfo(0, train_state, {}))):
                         writer.write(0, extra, prefix="eval")
-            bar = tqdm.trange(first, steps, initial=first, total=steps, desc=self.kind.removesuffix("_checkpoint"),
+            desc = self.kind.removesuffix("_checkpoint")
+            bar = tqdm.trange(first, steps, initial=first, total=steps, desc=desc,
                               disable=jax.process_index() != 0)  # fmt: skip
             for i in bar:
                 batch = next_batch(train_state)
