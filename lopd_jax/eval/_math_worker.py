@@ -30,7 +30,7 @@ def main() -> None:
             pred = parse(request["pred"], parsing_timeout=None)
             correct = bool(gold and pred) and verify(gold, pred, timeout_seconds=None)
             reply({"correct": bool(correct)})
-        except Exception as e:  # noqa: BLE001 - a grading error is a wrong answer, reported.
+        except Exception as e:  # A grading error is a wrong answer (reported).
             reply({"correct": False, "error": repr(e)})
 
 

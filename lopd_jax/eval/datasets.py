@@ -114,7 +114,9 @@ def load_mmath(subset: str, *, instruction: str | None = MATH_INSTRUCTION) -> li
     """
     key = subset.lower()
     if key not in MMATH_SUBSETS:
-        raise EvalDataError(f"unknown mmath subset {subset!r}; choose one of {list(MMATH_SUBSETS)}.")
+        raise EvalDataError(
+            f"unknown mmath subset {subset!r}; choose one of {list(MMATH_SUBSETS)}."
+        )
     try:
         data_file = importlib.resources.files("mmath") / "mmath" / "en.json"
         problems = json.loads(data_file.read_text(encoding="utf-8"))
