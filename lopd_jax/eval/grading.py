@@ -28,7 +28,7 @@ _log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 10.0
 _STARTUP_TIMEOUT_S = 120.0  # Importing sympy on a busy 2-core machine takes seconds.
 _WORKER = Path(__file__).with_name("_math_worker.py")
-_INSTALL_HINT = "pip install 'math-verify[antlr4-13-2]==0.9.0' (pinned in requirements.txt)"
+_INSTALL_HINT = "pip install math-verify==0.9.0 antlr4-python3-runtime==4.13.2 (requirements.txt)"
 
 _BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
 REASONING_GYM = "reasoning_gym:"  # grader prefix of reasoning-gym records: "reasoning_gym:<task>"
