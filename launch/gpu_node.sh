@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
-# Run one lopd stage on a GPU node (all local GPUs in one process), or on several nodes
-# under SLURM (one process per node; jax.distributed reads the SLURM environment).
+# Run one lopd stage on one GPU node: a single process drives all its GPUs.
 #
-#   launch/gpu_node.sh [--setup] -- lopd opd --config=configs/... --config.mesh.preset=fsdp
-#   srun --nodes=2 --ntasks-per-node=1 launch/gpu_node.sh -- lopd sft --config=...
+#   launch/gpu_node.sh [--setup] [--dry-run] -- lopd opd --config=... --config.mesh.preset=auto
 #
-# --setup installs the CUDA build of jax on top of the pinned requirements.
+# --setup creates .venv and installs the CUDA build of jax on top of the pinned requirements.
+# The process gets the recommended XLA flags (launch/common.sh) and preallocates
+# XLA_PYTHON_CLIENT_MEM_FRACTION (default 0.9) of each GPU. mesh.preset=auto shards params
+# over all GPUs of the node (FSDP). For several nodes use launch/slurm.sbatch.
+# --dry-run (or LOPD_DRY_RUN=1) prints the commands instead of running them.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-if [[ "${1:-}" == "--setup" ]]; then
-  shift
-  python3 -m venv .venv
-  .venv/bin/pip install -q -r requirements.txt -r launch/requirements-gpu.txt
-  .venv/bin/pip install -q --no-deps -e .
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+root="$(cd "$(dirname "$0")/.." && pwd)"
+source "$root/launch/common.sh"
+setup=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --setup) setup=1; shift ;;
+    --dry-run) export LOPD_DRY_RUN=1; shift ;;
+    --) shift; break ;;
+    -h | --help) usage ;;
+    *) echo "gpu_node.sh: unknown option $1 (the command goes after --)" >&2; usage ;;
+  esac
+done
+[[ $# -gt 0 ]] || { echo "gpu_node.sh: no command after --" >&2; usage; }
+
+cd "$root"
+if [[ $setup == 1 ]]; then
+  run python3 -m venv .venv
+  run .venv/bin/pip install -q -r requirements.txt -r launch/requirements-gpu.txt
+  run .venv/bin/pip install -q --no-deps -e .
 fi
-[[ "${1:-}" == "--" ]] && shift
-if [[ $# -eq 0 ]]; then sed -n '2,8p' "$0"; exit 2; fi
-# Let XLA use most of the GPU memory up front; overlap collectives with compute.
-export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
-export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true"
-[[ -n "${SLURM_NTASKS:-}" && "${SLURM_NTASKS}" -gt 1 ]] && export LOPD_DISTRIBUTED=1
-exec .venv/bin/"$@"
+mapfile -t env_args < <(gpu_env)
+run env "${env_args[@]}" ".venv/bin/$1" "${@:2}"
