@@ -52,7 +52,7 @@ def _assert_matches_xla(fn, q_segment, kv_segment, q_slot, t, s, atol=2e-6):
             np.testing.assert_allclose(got, want, atol=atol)
 
 
-@pytest.mark.parametrize(("block_q", "block_kv"), [(8, 16), (16, 8), (64, 64)])
+@pytest.mark.parametrize(("block_q", "block_kv"), [(8, 16), (64, 64)])
 def test_blockwise_equals_xla_on_packed_rows(block_q, block_kv):
     t = 37  # a multiple of no block: the padding path; 64 > t shrinks the blocks to t
     seg = _segments(t)
@@ -122,10 +122,9 @@ def test_kernels_refuse_other_platforms(backend, platform):
         qwen3.tiny_config(attention="flash")
 
 
-@pytest.mark.parametrize("name", ["qwen3_tied_gqa2", "llama_tied_gqa3"])
-def test_blockwise_model_matches_transformers(hf_tiny, name):
+def test_blockwise_model_matches_transformers(hf_tiny):
     """Through the whole model (GQA, head_dim != hidden / heads), left and right padding."""
-    torch_model, path = hf_tiny(name)
+    torch_model, path = hf_tiny("qwen3_tied_gqa2")
     config, params = hf.load_hf(path)
     config = config.replace(attention="blockwise", attention_block_q=4, attention_block_kv=8)
     r = np.random.default_rng(0)
@@ -142,7 +141,7 @@ def test_blockwise_model_matches_transformers(hf_tiny, name):
 
 def test_blockwise_model_gradients_equal_xla():
     """Packed rows, remat: the loss and every parameter gradient match the XLA backend."""
-    config = qwen3.tiny_config(vocab_size=128, remat_policy="full")
+    config = qwen3.tiny_config(vocab_size=128, num_layers=1, remat_policy="full")
     params = qwen3.init_params(config, jax.random.key(0))
     seg = _segments(21)
     positions = np.zeros(seg.shape, np.int32)  # restart at every segment
