@@ -24,12 +24,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lopd_jax.models import attention as attention_lib
+
 Params = dict[str, Any]
 Cache = dict[str, jax.Array]
 
-# Masked attention scores use a large finite value so fully masked rows (padding queries)
-# stay finite instead of producing NaN through softmax(-inf, ..., -inf).
-_MASK_VALUE = -1e30
+# The XLA reference attention and its mask (the other backends live in models/attention.py).
+attention = attention_lib.xla_attention
+attention_mask = attention_lib.attention_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +57,13 @@ class Qwen3Config:
     remat_policy: str = "none"
     # Sequence chunk of the log-softmax over the vocabulary (see models/logprobs.py).
     logits_chunk_size: int = 1024
+    # Attention backend of multi-token calls (training, scoring, prefill): "xla" (reference,
+    # t x t scores), "blockwise" (portable flash attention), "splash" (TPU), "pallas_gpu".
+    # The one-token decode step always uses the simple XLA path. See models/attention.py.
+    attention: str = "xla"
+    # Query / key block sizes of "blockwise" (and the block of "splash", a multiple of 128).
+    attention_block_q: int = 512
+    attention_block_kv: int = 512
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -64,6 +73,10 @@ class Qwen3Config:
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings.")
+        if self.attention not in attention_lib.BACKENDS:
+            raise ValueError(
+                f"attention={self.attention!r}; choose one of {attention_lib.BACKENDS}."
+            )
         if self.remat_policy not in _REMAT_POLICIES:
             raise ValueError(
                 f"remat_policy={self.remat_policy!r}; choose one of {sorted(_REMAT_POLICIES)}."
@@ -152,35 +165,6 @@ def rope(x_bthe: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
     return out.astype(x_bthe.dtype)
 
 
-def attention(
-    q_bthe: jax.Array, k_bske: jax.Array, v_bske: jax.Array, mask_bts: jax.Array
-) -> jax.Array:
-    """Grouped-query softmax attention (plain XLA; the reference backend)."""
-    b, t, h, e = q_bthe.shape
-    kv_heads = k_bske.shape[2]
-    q_btkge = q_bthe.reshape(b, t, kv_heads, h // kv_heads, e)
-    scores = jnp.einsum("btkge,bske->bkgts", q_btkge, k_bske, preferred_element_type=jnp.float32)
-    scores = scores * (e**-0.5)
-    scores = jnp.where(mask_bts[:, None, None], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_bske.dtype)
-    out = jnp.einsum("bkgts,bske->btkge", probs, v_bske)
-    return out.reshape(b, t, h, e)
-
-
-def attention_mask(
-    q_segment_bt: jax.Array, kv_segment_bs: jax.Array, q_slot_bt: jax.Array
-) -> jax.Array:
-    """Causal, same-segment mask; segment id 0 marks padding (never attended to).
-
-    `q_slot_bt` is each query's slot index in the key axis: causality is by slot, which is
-    right for packed rows (segments are contiguous) and for the cache (slots in write order).
-    """
-    kv_slot_s = jnp.arange(kv_segment_bs.shape[1])
-    causal = kv_slot_s[None, None, :] <= q_slot_bt[:, :, None]
-    same_segment = q_segment_bt[:, :, None] == kv_segment_bs[:, None, :]
-    return causal & same_segment & (kv_segment_bs[:, None, :] != 0)
-
-
 def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...], init):
     """Declares a parameter with logical axis names (the only place params are created)."""
     cfg = module.config
@@ -245,8 +229,10 @@ class Attention(nn.Module):
             q_slot_bt = jnp.broadcast_to(cache_end + jnp.arange(t), segment_bt.shape)
             layer_cache = {"k": k_all, "v": v_all}
 
-        mask = attention_mask(segment_bt, kv_segment_bs, q_slot_bt)
-        out_bthe = attention(q, k_all, v_all, mask)
+        out_bthe = attention_lib.attend(
+            q, k_all, v_all, segment_bt, kv_segment_bs, q_slot_bt, backend=cfg.attention,
+            block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv,
+        )  # fmt: skip
         out_btd = jnp.einsum("bthe,hed->btd", out_bthe, wo.astype(dt))
         return _constrain(out_btd, _ACT_EMBED), layer_cache
 

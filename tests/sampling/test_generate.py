@@ -29,8 +29,11 @@ def _hf_greedy(model, prompt, max_new_tokens):
     return out[0, len(prompt) :].tolist()
 
 
-def test_greedy_matches_hf_generate(hf_tiny):
+@pytest.mark.parametrize("attention", ["xla", "blockwise"])
+def test_greedy_matches_hf_generate(hf_tiny, attention):
+    """Prefill runs on the configured attention backend (small blocks: several per prompt)."""
     model, config, params = hf_tiny
+    config = config.replace(attention=attention, attention_block_q=4, attention_block_kv=4)
     out = lopd_jax.generate(config, params, PROMPTS, max_new_tokens=MAX_NEW)
     for prompt, tokens in zip(PROMPTS, out.tokens, strict=True):
         assert tokens == _hf_greedy(model, prompt, MAX_NEW)

@@ -1,5 +1,7 @@
 """The sampling step's distribution: frequencies, top-k / top-p exclusion, behavior log-probs."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,9 +45,17 @@ def test_frequencies_match_tempered_softmax(temperature):
     np.testing.assert_allclose(behavior, log_probs[tokens], atol=1e-5)
 
 
-@pytest.mark.parametrize(("top_k", "top_p"), [(5, 1.0), (0, 0.7), (8, 0.5)])
-def test_top_k_top_p_never_emit_excluded_tokens(top_k, top_p):
-    tokens, behavior = _draw(LOGITS, SamplingParams(1, temperature=0.9, top_k=top_k, top_p=top_p))
+# Top-p alone with 8 candidates takes the bounded path (the best 8 hold 0.90 >= 0.7), with 3
+# the full-sort fallback (0.64 < 0.7).
+@pytest.mark.parametrize(
+    ("top_k", "top_p", "candidates"),
+    [(5, 1.0, 256), (0, 0.7, 256), (8, 0.5, 256), (0, 0.7, 8), (0, 0.7, 3)],
+)
+def test_top_k_top_p_never_emit_excluded_tokens(top_k, top_p, candidates):
+    params = SamplingParams(
+        1, temperature=0.9, top_k=top_k, top_p=top_p, top_p_candidates=candidates
+    )
+    tokens, behavior = _draw(LOGITS, params)
     order = np.argsort(-LOGITS)
     sorted_probs = np.asarray(jax.nn.softmax(LOGITS[order][: top_k or None] / 0.9))
     keep = (np.cumsum(sorted_probs) - sorted_probs) < top_p
@@ -56,6 +66,30 @@ def test_top_k_top_p_never_emit_excluded_tokens(top_k, top_p):
     probs[allowed] = sorted_probs[keep] / sorted_probs[keep].sum()
     assert _chi_square_pvalue(tokens, probs) > 1e-3
     np.testing.assert_allclose(behavior, np.log(probs[tokens]), atol=1e-5)
+
+
+@pytest.mark.parametrize("flat_rows", [0, 1])
+def test_bounded_top_p_draws_equal_the_full_sort(flat_rows):
+    """Identical tokens from the top-k candidate path and the full sort; one flat row (its
+    best 32 tokens hold < top_p) sends the whole batch to the fallback, which must not change
+    the peaked rows' draws either."""
+    rng = np.random.default_rng(1)
+    vocab, rows = 1000, 512
+    logits = rng.normal(size=(rows, vocab)).astype(np.float32) * 4
+    logits[:flat_rows] *= 0.01
+    keys = jax.random.split(jax.random.key(3), rows)
+    fast = SamplingParams(1, temperature=1.0, top_p=0.8, top_p_candidates=32)
+    mass = np.sort(np.asarray(jax.nn.softmax(logits)), axis=-1)[:, ::-1][:, :32].sum(-1)
+    assert (mass[flat_rows:] >= 0.8).all() and (mass[:flat_rows] < 0.8).all()
+
+    sample = jax.jit(sample_tokens, static_argnums=2)
+    tokens, behavior = sample(logits, keys, fast)
+    tokens_full, behavior_full = sample(
+        logits, keys, dataclasses.replace(fast, top_p_candidates=vocab)
+    )
+    np.testing.assert_array_equal(tokens, tokens_full)
+    np.testing.assert_allclose(behavior, behavior_full, atol=1e-5)
+    assert len(set(np.asarray(tokens).tolist())) > 100  # really random draws
 
 
 def test_model_next_token_frequencies(hf_tiny):
