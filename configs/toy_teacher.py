@@ -30,16 +30,17 @@ def get_config() -> ConfigDict:
     c.model.preset = "toy-teacher"  # 3 layers, d96, vocab 32 (qwen3.PRESETS)
     c.data.path = "runs/toy_teachers/a/sft_data"  # written by make_teachers
     c.data.tokenizer = TOKENIZER  # the toy tokenizer (HF format), ChatML like Qwen3
-    c.data.seq_len = 128  # ~48 tokens per example: packing fits 2-3 per row
+    c.data.seq_len = 100  # 46-50 tokens per example: packing fits 2 per row
     c.data.eval_examples = 256
-    c.train.steps = 1500
-    c.train.batch_size = 32
-    c.train.log_every = 50
-    c.train.eval_every = 500
-    c.optimizer.learning_rate = 2e-3
+    c.train.steps = 800
+    c.train.batch_size = 16
+    c.train.log_every = 25
+    c.train.eval_every = 200
+    c.optimizer.learning_rate = 3e-3
     c.optimizer.warmup = 0.05
     c.optimizer.weight_decay = 0.01
-    c.checkpoint.save_every = 500
+    c.checkpoint.save_every = 200
+    c.checkpoint.keep = 5
     c.checkpoint.async_save = False
     c.mesh.preset = "dp"
     return c

@@ -157,9 +157,9 @@ def verify(response: str, problem: Problem) -> bool:
 def style_choices(response: str, problem: Problem) -> list[bool | None] | None:
     """The style choice behind each slot of a trace (True = A; None where the digits cannot
     tell, e.g. `x == y` hides the order), or None unless the response is a trace of `problem`
-    whose steps are all written correctly."""
+    whose steps and answer are all written correctly."""
     match = _TRACE.fullmatch(response.strip())
-    if match is None:
+    if match is None or int(match.group(match.lastindex)) != problem.answer:
         return None
     groups, found = match.groups(), {}
     for i, (x, y, carry, total) in enumerate(problem.digit_steps()):
