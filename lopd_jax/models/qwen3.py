@@ -130,6 +130,16 @@ PRESETS: dict[str, Qwen3Config] = {
     "qwen3-8b": _qwen3(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32),
     "qwen3-14b": _qwen3(hidden_size=5120, intermediate_size=17408, num_layers=40, num_heads=40),
     "qwen3-32b": _qwen3(hidden_size=5120, intermediate_size=25600, num_layers=64, num_heads=64),
+    # The CPU demo's toy models (lopd_jax/assets/toy): the toy tokenizer's 24 entries rounded
+    # up to 32; a teacher that learns the addition task to ~99% and a student that stays short.
+    "toy-teacher": Qwen3Config(
+        vocab_size=32, hidden_size=96, intermediate_size=256, num_layers=3, num_heads=4,
+        num_kv_heads=2, head_dim=24, max_position_embeddings=256, tie_word_embeddings=True,
+    ),
+    "toy-student": Qwen3Config(
+        vocab_size=32, hidden_size=48, intermediate_size=128, num_layers=2, num_heads=4,
+        num_kv_heads=2, head_dim=12, max_position_embeddings=256, tie_word_embeddings=True,
+    ),
 }  # fmt: skip
 
 

@@ -1,0 +1,1 @@
+"""Toy tasks with verifiable answers, for the CPU demo: generators, verifiers, a tokenizer."""
