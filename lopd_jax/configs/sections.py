@@ -32,6 +32,9 @@ def model(path: str = "", *, preset: str = "tiny") -> ConfigDict:
     c.remat_policy = "none"
     # Sequence positions per chunk of the log-softmax over the vocabulary (memory vs speed).
     c.logits_chunk_size = 1024
+    # Attention of prefill and training: "xla" (reference; t x t scores), "blockwise"
+    # (portable flash attention, O(t x block) memory), "splash" (TPU), "pallas_gpu" (GPU).
+    c.attention = "xla"
     return c
 
 
