@@ -390,7 +390,9 @@ def save_hf(
 
     special = {}
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
+        from lopd_jax.data.tokenizer import save_tokenizer
+
+        save_tokenizer(tokenizer, tmp)
         special = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
         special = {k: v for k, v in special.items() if v is not None}
     # The pad id stays out of config.json: transformers would make it the embedding's

@@ -29,6 +29,7 @@ from ml_collections import ConfigDict
 from lopd_jax import artifacts
 from lopd_jax.configs import sections
 from lopd_jax.data import pipeline, sft, synthetic
+from lopd_jax.data import tokenizer as tokenizer_lib
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import qwen3, ref
 from lopd_jax.parallel import mesh as mesh_lib
@@ -54,7 +55,7 @@ def save_generation_files(renderer: sft.Renderer, base_stop_ids: set[int], ckpt:
     the tokenizer there and the stop ids in `generation_config.json` (the tokenizer's EOS,
     which ends a chat turn, plus the base model's own EOS ids)."""
     if isinstance(renderer, sft.ChatTemplateRenderer):
-        renderer.tokenizer.save_pretrained(ckpt)
+        tokenizer_lib.save_tokenizer(renderer.tokenizer, ckpt)
     stop_ids = {renderer.eos_id} | base_stop_ids
     artifacts.atomic_write_text(
         ckpt / "generation_config.json",
