@@ -5,26 +5,20 @@
 per teacher and exports the results to lopd_jax/assets/toy/. By hand:
 `lopd sft --config=configs/toy_teacher.py --config.data.path=<sft data dir> --config.workdir=<dir>`.
 No label smoothing: a smoothed teacher is a bad sampler (docs/method.md). Every field not set
-here is documented in configs/sft.py.
+here is documented in lopd_jax/configs/sft.py.
 """
 
-import importlib.util
 from pathlib import Path
 
 from ml_collections import ConfigDict
 
+from lopd_jax.configs import sft
+
 TOKENIZER = str(Path(__file__).resolve().parent.parent / "lopd_jax/assets/toy/tokenizer")
 
 
-def _base_config() -> ConfigDict:
-    spec = importlib.util.spec_from_file_location("sft_base", Path(__file__).with_name("sft.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def get_config() -> ConfigDict:
-    c = _base_config()
+    c = sft.get_config()
     c.workdir = "runs/toy_teachers/a"
     c.seed = 0
     c.model.preset = "toy-teacher"  # 3 layers, d96, vocab 32 (qwen3.PRESETS)

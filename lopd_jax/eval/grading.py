@@ -190,7 +190,11 @@ def grade(record: dict[str, Any], response: str, *, timeout_s: float = DEFAULT_T
         return grade_math(response, record["answer"], timeout_s=timeout_s)
     if grader.startswith(REASONING_GYM):
         return grade_reasoning_gym(response, grader.removeprefix(REASONING_GYM), record["entry"])
+    if grader == "addition":  # the CPU demo's toy task (lopd_jax.data.tasks.addition)
+        from lopd_jax.data.tasks import addition
+
+        return addition.verify(response, addition.parse_problem(record["prompt"]))
     raise ValueError(
-        f"record {record.get('id')!r}: unknown grader {grader!r}; use 'math' or "
+        f"record {record.get('id')!r}: unknown grader {grader!r}; use 'math', 'addition' or "
         f"'{REASONING_GYM}<task>'."
     )
