@@ -52,6 +52,8 @@ class Renderer(Protocol):
 
     def render(self, messages: Messages) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def decode(self, ids: Sequence[int]) -> str: ...
+
 
 BYTES = "bytes"  # tokenizer spec of the toy byte renderer
 
@@ -86,6 +88,10 @@ class ChatTemplateRenderer:
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """A response's text: special tokens (EOS, end of turn) dropped."""
+        return self.tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)
 
     def prompt_text(self, prompt: Messages) -> str:
         """The turns before a response, then the assistant header the response follows."""
@@ -128,6 +134,11 @@ class ByteRenderer:
 
     def encode(self, text: str) -> list[int]:
         return [b + self.OFFSET for b in text.encode()]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """A response's text: control ids dropped, invalid UTF-8 replaced."""
+        data = bytes(int(t) - self.OFFSET for t in ids if self.OFFSET <= t < self.vocab_size)
+        return data.decode(errors="replace")
 
     def render_prompt(self, prompt: Messages) -> list[int]:
         """`[BOS] prompt-bytes [SEP]`; a single turn is its bare content."""

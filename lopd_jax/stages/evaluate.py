@@ -26,7 +26,6 @@ from lopd_jax import artifacts
 from lopd_jax import eval as eval_lib
 from lopd_jax.configs import sections
 from lopd_jax.data import prompts as prompts_lib
-from lopd_jax.data import sft
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
@@ -105,7 +104,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         grade = functools.partial(eval_lib.grade, timeout_s=config.grade_timeout_s)
         for k, i in enumerate(picked):
             samples = range(k * config.n, (k + 1) * config.n)
-            texts = [_decode(renderer, out.tokens[s]) for s in samples]
+            texts = [renderer.decode(out.tokens[s]) for s in samples]
             result = {
                 "id": str(problems[i]["id"]),
                 "correct": [grade(problems[i], t) for t in texts],
@@ -137,16 +136,6 @@ def run(config: ConfigDict) -> dict[str, Any]:
             )
     print(f"evaluate: {json.dumps({k: v for k, v in summary.items() if k != 'model'})}")
     return summary
-
-
-def _decode(renderer: sft.Renderer, ids) -> str:
-    stop = {renderer.eos_id}
-    ids = [int(t) for t in ids if int(t) not in stop]
-    if isinstance(renderer, sft.ChatTemplateRenderer):
-        return renderer.tokenizer.decode(ids, skip_special_tokens=True)
-    return bytes(t - sft.ByteRenderer.OFFSET for t in ids if t >= sft.ByteRenderer.OFFSET).decode(
-        errors="replace"
-    )
 
 
 def _teacher_scorer(teacher: ref.ModelRef, config, mesh):
