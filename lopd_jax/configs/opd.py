@@ -60,14 +60,7 @@ def get_config() -> ConfigDict:
     # periodic rollout refresh every N steps, the bridge between online and Lightning OPD.
     c.online.reuse_steps = 1
 
-    c.eval = ConfigDict()
-    # Held-out problems (a dataset spec of `lopd evaluate`: JSONL, mmath:<subset>, ...) whose
-    # greedy accuracy is logged every train.eval_every steps and at step 0; "" = none.
-    c.eval.dataset = ""
-    c.eval.limit = 256  # the first `limit` problems
-    c.eval.max_new_tokens = 128
-    c.eval.batch_size = 64
-
+    c.eval = sections.accuracy_eval()
     c.train = sections.train(steps=150, batch_size=16)
     c.train.eval_every = 50
     c.optimizer = sections.optimizer(

@@ -101,6 +101,17 @@ def train(steps: int = 100, batch_size: int = 16) -> ConfigDict:
     return c
 
 
+def accuracy_eval() -> ConfigDict:
+    c = ConfigDict()
+    # Held-out problems (a dataset spec of `lopd evaluate`: JSONL, mmath:<subset>, ...) whose
+    # greedy accuracy is logged at step 0 and every train.eval_every steps; "" = none.
+    c.dataset = ""
+    c.limit = 256  # the first `limit` problems
+    c.max_new_tokens = 128
+    c.batch_size = 64
+    return c
+
+
 def model_config(section: ConfigDict, stored=None):
     """The `Qwen3Config` of a model section: the stored architecture (`stored`, from a model
     directory) or the preset's, with the section's numerics."""

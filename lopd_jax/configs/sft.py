@@ -45,6 +45,7 @@ def get_config() -> ConfigDict:
     # Examples held out (seeded random subset) for the eval loss; 0 = no evaluation.
     c.data.eval_examples = 128
 
+    c.eval = sections.accuracy_eval()
     c.train = sections.train(steps=100, batch_size=16)
     c.optimizer = sections.optimizer()
     c.checkpoint = sections.checkpoint(save_every=50)

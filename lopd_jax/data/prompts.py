@@ -76,7 +76,7 @@ def check_ids(ids: list[int], vocab_size: int, max_len: int) -> None:
 
 
 @contextlib.contextmanager
-def _line(path: str | Path, line_no: int) -> Iterator[None]:
+def line_context(path: str | Path, line_no: int) -> Iterator[None]:
     """Names the prompts line a ValueError (a JSON or UTF-8 error included) came from."""
     try:
         yield
@@ -94,7 +94,7 @@ def read_rows(path: str | Path, *, limit: int = 0) -> list[dict[str, Any]]:
         for n, raw in enumerate(f, 1):
             if limit and len(rows) == limit:
                 break
-            with _line(path, n):
+            with line_context(path, n):
                 if raw.strip():
                     rows.append(_parse(raw.decode("utf-8")))
     if not rows:
@@ -118,7 +118,7 @@ def tokenize(
         renderer = sft.load_renderer(tokenizer)
     prompts = []
     for n, row in enumerate(rows, 1):
-        with _line(where, n):
+        with line_context(where, n):
             prompts.append(render(row, renderer, chat_template))
             check_ids(prompts[-1], vocab_size, max_len)
     return prompts, renderer

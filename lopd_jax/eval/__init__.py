@@ -1,5 +1,6 @@
 """Evaluation: graders (math-verify, reasoning-gym), pass@k and summaries, offline datasets."""
 
+from lopd_jax.eval.accuracy import greedy_accuracy_hook
 from lopd_jax.eval.datasets import (
     MATH_INSTRUCTION,
     EvalDataError,
@@ -24,6 +25,7 @@ __all__ = [
     "grade",
     "grade_math",
     "grade_reasoning_gym",
+    "greedy_accuracy_hook",
     "last_boxed",
     "load_dataset",
     "load_jsonl",

@@ -35,7 +35,7 @@ from ml_collections import ConfigDict
 from lopd_jax import artifacts
 from lopd_jax import eval as eval_lib
 from lopd_jax.configs import sections
-from lopd_jax.data import pipeline, synthetic
+from lopd_jax.data import pipeline, sft, synthetic
 from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref
@@ -191,29 +191,6 @@ class OnlineSource:
         return batches
 
 
-def accuracy_hook(config, model_config, pi_ref: ref.ModelRef, mesh):
-    """A hook logging greedy accuracy on the held-out problems of `eval.dataset`."""
-    problems = eval_lib.load_dataset(config.eval.dataset)[: config.eval.limit or None]
-    prompts, renderer = prompts_lib.tokenize(
-        [{"prompt": p["prompt"]} for p in problems], pi_ref.tokenizer_spec(),
-        chat_template=True, vocab_size=model_config.vocab_size,
-        max_len=model_config.max_position_embeddings, where=config.eval.dataset,
-    )  # fmt: skip
-    sampling = SamplingParams(
-        max_new_tokens=config.eval.max_new_tokens, temperature=0.0,
-        stop_ids=tuple(sorted(pi_ref.stop_ids() | {renderer.eos_id})),
-    )  # fmt: skip
-
-    def hook(info: loop.StepInfo) -> dict[str, float]:
-        sampler = Sampler(model_config, info.state.params, mesh=mesh,
-                          batch_size=config.eval.batch_size)  # fmt: skip
-        out = sampler.sample(prompts, sampling)
-        correct = [eval_lib.grade(p, renderer.decode(t)) for p, t in zip(problems, out.tokens)]
-        return {"greedy_accuracy": float(np.mean(correct))}
-
-    return hook
-
-
 def load_prompts(path: str, seed: int, model_config, model: ref.ModelRef) -> list[list[int]]:
     rows = prompts_lib.read_rows(path) if path else synthetic.addition_records(256, seed=seed + 1)
     ids, _ = prompts_lib.tokenize(
@@ -266,7 +243,9 @@ def run(config: ConfigDict) -> dict[str, Any]:
     )  # fmt: skip
     if config.eval.dataset:
         trainer.add_hook(
-            accuracy_hook(config, model_config, pi_ref, mesh),
+            eval_lib.greedy_accuracy_hook(
+                config.eval, model_config, sft.load_renderer(pi_ref.tokenizer_spec()), mesh
+            ),
             every=config.train.eval_every, at_start=True,
         )  # fmt: skip
     state = trainer.initial_state(

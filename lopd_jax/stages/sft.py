@@ -27,6 +27,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from lopd_jax import artifacts
+from lopd_jax import eval as eval_lib
 from lopd_jax.configs import sections
 from lopd_jax.data import pipeline, sft, synthetic
 from lopd_jax.data import tokenizer as tokenizer_lib
@@ -156,6 +157,12 @@ def run(config: ConfigDict) -> dict[str, Any]:
             every=config.train.eval_every,
             at_start=True,  # the base model's loss: the baseline SFT should beat
         )
+
+    if config.eval.dataset:
+        trainer.add_hook(
+            eval_lib.greedy_accuracy_hook(config.eval, model_config, renderer, mesh),
+            every=config.train.eval_every, at_start=True,
+        )  # fmt: skip
 
     def init_params(shardings):
         if base is not None:

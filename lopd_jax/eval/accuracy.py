@@ -1,0 +1,38 @@
+"""Held-out greedy accuracy as a training hook (SFT and OPD log it as `eval/greedy_accuracy`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from lopd_jax.eval.datasets import load_dataset
+from lopd_jax.eval.grading import grade
+
+
+def greedy_accuracy_hook(section: Any, model_config: Any, renderer: Any, mesh: Any) -> Callable:
+    """`hook(info) -> {"greedy_accuracy": ...}` over the first `section.limit` problems of
+    `section.dataset` (an `accuracy_eval` config section), sampled greedily from the state's
+    params on `mesh`. `renderer`: the model's `sft.Renderer`."""
+    from lopd_jax.data import prompts as prompts_lib
+    from lopd_jax.sampling import Sampler, SamplingParams
+
+    problems = load_dataset(section.dataset)[: section.limit or None]
+    ids = [renderer.render_prompt([{"role": "user", "content": p["prompt"]}]) for p in problems]
+    for n, prompt in enumerate(ids, 1):
+        with prompts_lib.line_context(section.dataset, n):
+            prompts_lib.check_ids(
+                prompt, model_config.vocab_size, model_config.max_position_embeddings
+            )
+    sampling = SamplingParams(
+        max_new_tokens=section.max_new_tokens, temperature=0.0, stop_ids=(renderer.eos_id,)
+    )
+
+    def hook(info) -> dict[str, float]:
+        sampler = Sampler(model_config, info.state.params, mesh=mesh, batch_size=section.batch_size)
+        out = sampler.sample(ids, sampling)
+        correct = [grade(p, renderer.decode(t)) for p, t in zip(problems, out.tokens, strict=True)]
+        return {"greedy_accuracy": float(np.mean(correct))}
+
+    return hook
