@@ -23,6 +23,7 @@ STAGES: dict[str, str] = {
     "opd": "opd",
     "evaluate": "evaluate",
     "export": "export",
+    "demo": "demo",
 }
 
 _SHIPPED = Path(__file__).resolve().parent / "configs"

@@ -1,0 +1,34 @@
+"""Config of `lopd demo`: the whole method on the toy addition task, on a CPU.
+
+Two toy teachers (A, B: both correct, opposite style preferences; lopd_jax/assets/toy) and a
+2-layer student. Sizes follow docs/method.md's toy: 2048 SFT samples, ~260 SFT steps, 150 OPD
+updates from the same SFT checkpoint.
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+    c = ConfigDict()
+    c.workdir = "runs/demo"  # every stage's output, results.json, results.md and plots
+    c.workers = 2  # independent arms run in this many processes (one per core)
+    c.seeds = (0, 1)  # the headline rows run once per seed; the 2x2 grid uses the first
+    c.grid = True  # the 2x2 teacher-consistency grid (SFT teacher x OPD teacher)
+    # Data sizes.
+    c.sft_examples = 2048  # teacher samples the student is SFT'd on
+    c.opd_prompts = 512  # prompts of the fixed rollouts (one rollout each)
+    c.eval_problems = 256  # held-out problems (the task's eval split)
+    c.eval_samples = 4  # avg@k at temperature 1
+    # Training.
+    c.sft_steps = 260
+    c.sft_batch_size = 16
+    c.sft_lr = 3e-3
+    c.opd_steps = 150  # updates of every OPD arm and of the continued-SFT baseline
+    c.opd_batch_size = 16  # packed rows of seq_len tokens per update
+    c.opd_lr = 1e-4
+    c.topk = 4  # teacher top-k stored by `score` (of the toy's ~24-token vocabulary)
+    c.online_prompts_per_step = 8
+    c.online_samples_per_prompt = 4
+    c.seq_len = 128
+    c.eval_every = 25  # held-out greedy accuracy during training (the curves)
+    return c

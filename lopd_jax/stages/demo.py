@@ -1,0 +1,282 @@
+"""Demo: the whole method on a toy reasoning task, on a CPU, with the paper's comparisons.
+
+Teachers A and B (lopd_jax/assets/toy: both ~correct on 3-digit addition written in steps,
+with opposite style preferences) -> teacher data -> SFT of a 2-layer student -> rollouts ->
+teacher scoring (with top-k) -> Lightning OPD with the paper's sampled-token loss and with the
+top-k reverse-KL loss, standard online OPD, and continued SFT for the same number of updates
+(the honest baseline); two seeds for these headline rows. Then the 2x2 teacher-consistency grid:
+SFT on A's or B's data x OPD teacher A or B, offline (top-k) and online, the off-diagonal runs
+through `allow_inconsistent_teacher=True` (recorded). Every checkpoint is evaluated on held-out
+problems: greedy accuracy, avg@k at temperature 1, and the reverse KL to its OPD teacher.
+
+Writes `<workdir>/results.json` (one object per row), `results.md` (the tables, wall time per
+stage, the offline/online cost ratio) and `curves.png` (held-out accuracy vs step per method,
+w_t mean/std, the student's vs the teacher's rest mass). Every stage is an ordinary `lopd`
+stage in its own directory, so a re-run resumes where it stopped. Independent arms run in
+`workers` processes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from lopd_jax import artifacts
+from lopd_jax.errors import ConfigError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "toy"
+TEACHERS = ("A", "B")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One trained (or SFT-only) student of the results table."""
+
+    method: str  # sft | continued_sft | lightning_sampled | lightning_topk | online
+    sft_teacher: str
+    opd_teacher: str
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}_sft{self.sft_teacher}_opd{self.opd_teacher}_seed{self.seed}"
+
+
+def stage_config(stage: str, overrides: dict[str, Any]) -> ConfigDict:
+    """A stage's shipped default config with dotted-key overrides."""
+    import importlib
+
+    config = importlib.import_module(f"lopd_jax.configs.{stage}").get_config()
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        section = config
+        for parent in parents:
+            section = section[parent]
+        section[leaf] = value
+    return config
+
+
+def run_stage(stage: str, overrides: dict[str, Any]) -> tuple[Any, float]:
+    """Runs one stage (in a worker process); returns its result and wall time."""
+    import importlib
+
+    start = time.perf_counter()
+    result = importlib.import_module(f"lopd_jax.stages.{stage}").run(stage_config(stage, overrides))
+    return result, time.perf_counter() - start
+
+
+class Demo:
+    """The DAG of stages, each stage an ordinary run directory under `workdir`."""
+
+    def __init__(self, config: ConfigDict, pool: concurrent.futures.Executor):
+        self.c, self.pool = config, pool
+        self.dir = Path(config.workdir).absolute()
+        self.wall: dict[str, float] = {}
+
+    def path(self, *parts: str) -> str:
+        return str(self.dir.joinpath(*parts))
+
+    def parallel(self, jobs: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+        """Runs `{label: (stage, overrides)}` in the pool; results by label."""
+        futures = {label: self.pool.submit(run_stage, *job) for label, job in jobs.items()}
+        results = {}
+        for label, future in futures.items():
+            results[label], self.wall[label] = future.result()
+            print(f"demo: {label} done in {self.wall[label]:.0f} s", flush=True)
+        return results
+
+    # -- data -------------------------------------------------------------------------------
+    def write_problems(self) -> None:
+        from lopd_jax.data.tasks import addition
+
+        c = self.c
+        sets = {
+            "sft_prompts.jsonl": addition.sample_problems(c.sft_examples, split="train", seed=10),
+            "opd_prompts.jsonl": addition.sample_problems(c.opd_prompts, split="train", seed=11),
+        }
+        for name, problems in sets.items():
+            addition.write_prompts(self.path(name), problems)
+        problems = addition.sample_problems(c.eval_problems, split="eval", seed=1234)
+        lines = [{**r, "grader": "addition"} for r in addition.prompt_records(problems)]
+        artifacts.atomic_write_text(
+            self.path("eval_problems.jsonl"), "".join(json.dumps(r) + "\n" for r in lines)
+        )
+
+    def teacher(self, name: str) -> str:
+        return str(ASSETS / f"teacher_{name.lower()}")
+
+    # -- pipeline ---------------------------------------------------------------------------
+    def pipeline(self) -> None:
+        c, eval_set = self.c, self.path("eval_problems.jsonl")
+        common_eval = {"eval.dataset": eval_set, "eval.max_new_tokens": 64, "mesh.preset": "dp"}
+        self.parallel({
+            f"teacher_data_{t}": ("teacher_data", {
+                "teacher": self.teacher(t), "prompts": self.path("sft_prompts.jsonl"),
+                "output": self.path(f"sft_data_{t}"), "temperature": 1.0, "max_new_tokens": 64,
+                "seed": 0,
+            }) for t in TEACHERS
+        })  # fmt: skip
+        self.parallel({
+            f"sft_{t}": ("sft", {
+                "workdir": self.path(f"sft_{t}"), "data.path": self.path(f"sft_data_{t}"),
+                "data.tokenizer": str(ASSETS / "tokenizer"), "model.preset": "toy-student",
+                "data.seq_len": c.seq_len,
+                "data.eval_examples": 128, "train.steps": c.sft_steps,
+                "train.batch_size": c.sft_batch_size, "train.eval_every": c.eval_every * 4,
+                "optimizer.learning_rate": c.sft_lr, "checkpoint.save_every": c.sft_steps,
+                **common_eval,
+            }) for t in TEACHERS
+        })  # fmt: skip
+        self.parallel({
+            f"rollout_{t}": ("rollout", {
+                "model.path": self.path(f"sft_{t}", "checkpoints"),
+                "prompts": self.path("opd_prompts.jsonl"), "output": self.path(f"rollouts_{t}"),
+                "max_new_tokens": 64, "batch_size": 64, "chunk_rows": 128,
+            }) for t in TEACHERS
+        })  # fmt: skip
+        pairs = [(s, o) for s in TEACHERS for o in TEACHERS] if c.grid else [("A", "A")]
+        for s, o in pairs:  # one store per (SFT teacher, scoring teacher)
+            if s != o and not Path(self.path(f"rollouts_{s}_by_{o}")).exists():
+                shutil.copytree(self.path(f"rollouts_{s}"), self.path(f"rollouts_{s}_by_{o}"))
+        self.parallel({
+            f"score_{s}_by_{o}": ("score", {
+                "store": self.store(s, o), "teacher": self.teacher(o), "topk": c.topk,
+                "seq_len": c.seq_len, "batch_size": 64, "mesh.preset": "dp",
+                "allow_inconsistent_teacher": s != o,
+            }) for s, o in pairs
+        })  # fmt: skip
+
+    def store(self, sft_teacher: str, opd_teacher: str) -> str:
+        if sft_teacher == opd_teacher:
+            return self.path(f"rollouts_{sft_teacher}")
+        return self.path(f"rollouts_{sft_teacher}_by_{opd_teacher}")
+
+    def arms(self) -> list[Arm]:
+        arms = [Arm("sft", t, t) for t in (TEACHERS if self.c.grid else ("A",))]
+        for seed in self.c.seeds:
+            methods = ("continued_sft", "lightning_sampled", "lightning_topk", "online")
+            arms += [Arm(m, "A", "A", seed) for m in methods]
+        if self.c.grid:
+            arms += [Arm(m, s, o) for m in ("lightning_topk", "online")
+                     for s in TEACHERS for o in TEACHERS if (s, o) != ("A", "A")]  # fmt: skip
+        return arms
+
+    def train_job(self, arm: Arm) -> tuple[str, dict[str, Any]] | None:
+        c = self.c
+        common = {
+            "workdir": self.path("arms", arm.name), "seed": arm.seed,
+            "train.steps": c.opd_steps, "train.batch_size": c.opd_batch_size,
+            "train.eval_every": c.eval_every, "checkpoint.save_every": c.opd_steps,
+            "optimizer.learning_rate": c.opd_lr, "mesh.preset": "dp",
+            "eval.dataset": self.path("eval_problems.jsonl"), "eval.max_new_tokens": 64,
+        }  # fmt: skip
+        sft_ckpt = self.path(f"sft_{arm.sft_teacher}", "checkpoints")
+        if arm.method == "sft":
+            return None
+        if arm.method == "continued_sft":
+            return "sft", {
+                **common, "model.path": sft_ckpt, "data.path": self.path("sft_data_A"),
+                "data.tokenizer": "", "data.seq_len": c.seq_len, "data.eval_examples": 0,
+                "optimizer.schedule": "constant", "optimizer.warmup": 0.0,
+            }  # fmt: skip
+        opd = {
+            **common, "model.path": sft_ckpt, "data.seq_len": c.seq_len,
+            "allow_inconsistent_teacher": arm.sft_teacher != arm.opd_teacher,
+            "loss.loss": "sampled_token" if arm.method == "lightning_sampled"
+            else "topk_reverse_kl",
+        }  # fmt: skip
+        if arm.method == "online":
+            return "opd", {
+                **opd, "mode": "online", "teacher": self.teacher(arm.opd_teacher),
+                "online.prompts": self.path("opd_prompts.jsonl"), "online.topk": c.topk,
+                "online.prompts_per_step": c.online_prompts_per_step,
+                "online.samples_per_prompt": c.online_samples_per_prompt,
+                "online.max_new_tokens": 64,
+            }  # fmt: skip
+        return "opd", {**opd, "mode": "lightning", "store": self.store(*self.pair(arm))}
+
+    @staticmethod
+    def pair(arm: Arm) -> tuple[str, str]:
+        return arm.sft_teacher, arm.opd_teacher
+
+    def eval_jobs(self, arm: Arm) -> dict[str, tuple[str, dict[str, Any]]]:
+        c = self.c
+        ckpt = (self.path(f"sft_{arm.sft_teacher}", "checkpoints") if arm.method == "sft"
+                else self.path("arms", arm.name, "checkpoints"))  # fmt: skip
+        common = {
+            "model.path": ckpt, "dataset": self.path("eval_problems.jsonl"),
+            "max_new_tokens": 64, "batch_size": 256, "mesh.preset": "dp",
+        }  # fmt: skip
+        return {
+            f"eval_greedy_{arm.name}": ("evaluate", {
+                **common, "workdir": self.path("evals", arm.name, "greedy"), "n": 1, "ks": (1,),
+                "temperature": 0.0, "top_p": 1.0,
+            }),
+            f"eval_sampled_{arm.name}": ("evaluate", {
+                **common, "workdir": self.path("evals", arm.name, "sampled"),
+                "n": c.eval_samples, "ks": (1, c.eval_samples), "temperature": 1.0,
+                "top_p": 1.0, "teacher": self.teacher(arm.opd_teacher),
+            }),
+        }  # fmt: skip
+
+
+def _check_assets() -> None:
+    missing = [
+        t for t in TEACHERS if not (ASSETS / f"teacher_{t.lower()}" / "config.json").exists()
+    ]
+    if missing:
+        raise ConfigError(
+            f"The toy teachers {missing} are missing from {ASSETS}; regenerate them with "
+            "`python -m lopd_jax.data.tasks.make_teachers` (a few minutes on a CPU)."
+        )
+
+
+def run(config: ConfigDict) -> list[dict[str, Any]]:
+    _check_assets()
+    if config.workers < 1 or not config.seeds:
+        raise ConfigError("workers must be >= 1 and seeds non-empty.")
+    start = time.perf_counter()
+    workdir = Path(config.workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Workers: one CPU device each, and one compilation cache shared by every arm (the arms
+    # compile the same programs, so all but the first load them).
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(workdir / ".xla_cache")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    context = multiprocessing.get_context("spawn")  # a forked JAX runtime is unsafe
+    with concurrent.futures.ProcessPoolExecutor(config.workers, mp_context=context) as pool:
+        demo = Demo(config, pool)
+        demo.write_problems()
+        demo.pipeline()
+        arms = demo.arms()
+        demo.parallel({f"train_{a.name}": job for a in arms if (job := demo.train_job(a))})
+        evals = demo.parallel({k: v for a in arms for k, v in demo.eval_jobs(a).items()})
+    rows = [_row(demo, arm, evals) for arm in arms]
+    from lopd_jax.stages import demo_report
+
+    demo_report.write(workdir, rows, demo.wall, total_s=time.perf_counter() - start)
+    return rows
+
+
+def _row(demo: Demo, arm: Arm, evals: dict[str, Any]) -> dict[str, Any]:
+    greedy, sampled = evals[f"eval_greedy_{arm.name}"], evals[f"eval_sampled_{arm.name}"]
+    n = demo.c.eval_samples
+    train = f"train_{arm.name}"
+    return {
+        "method": arm.method, "sft_teacher": arm.sft_teacher, "opd_teacher": arm.opd_teacher,
+        "seed": arm.seed, "greedy_acc": greedy["avg@1"], "avg_acc": sampled[f"avg@{n}"],
+        "reverse_kl": sampled["reverse_kl"],
+        "wall_s": demo.wall.get(train, demo.wall.get(f"sft_{arm.sft_teacher}")),
+        "checkpoint": sampled["model"]["path"],
+        "run": demo.path("arms", arm.name) if arm.method != "sft"
+        else demo.path(f"sft_{arm.sft_teacher}"),
+    }  # fmt: skip
