@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lopd_jax.errors import ConfigError
+
 MeshAxes = str | tuple[str, ...] | None
 AxisRules = tuple[tuple[str, MeshAxes], ...]
 
@@ -166,7 +168,7 @@ def assert_params_sufficiently_sharded(
             for p in worst
         )
         mesh = jax.tree.leaves(params)[0].sharding.mesh
-        raise ValueError(
+        raise ConfigError(
             f"{report.replicated_fraction:.1%} of the param bytes are replicated over a weight "
             f"axis of the mesh {dict(mesh.shape)} (tolerance {max_replicated_fraction:.1%}); "
             f"each device holds {report.bytes_per_device / 2**30:.2f} GiB of params instead of "
