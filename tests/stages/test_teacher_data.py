@@ -3,9 +3,9 @@ the same seed and row keys), names the teacher, resumes exactly, and refuses oth
 
 import json
 
-import jax
 import numpy as np
 import pytest
+from stage_helpers import save_byte_model
 
 import lopd_jax
 from lopd_jax import artifacts
@@ -13,32 +13,24 @@ from lopd_jax.configs import teacher_data as teacher_data_config
 from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.data import sft
 from lopd_jax.errors import ConfigError
-from lopd_jax.models import qwen3, ref
+from lopd_jax.models import ref
+from lopd_jax.parallel.mesh import MeshConfig, make_mesh
 from lopd_jax.sampling import Sampler
 from lopd_jax.stages import teacher_data
 
 BYTES = sft.ByteRenderer()
 N, MAX_NEW = 2, 6
 QUESTIONS = ["12+34=", "7+8=", "100+1=", "hello"]
-SYSTEM_TURNS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
-
-
-def _teacher(path, seed):
-    config = qwen3.tiny_config(vocab_size=BYTES.vocab_size)
-    params = qwen3.init_params(config, jax.random.key(seed))
-    # A heavy EOS column: some responses stop early, others run to max_new_tokens.
-    params["lm_head"] = params["lm_head"].at[:, BYTES.EOS].multiply(12.0)
-    lopd_jax.save_hf(config, params, path, stop_ids=[BYTES.EOS])
-    return config, params
+TURNS = [{"role": "user", "content": "2+2?"}]  # short: every prompt in one width bucket
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("teacher_data")
-    config, params = _teacher(root / "teacher", seed=0)
-    _teacher(root / "other_teacher", seed=1)
+    config, params = save_byte_model(root / "teacher", seed=0)
+    save_byte_model(root / "other_teacher", seed=1)
     lines = [{"prompt": q, "answer": str(i)} for i, q in enumerate(QUESTIONS)]
-    lines.insert(2, {"messages": SYSTEM_TURNS, "id": "multi-turn"})
+    lines.insert(2, {"messages": TURNS, "id": "chat"})
     (root / "prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return root, config, params, lines
 
@@ -68,9 +60,11 @@ def test_rows_are_what_the_teacher_generates(inputs, reference):
     root, config, params, lines = inputs
     counts, data = reference
     prompts = [BYTES.render_prompt(_prompt_messages(x)) for x in lines]
+    # Batched otherwise than the stage's parts (the stage's mesh and batch size share its
+    # compiled sampler): a row's sample depends only on the seed and its row id.
     want = lopd_jax.generate(
         config, params, prompts, n=N, max_new_tokens=MAX_NEW, temperature=0.8,
-        eos_ids=(BYTES.EOS,), seed=0,
+        eos_ids=(BYTES.EOS,), seed=0, batch_size=8, mesh=make_mesh(MeshConfig(preset="dp")),
     )  # fmt: skip
     kept, dropped = [], {"length": 0, "empty": 0}  # kept: (prompt index, SFT record)
     for row, (tokens, finish) in enumerate(zip(want.tokens, want.finish_reason, strict=True)):
