@@ -17,12 +17,16 @@ from pathlib import Path
 # stage name -> module under lopd_jax.stages (its default config has the same name)
 STAGES: dict[str, str] = {
     "smoke": "smoke",
+    "teacher-data": "teacher_data",
+    "import-sft": "import_sft",
     "sft": "sft",
     "rollout": "rollout",
+    "import-rollouts": "import_rollouts",
     "score": "score",
     "opd": "opd",
     "evaluate": "evaluate",
     "export": "export",
+    "export-rollouts": "export_rollouts",
     "demo": "demo",
 }
 

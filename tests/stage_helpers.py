@@ -33,3 +33,21 @@ def write_prompt_ids(path: Path, lengths: list[int], *, vocab_size: int) -> list
     prompts = [rng.integers(1, vocab_size, n).tolist() for n in lengths]
     path.write_text("".join(json.dumps({"prompt_ids": p}) + "\n" for p in prompts))
     return prompts
+
+
+def save_byte_model(path: Path, *, seed: int, eos_scale: float = 12.0):
+    """A tiny random Qwen3 over the byte renderer's vocabulary as a HF directory whose
+    generation_config stops at the renderer's EOS; its EOS column is scaled up so that some
+    responses stop early and others run to max_new_tokens. Returns (config, params)."""
+    import jax
+
+    import lopd_jax
+    from lopd_jax.data import sft
+    from lopd_jax.models import qwen3
+
+    eos = sft.ByteRenderer.EOS
+    config = qwen3.tiny_config(vocab_size=sft.ByteRenderer.vocab_size)
+    params = qwen3.init_params(config, jax.random.key(seed))
+    params["lm_head"] = params["lm_head"].at[:, eos].multiply(eos_scale)
+    lopd_jax.save_hf(config, params, path, stop_ids=[eos])
+    return config, params

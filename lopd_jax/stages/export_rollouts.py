@@ -1,0 +1,61 @@
+"""Export a rollout store to JSONL, one row per line, for inspection or other tools.
+
+Each line holds `prompt_index`, `prompt_ids`, `response_ids`, `finish_reason` and, over the
+response tokens only, `sampler_logprobs`, `behavior_logprobs` and the teacher's columns
+(`teacher_logprobs`, `teacher_topk_ids`, `teacher_topk_logprobs`) where they are written: the
+format `lopd import-rollouts` reads (`lopd_jax.data.rollout_jsonl`), so an export imports back
+to the same rows. A log-prob column a row does not know (all NaN, e.g. behavior log-probs of
+imported rows) is left out of that row. The file appears only when complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from ml_collections import ConfigDict
+
+from lopd_jax.configs import sections
+from lopd_jax.data import rollout_jsonl
+from lopd_jax.store import FINISH_REASONS, RolloutStore
+
+# Per-token columns in the order they are written; any other column follows, sorted.
+ORDER = (
+    "sampler_logprobs", "behavior_logprobs",
+    "teacher_logprobs", "teacher_topk_ids", "teacher_topk_logprobs",
+)  # fmt: skip
+
+
+def export_lines(store: RolloutStore) -> Iterator[str]:
+    """The JSONL line of every committed row, in store order."""
+    extra = sorted(set(store.manifest["token_columns"]) - {"tokens", *ORDER})
+    columns = [c for c in (*ORDER, *extra) if c in store.manifest["token_columns"]]
+    written = {c: set(store.complete_chunks(c)) for c in columns}
+    for chunk in store.chunks:
+        names = [c for c in columns if chunk.index in written[c]]
+        data = store.read_chunk(chunk.index, ["tokens", *names])
+        bounds = data["offsets"]
+        for r in range(len(bounds) - 1):
+            start, stop = bounds[r] + data["prompt_len"][r], bounds[r + 1]
+            line: dict[str, Any] = {
+                "prompt_index": int(data["prompt_index"][r]),
+                "prompt_ids": data["tokens"][bounds[r] : start],
+                "response_ids": data["tokens"][start:stop],
+                "finish_reason": FINISH_REASONS[data["finish_reason"][r]],
+            }
+            for name in names:
+                values = data[name][start:stop]
+                if values.dtype.kind != "f" or not values.size or not np.isnan(values).all():
+                    line[name] = values
+            yield rollout_jsonl.to_json(line)
+
+
+def run(config: ConfigDict) -> dict[str, Any]:
+    store = RolloutStore.open(sections.require_path(config.store, "store", "a rollout store"))
+    output = sections.require_path(config.output, "output", "the JSONL file to write")
+    rows = rollout_jsonl.write_lines(output, export_lines(store))
+    if not store.manifest.get("complete"):
+        print(f"export-rollouts: {config.store} is not complete; exported its committed rows.")
+    print(f"export-rollouts: wrote {rows} rows to {output}")
+    return {"rows": rows, "output": output}

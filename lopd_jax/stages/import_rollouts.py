@@ -1,0 +1,174 @@
+"""Import rollouts sampled elsewhere (e.g. by vLLM) from JSONL into a new rollout store.
+
+Each line is `{"prompt_ids": [...], "response_ids": [...]}`, optionally with
+`"sampler_logprobs"` (one per response token: log pi(token) at temperature 1 of the model that
+sampled), `"behavior_logprobs"`, `"finish_reason"` and `"prompt_index"`
+(`lopd_jax.data.rollout_jsonl` documents the format; `lopd export-rollouts` writes it). Every
+line is validated before anything is written (ids in the vocabulary, one log-prob per response
+token, finite values), and every bad line is named.
+
+`model.path` is the model that sampled the rows (a lopd checkpoint or a HF directory): it gives
+the vocabulary, the tokenizer identity and the provenance the later stages check (the store
+records it as `sft_checkpoint` and its SFT teacher as `sft_teacher`), and computes
+`sampler_logprobs` teacher-forced for lines that lack them. Without a model (`tokenizer` alone
+gives the vocabulary), the sampling model and its SFT teacher are recorded as unknown (None),
+which `score` and `opd` refuse unless `allow_inconsistent_teacher=True`. Behavior log-probs not
+given are stored as NaN (unknown); a `finish_reason` not given is inferred from the stop ids
+("stop" when the response ends with one, else "length").
+
+Rows are written in chunks of `chunk_rows`; a re-run with the same inputs resumes after the
+last complete chunk, one with other inputs is refused naming what differs.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from lopd_jax import artifacts
+from lopd_jax.configs import sections
+from lopd_jax.data import rollout_jsonl, sft
+from lopd_jax.errors import ConfigError
+from lopd_jax.models import logprobs, ref
+from lopd_jax.parallel import mesh as mesh_lib
+from lopd_jax.parallel import rules
+from lopd_jax.stages import rollout, score
+from lopd_jax.store import RolloutStore
+
+
+def provenance(config: ConfigDict) -> tuple[ref.ModelRef | None, sft.Renderer | None, str | None]:
+    """The sampling model (None: unknown), the configured tokenizer and the tokenizer identity."""
+    if not config.model.path and not config.tokenizer:
+        raise ConfigError(
+            "Set model.path (the model that sampled the rollouts) or at least `tokenizer` (its "
+            "tokenizer directory, or 'bytes'): the import needs a vocabulary to check ids against."
+        )
+    model = None
+    if config.model.path:
+        model = ref.resolve(config.model.path, sections.model_step(config.model))
+    renderer = sft.load_renderer(config.tokenizer) if config.tokenizer else None
+    known = model.tokenizer_name() if model is not None else None
+    if renderer is not None and known not in (None, renderer.name):
+        raise artifacts.ArtifactError(
+            f"model.path={model.path} was trained with tokenizer {known!r} but `tokenizer` is "
+            f"{renderer.name!r}; leave `tokenizer` empty to use the model's."
+        )
+    return model, renderer, renderer.name if renderer is not None else known
+
+
+def sampler_scorer(config: ConfigDict, model: ref.ModelRef, seq_len: int):
+    """`rows -> [log pi(response tokens)]` of the model, teacher-forced (loads it once)."""
+    model_config = sections.model_config(config.model, model.config)
+    mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh), devices=jax.local_devices())
+    param_shardings = rules.param_shardings(model_config, mesh)
+    params = model.load(model_config.param_dtype, param_shardings)
+    forward = jax.jit(
+        functools.partial(logprobs.teacher_scores, model_config, topk=0),
+        in_shardings=(param_shardings, rules.batch_sharding(mesh)),
+    )
+
+    def log_pi(rows: list[rollout_jsonl.Row]) -> list[np.ndarray]:
+        full = [np.concatenate([r.prompt_ids, r.response_ids]) for r in rows]
+        offsets = np.concatenate([[0], np.cumsum([len(t) for t in full])])
+        chunk = {
+            "tokens": np.concatenate(full),
+            "offsets": offsets,
+            "prompt_len": np.array([r.prompt_ids.size for r in rows]),
+        }
+        flat = score.score_chunk(
+            forward, params, mesh, chunk, topk=0, seq_len=seq_len, batch_size=config.batch_size
+        )["teacher_logprobs"]
+        return [
+            flat[start + r.prompt_ids.size : stop]
+            for r, start, stop in zip(rows, offsets[:-1], offsets[1:], strict=True)
+        ]
+
+    return log_pi
+
+
+def finish_reason(row: rollout_jsonl.Row, stop_ids: set[int]) -> str:
+    if row.finish_reason is not None:
+        return row.finish_reason
+    return "stop" if row.response_ids.size and int(row.response_ids[-1]) in stop_ids else "length"
+
+
+def run(config: ConfigDict) -> dict[str, Any]:
+    sections.require_positive(config, "chunk_rows", "batch_size")
+    source = Path(sections.require_path(config.input, "input", "a rollouts JSONL file"))
+    output = sections.require_path(config.output, "output", "a new rollout store path")
+    model, renderer, tokenizer = provenance(config)
+    vocab_size = model.config.vocab_size if model is not None else renderer.vocab_size
+    max_len = model.config.max_position_embeddings if model is not None else None
+    found = rollout_jsonl.scan(source, vocab_size, max_len)
+    if found.lacking_logprobs and model is None:
+        raise ConfigError(
+            f"{source}, line {found.lacking_logprobs[0]} (and {len(found.lacking_logprobs) - 1} "
+            "more) has no sampler_logprobs; set model.path to the model that sampled the rows "
+            "to compute them."
+        )
+    seq_len = config.seq_len or -(-found.longest // 128) * 128
+    if seq_len < found.longest:
+        raise ConfigError(
+            f"The longest row has {found.longest} tokens but seq_len={seq_len}; set "
+            f"--config.seq_len={found.longest} or more (or 0: the longest row)."
+        )
+    model_config = sections.model_config(config.model, model.config if model else None)
+    if model is not None:  # the configured stop ids, else the model's and its tokenizer's
+        stop_ids = set(rollout.stop_ids(config, model, renderer))
+    else:
+        stop_ids = set(config.eos_ids) or {renderer.eos_id}
+
+    # What decides every row: a resume that changes any of it would mix two imports.
+    identity = {
+        "input": artifacts.fingerprint_file(source),
+        "model": model.identity if model else None,
+        "tokenizer": tokenizer,
+        "stop_ids": sorted(stop_ids),
+        "chunk_rows": config.chunk_rows,
+        "dtype": [model_config.param_dtype, model_config.dtype],
+    }
+    metadata = {
+        "sft_checkpoint": model.describe() if model else None,
+        "sft_teacher": model.sft_teacher if model else None,  # None: unknown
+        "tokenizer": tokenizer,
+        "imported_from": {"path": str(source.absolute()), "fingerprint": identity["input"]},
+        "config": config.to_dict(),
+    }
+    store = RolloutStore.open_or_create(output, identity, **metadata)
+    log_pi = None  # the model is loaded only if a row needs its log-probs
+    lines = rollout_jsonl.read(source, vocab_size, max_len, skip=store.num_rows)
+    while batch := list(itertools.islice(lines, config.chunk_rows)):
+        rows = [row for _, row in batch]
+        missing = [i for i, r in enumerate(rows) if r.sampler_logprobs is None]
+        sampler = [r.sampler_logprobs for r in rows]
+        if missing:
+            log_pi = log_pi or sampler_scorer(config, model, seq_len)
+            for i, values in zip(missing, log_pi([rows[i] for i in missing]), strict=True):
+                sampler[i] = values
+        first = store.num_rows
+        store.append_chunk(
+            [np.concatenate([r.prompt_ids, r.response_ids]) for r in rows],
+            prompt_len=[r.prompt_ids.size for r in rows],
+            prompt_index=[
+                first + i if r.prompt_index is None else r.prompt_index for i, r in enumerate(rows)
+            ],
+            finish_reason=[finish_reason(r, stop_ids) for r in rows],
+            sampler_logprobs=sampler,
+            behavior_logprobs=[
+                np.full(r.response_ids.size, np.nan) if r.behavior_logprobs is None
+                else r.behavior_logprobs for r in rows
+            ],
+        )  # fmt: skip
+
+    summary = rollout.summarize(store) | {"sampler_logprobs_computed": len(found.lacking_logprobs)}
+    store.update_manifest(complete=store.num_rows == found.rows, summary=summary)
+    print(f"import-rollouts: wrote {output}")
+    for key, value in summary.items():
+        print(f"  {key:<26} {value}")
+    return summary

@@ -1,0 +1,237 @@
+"""Teacher data: sample SFT responses for a prompt set from the teacher, into an SFT data directory.
+
+Lightning OPD step 0 (`D_SFT = {(q, x): x ~ pi_T(.|q)}`): the teacher written here must be the
+teacher that later scores the rollouts, so the directory's manifest records its identity
+(`teacher`, the content fingerprint `lopd score` compares) with the tokenizer, the sampling
+settings and what was dropped.
+
+Prompts JSONL, one object per line: {"prompt": "..."} (a user turn) or {"messages": [...]}
+(the turns before the response), rendered with the chat template and the generation prompt
+exactly as `lopd sft` renders the prompt of the example it becomes. Other fields (an
+`answer`, an `id`) are allowed and kept out of the data. The output `data.jsonl` holds
+{"prompt", "response"} or {"messages": [..., {"role": "assistant", "content": response}]},
+in prompt order, `n` samples per prompt; the response is the decoded tokens before the stop
+token. Truncated responses (no stop token within `max_new_tokens`) are dropped unless
+`drop_truncated=False`, and empty ones always (SFT refuses them); both are counted.
+
+Resumable: prompts are sampled in chunks of `chunk_prompts`, each written as an atomic part
+file (`parts/`, kept: the raw samples, dropped ones included); `data.jsonl` and the manifest
+are assembled from them at the end. Sample `j` of prompt `i` draws from the seed and its row
+id `i * n + j` only, so a resumed run writes what an uninterrupted one would (and what
+`lopd_jax.generate(..., n=n, seed=seed)` samples). A re-run with another teacher, prompts,
+tokenizer, sampling settings, `n`, seed or dtype is refused, naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import tqdm
+from ml_collections import ConfigDict
+
+from lopd_jax import artifacts
+from lopd_jax.configs import sections
+from lopd_jax.data import prompts as prompts_lib
+from lopd_jax.data import sft
+from lopd_jax.errors import ConfigError
+from lopd_jax.models import ref
+from lopd_jax.parallel import mesh as mesh_lib
+from lopd_jax.parallel import rules
+from lopd_jax.sampling import FINISH_LENGTH, FINISH_STOP, Sampler, SamplingParams
+from lopd_jax.stages import rollout
+
+MADE_BY = "teacher-data"
+STATE = ".lopd_teacher_data.json"  # the run's identity, written first: "this directory is ours"
+PARTS = "parts"
+
+
+def read_prompts(config: ConfigDict, teacher: ref.ModelRef):
+    """The prompt rows (text), their token ids and the renderer."""
+    path = sections.require_path(config.prompts, "prompts", "a prompts JSONL file")
+    rows = prompts_lib.read_rows(path, limit=config.limit)
+    pretokenized = [i for i, row in enumerate(rows) if "prompt" not in row and "messages" not in row]
+    if pretokenized:
+        raise prompts_lib.PromptError(
+            f"{path}: prompt {pretokenized[0] + 1} (counting non-blank lines) has only "
+            "'prompt_ids'; SFT data is text, so give every prompt as {\"prompt\": ...} or "
+            '{"messages": [...]}.'
+        )
+    spec = config.tokenizer or teacher.tokenizer_spec()
+    try:
+        ids, renderer = prompts_lib.tokenize(
+            rows, spec, chat_template=True, vocab_size=teacher.config.vocab_size,
+            max_len=teacher.config.max_position_embeddings, where=path,
+        )  # fmt: skip
+    except FileNotFoundError as e:
+        raise ConfigError(f"tokenizer: {e}; or set `tokenizer` ('bytes' for the toy one).") from e
+    if teacher.tokenizer_identity not in (None, renderer.name):
+        raise artifacts.ArtifactError(
+            f"The teacher was trained with tokenizer {teacher.tokenizer_identity!r} but the "
+            f"prompts would be tokenized with {renderer.name!r}; leave `tokenizer` empty."
+        )
+    return rows, ids, renderer
+
+
+def response_text(renderer: sft.Renderer, tokens: list[int], finish_reason: str) -> str:
+    """The response as SFT data holds it: the text before the stop token."""
+    if finish_reason == FINISH_STOP:
+        tokens = tokens[:-1]
+    if isinstance(renderer, sft.ByteRenderer):  # control ids are not text
+        data = bytes(t - renderer.OFFSET for t in tokens if t >= renderer.OFFSET)
+        return data.decode("utf-8", errors="replace")
+    return renderer.tokenizer.decode(tokens)
+
+
+def record(row: dict[str, Any], response: str) -> dict[str, Any]:
+    """The SFT example of a prompt row and a response (other prompt fields stay out)."""
+    if "messages" in row:
+        return {"messages": [*row["messages"], {"role": "assistant", "content": response}]}
+    return {"prompt": row["prompt"], "response": response}
+
+
+def open_output(output: Path, identity: dict[str, Any]) -> None:
+    """Claims a new (or empty) output directory, or checks that a run of ours there was made
+    from the same inputs."""
+    state = output / STATE
+    if state.exists():
+        stored = json.loads(state.read_text())
+        changed = [
+            f"{key}: stored {stored.get(key, '<absent>')!r}, now {identity.get(key, '<absent>')!r}"
+            for key in sorted(set(stored) | set(identity))
+            if stored.get(key) != identity.get(key)
+        ]
+        if changed:
+            raise artifacts.ArtifactError(
+                f"{output} holds teacher data sampled from other inputs, so resuming would mix "
+                "two runs:\n  " + "\n  ".join(changed) + "\nUse a new output directory, or rerun "
+                f"with the inputs it was made from ({STATE} records them)."
+            )
+        return
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise artifacts.ArtifactError(
+            f"output={output} exists and was not written by `lopd teacher-data`; refusing to "
+            "write into it. Choose a new output directory."
+        )
+    artifacts.atomic_write_text(state, json.dumps(identity, indent=2))
+
+
+def part_path(output: Path, index: int) -> Path:
+    return output / PARTS / f"{index:06d}.jsonl"
+
+
+def write_part(output: Path, index: int, lines: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    artifacts.atomic_write_text(part_path(output, index), text)
+
+
+def assemble(output: Path, rows: list[dict], num_parts: int, drop_truncated: bool):
+    """The SFT records of every part in prompt order, and what was kept and dropped."""
+    records = []
+    counts = dict.fromkeys(("responses", "truncated", "dropped_truncated", "dropped_empty"), 0)
+    for index in range(num_parts):
+        for line in map(json.loads, part_path(output, index).read_text().splitlines()):
+            counts["responses"] += 1
+            truncated = line["finish_reason"] == FINISH_LENGTH
+            counts["truncated"] += truncated
+            if truncated and drop_truncated:
+                counts["dropped_truncated"] += 1
+            elif not line["response"].strip():
+                counts["dropped_empty"] += 1
+            else:
+                records.append(record(rows[line["prompt_index"]], line["response"]))
+    return records, counts | {"examples": len(records)}
+
+
+def run(config: ConfigDict) -> dict[str, Any]:
+    sections.require_positive(config, "n", "batch_size", "chunk_prompts", "max_new_tokens")
+    if config.model.path:
+        raise ConfigError(
+            f"model.path={config.model.path!r} is not read here: the model is `teacher` "
+            "(--config.teacher=...); the model section sets its dtype and numerics."
+        )
+    mesh_lib.maybe_initialize_distributed()
+    if jax.process_count() > 1:  # the sampler gathers its outputs on one host
+        raise ConfigError(
+            f"lopd teacher-data is single-host for now, but this job has {jax.process_count()} "
+            "processes. Run it on one host, or split the prompts across hosts into separate "
+            "output directories."
+        )
+    spec = sections.require_path(config.teacher, "teacher", "the teacher's model directory")
+    teacher = ref.resolve(spec, sections.model_step(config.model))
+    teacher_config = sections.model_config(config.model, teacher.config)
+    rows, prompts, renderer = read_prompts(config, teacher)
+    sampling = SamplingParams(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        top_p=config.top_p,
+        stop_ids=rollout.stop_ids(config, teacher, renderer),
+    )
+    # What decides every sample: a resume that changes any of it would mix two runs.
+    identity = {
+        "teacher": teacher.identity,
+        "prompt_ids": prompts_lib.fingerprint(prompts),  # the file, `limit` and tokenizer
+        "tokenizer": renderer.name,
+        "sampling": json.loads(json.dumps(dataclasses.asdict(sampling))),  # as stored
+        "n": config.n,
+        "seed": config.seed,
+        "chunk_prompts": config.chunk_prompts,
+        "dtype": [teacher_config.param_dtype, teacher_config.dtype],
+    }
+    output = Path(config.output)
+    open_output(output, identity)
+    num_parts = math.ceil(len(prompts) / config.chunk_prompts)
+    todo = [i for i in range(num_parts) if not part_path(output, i).exists()]
+    if todo:
+        sample_parts(config, teacher, teacher_config, prompts, renderer, sampling, output, todo)
+
+    records, counts = assemble(output, rows, num_parts, config.drop_truncated)
+    if not records:
+        raise sft.SftDataError(
+            f"{output}: every response was dropped ({counts}); raise max_new_tokens or set "
+            "drop_truncated=False, then re-run (the samples are kept in parts/)."
+        )
+    sft.write_sft_data(
+        output, records, teacher=teacher.identity, made_by=MADE_BY, identity=identity,
+        teacher_model=teacher.describe(), tokenizer=renderer.name,
+        sampling=identity["sampling"], n=config.n, seed=config.seed,
+        drop_truncated=config.drop_truncated, counts=counts,
+        prompts={"path": str(Path(config.prompts).absolute()), "num_prompts": len(prompts)},
+        config=config.to_dict(),
+    )  # fmt: skip
+    print(f"teacher-data: wrote {output} (teacher {teacher.identity})")
+    for key, value in counts.items():
+        print(f"  {key:<18} {value}")
+    return counts
+
+
+def sample_parts(config, teacher, teacher_config, prompts, renderer, sampling, output, todo):
+    """Samples the parts `todo` (indices) from the teacher, writing each as it finishes."""
+    mesh = None
+    if jax.device_count() > 1:  # the mesh first: each device reads only its shard
+        mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
+    params = teacher.load(
+        teacher_config.param_dtype, rules.param_shardings(teacher_config, mesh) if mesh else None
+    )
+    sampler = Sampler(teacher_config, params, mesh=mesh, batch_size=config.batch_size)
+    n, size = config.n, config.chunk_prompts
+    bar = tqdm.tqdm(total=sum(min(size, len(prompts) - i * size) * n for i in todo),
+                    unit="response", desc="teacher-data")  # fmt: skip
+    for index in todo:
+        rows = [(i, j) for i in range(index * size, min((index + 1) * size, len(prompts)))
+                for j in range(n)]  # fmt: skip
+        out = sampler.sample(
+            [prompts[i] for i, _ in rows], sampling, seed=config.seed,
+            row_ids=[i * n + j for i, j in rows], progress=lambda r, _: bar.update(r),
+        )  # fmt: skip
+        write_part(output, index, [
+            {"prompt_index": i, "sample": j, "finish_reason": finish, "response_tokens": len(t),
+             "response": response_text(renderer, t, finish)}
+            for (i, j), t, finish in zip(rows, out.tokens, out.finish_reason, strict=True)
+        ])  # fmt: skip
+    bar.close()
