@@ -72,8 +72,9 @@ def _logprobs(value: Any, name: str, length: int) -> np.ndarray:
     if len(values) != length:
         raise ValueError(f"'{name}' has {len(values)} values for {length} response tokens")
     values = values.astype(np.float32)
-    if not np.isfinite(values).all():  # after the cast: float32 overflow is not finite either
-        raise ValueError(f"'{name}' holds non-finite values at {np.flatnonzero(~np.isfinite(values))[:8].tolist()}")
+    bad = np.flatnonzero(~np.isfinite(values))  # after the cast: float32 overflow counts too
+    if bad.size:
+        raise ValueError(f"'{name}' holds non-finite values at {bad[:8].tolist()}")
     return values
 
 

@@ -22,7 +22,6 @@ last complete chunk, one with other inputs is refused naming what differs.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from lopd_jax import artifacts
 from lopd_jax.configs import sections
 from lopd_jax.data import rollout_jsonl, sft
 from lopd_jax.errors import ConfigError
-from lopd_jax.models import logprobs, ref
+from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
 from lopd_jax.stages import rollout, score
@@ -68,10 +67,7 @@ def sampler_scorer(config: ConfigDict, model: ref.ModelRef, seq_len: int):
     mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh), devices=jax.local_devices())
     param_shardings = rules.param_shardings(model_config, mesh)
     params = model.load(model_config.param_dtype, param_shardings)
-    forward = jax.jit(
-        functools.partial(logprobs.teacher_scores, model_config, topk=0),
-        in_shardings=(param_shardings, rules.batch_sharding(mesh)),
-    )
+    forward = score.make_forward(model_config, param_shardings, mesh, topk=0)
 
     def log_pi(rows: list[rollout_jsonl.Row]) -> list[np.ndarray]:
         full = [np.concatenate([r.prompt_ids, r.response_ids]) for r in rows]

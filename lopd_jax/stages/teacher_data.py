@@ -54,7 +54,9 @@ def read_prompts(config: ConfigDict, teacher: ref.ModelRef):
     """The prompt rows (text), their token ids and the renderer."""
     path = sections.require_path(config.prompts, "prompts", "a prompts JSONL file")
     rows = prompts_lib.read_rows(path, limit=config.limit)
-    pretokenized = [i for i, row in enumerate(rows) if "prompt" not in row and "messages" not in row]
+    pretokenized = [
+        i for i, row in enumerate(rows) if "prompt" not in row and "messages" not in row
+    ]
     if pretokenized:
         raise prompts_lib.PromptError(
             f"{path}: prompt {pretokenized[0] + 1} (counting non-blank lines) has only "
