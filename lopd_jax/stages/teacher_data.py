@@ -185,7 +185,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         "chunk_prompts": config.chunk_prompts,
         "dtype": [teacher_config.param_dtype, teacher_config.dtype],
     }
-    output = Path(config.output)
+    output = Path(sections.require_path(config.output, "output", "a new SFT data directory"))
     open_output(output, identity)
     num_parts = math.ceil(len(prompts) / config.chunk_prompts)
     todo = [i for i in range(num_parts) if not part_path(output, i).exists()]
