@@ -107,9 +107,9 @@ def parse_line(text: str, vocab_size: int, max_len: int | None = None) -> Row:
 
 def read(
     path: str | Path, vocab_size: int, max_len: int | None = None, *, skip: int = 0
-) -> Iterator[tuple[int, Row]]:
-    """`(line number, Row)` of every non-blank line after the first `skip` rows; the first bad
-    line raises RolloutLineError naming it."""
+) -> Iterator[Row]:
+    """The Row of every non-blank line after the first `skip` rows; the first bad line raises
+    RolloutLineError naming it."""
     rows = 0
     with open(path, "rb") as f:  # bytes: an invalid UTF-8 line is one bad line, not a crash
         for line_no, raw in enumerate(f, 1):
@@ -119,7 +119,7 @@ def read(
             if rows <= skip:
                 continue
             try:
-                yield line_no, parse_line(raw.decode("utf-8"), vocab_size, max_len)
+                yield parse_line(raw.decode("utf-8"), vocab_size, max_len)
             except ValueError as e:  # JSON and UTF-8 errors included
                 raise RolloutLineError(f"{path}, line {line_no}: {e}. Fix that line.") from e
 

@@ -114,7 +114,6 @@ def run(config: ConfigDict) -> dict[str, Any]:
             f"The longest row has {found.longest} tokens but seq_len={seq_len}; set "
             f"--config.seq_len={found.longest} or more (or 0: the longest row)."
         )
-    model_config = sections.model_config(config.model, model.config if model else None)
     if model is not None:  # the configured stop ids, else the model's and its tokenizer's
         stop_ids = set(rollout.stop_ids(config, model, renderer))
     else:
@@ -127,7 +126,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         "tokenizer": tokenizer,
         "stop_ids": sorted(stop_ids),
         "chunk_rows": config.chunk_rows,
-        "dtype": [model_config.param_dtype, model_config.dtype],
+        "dtype": [config.model.param_dtype, config.model.dtype] if model else None,
     }
     metadata = {
         "sft_checkpoint": model.describe() if model else None,
@@ -139,8 +138,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     store = RolloutStore.open_or_create(output, identity, **metadata)
     log_pi = None  # the model is loaded only if a row needs its log-probs
     lines = rollout_jsonl.read(source, vocab_size, max_len, skip=store.num_rows)
-    while batch := list(itertools.islice(lines, config.chunk_rows)):
-        rows = [row for _, row in batch]
+    while rows := list(itertools.islice(lines, config.chunk_rows)):
         missing = [i for i, r in enumerate(rows) if r.sampler_logprobs is None]
         sampler = [r.sampler_logprobs for r in rows]
         if missing:
