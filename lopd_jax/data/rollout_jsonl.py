@@ -72,8 +72,9 @@ def _logprobs(value: Any, name: str, length: int) -> np.ndarray:
     if len(values) != length:
         raise ValueError(f"'{name}' has {len(values)} values for {length} response tokens")
     values = values.astype(np.float32)
-    if not np.isfinite(values).all():  # after the cast: float32 overflow is not finite either
-        raise ValueError(f"'{name}' holds non-finite values at {np.flatnonzero(~np.isfinite(values))[:8].tolist()}")
+    bad = np.flatnonzero(~np.isfinite(values))  # after the cast: float32 overflow counts too
+    if bad.size:
+        raise ValueError(f"'{name}' holds non-finite values at {bad[:8].tolist()}")
     return values
 
 
@@ -106,9 +107,9 @@ def parse_line(text: str, vocab_size: int, max_len: int | None = None) -> Row:
 
 def read(
     path: str | Path, vocab_size: int, max_len: int | None = None, *, skip: int = 0
-) -> Iterator[tuple[int, Row]]:
-    """`(line number, Row)` of every non-blank line after the first `skip` rows; the first bad
-    line raises RolloutLineError naming it."""
+) -> Iterator[Row]:
+    """The Row of every non-blank line after the first `skip` rows; the first bad line raises
+    RolloutLineError naming it."""
     rows = 0
     with open(path, "rb") as f:  # bytes: an invalid UTF-8 line is one bad line, not a crash
         for line_no, raw in enumerate(f, 1):
@@ -118,7 +119,7 @@ def read(
             if rows <= skip:
                 continue
             try:
-                yield line_no, parse_line(raw.decode("utf-8"), vocab_size, max_len)
+                yield parse_line(raw.decode("utf-8"), vocab_size, max_len)
             except ValueError as e:  # JSON and UTF-8 errors included
                 raise RolloutLineError(f"{path}, line {line_no}: {e}. Fix that line.") from e
 

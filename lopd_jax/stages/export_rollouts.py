@@ -46,6 +46,8 @@ def export_lines(store: RolloutStore) -> Iterator[str]:
             }
             for name in names:
                 values = data[name][start:stop]
+                if values.dtype.kind not in "iub":  # bfloat16 included: float32 holds it exactly
+                    values = values.astype(np.float32)
                 if values.dtype.kind != "f" or not values.size or not np.isnan(values).all():
                     line[name] = values
             yield rollout_jsonl.to_json(line)

@@ -22,7 +22,6 @@ last complete chunk, one with other inputs is refused naming what differs.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from lopd_jax import artifacts
 from lopd_jax.configs import sections
 from lopd_jax.data import rollout_jsonl, sft
 from lopd_jax.errors import ConfigError
-from lopd_jax.models import logprobs, ref
+from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
 from lopd_jax.stages import rollout, score
@@ -68,10 +67,7 @@ def sampler_scorer(config: ConfigDict, model: ref.ModelRef, seq_len: int):
     mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh), devices=jax.local_devices())
     param_shardings = rules.param_shardings(model_config, mesh)
     params = model.load(model_config.param_dtype, param_shardings)
-    forward = jax.jit(
-        functools.partial(logprobs.teacher_scores, model_config, topk=0),
-        in_shardings=(param_shardings, rules.batch_sharding(mesh)),
-    )
+    forward = score.make_forward(model_config, param_shardings, mesh, topk=0)
 
     def log_pi(rows: list[rollout_jsonl.Row]) -> list[np.ndarray]:
         full = [np.concatenate([r.prompt_ids, r.response_ids]) for r in rows]
@@ -118,7 +114,6 @@ def run(config: ConfigDict) -> dict[str, Any]:
             f"The longest row has {found.longest} tokens but seq_len={seq_len}; set "
             f"--config.seq_len={found.longest} or more (or 0: the longest row)."
         )
-    model_config = sections.model_config(config.model, model.config if model else None)
     if model is not None:  # the configured stop ids, else the model's and its tokenizer's
         stop_ids = set(rollout.stop_ids(config, model, renderer))
     else:
@@ -131,7 +126,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         "tokenizer": tokenizer,
         "stop_ids": sorted(stop_ids),
         "chunk_rows": config.chunk_rows,
-        "dtype": [model_config.param_dtype, model_config.dtype],
+        "dtype": [config.model.param_dtype, config.model.dtype] if model else None,
     }
     metadata = {
         "sft_checkpoint": model.describe() if model else None,
@@ -143,8 +138,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     store = RolloutStore.open_or_create(output, identity, **metadata)
     log_pi = None  # the model is loaded only if a row needs its log-probs
     lines = rollout_jsonl.read(source, vocab_size, max_len, skip=store.num_rows)
-    while batch := list(itertools.islice(lines, config.chunk_rows)):
-        rows = [row for _, row in batch]
+    while rows := list(itertools.islice(lines, config.chunk_rows)):
         missing = [i for i, r in enumerate(rows) if r.sampler_logprobs is None]
         sampler = [r.sampler_logprobs for r in rows]
         if missing:

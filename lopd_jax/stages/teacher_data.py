@@ -54,7 +54,9 @@ def read_prompts(config: ConfigDict, teacher: ref.ModelRef):
     """The prompt rows (text), their token ids and the renderer."""
     path = sections.require_path(config.prompts, "prompts", "a prompts JSONL file")
     rows = prompts_lib.read_rows(path, limit=config.limit)
-    pretokenized = [i for i, row in enumerate(rows) if "prompt" not in row and "messages" not in row]
+    pretokenized = [
+        i for i, row in enumerate(rows) if "prompt" not in row and "messages" not in row
+    ]
     if pretokenized:
         raise prompts_lib.PromptError(
             f"{path}: prompt {pretokenized[0] + 1} (counting non-blank lines) has only "
@@ -183,7 +185,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         "chunk_prompts": config.chunk_prompts,
         "dtype": [teacher_config.param_dtype, teacher_config.dtype],
     }
-    output = Path(config.output)
+    output = Path(sections.require_path(config.output, "output", "a new SFT data directory"))
     open_output(output, identity)
     num_parts = math.ceil(len(prompts) / config.chunk_prompts)
     todo = [i for i in range(num_parts) if not part_path(output, i).exists()]
