@@ -60,7 +60,7 @@ def loss_config(config: ConfigDict) -> losses.OpdLossConfig:
 def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
     """The store's packed rows for this process, after every check; and what to record."""
     store = RolloutStore.open(config.store)
-    sampled_by = store.manifest.get("sft_checkpoint", {}).get("identity")
+    sampled_by = (store.manifest.get("sft_checkpoint") or {}).get("identity")
     if sampled_by != pi_ref.identity:
         raise StoreError(
             f"{config.store} holds rollouts sampled from model {sampled_by!r}, not from "
