@@ -98,9 +98,44 @@ def attend(
         )  # fmt: skip
     if backend == "splash":
         _require_platform("splash", "tpu")
-        return splash_attention(q_bthe, k_bske, v_bske, q_segment_bt, block=block_q)
-    _require_platform("pallas_gpu", "gpu")
-    return pallas_gpu_attention(q_bthe, k_bske, v_bske, q_segment_bt)
+        kernel = functools.partial(splash_attention, block=block_q)
+    else:
+        _require_platform("pallas_gpu", "gpu")
+        kernel = pallas_gpu_attention
+    return per_shard(kernel, q_bthe, k_bske, v_bske, q_segment_bt)
+
+
+def per_shard(kernel, q_bthe, k_bthe, v_bthe, segment_bt):
+    """Runs a Pallas `kernel(q, k, v, segment)` on each device's rows and heads.
+
+    The SPMD partitioner cannot split a Pallas call (it would gather every operand onto every
+    device), so under a mesh the kernel runs in a `shard_map` split like the activations:
+    batch by the logical rules of `activation_batch`, heads by `activation_heads` when the same
+    mesh axes divide both the query and the kv heads (else heads stay whole).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return kernel(q_bthe, k_bthe, v_bthe, segment_bt)
+    import flax.linen as nn
+    from jax.sharding import PartitionSpec
+
+    def axes(name, size):
+        spec = nn.logical_to_mesh_axes((name,))[0]
+        names = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+        names = tuple(a for a in names if a in mesh.shape)
+        return names if names and size % math.prod(mesh.shape[a] for a in names) == 0 else None
+
+    batch = axes("activation_batch", q_bthe.shape[0])
+    heads = axes("activation_heads", q_bthe.shape[2])
+    if heads != axes("activation_kv_heads", k_bthe.shape[2]):
+        heads = None
+    qkv_spec = PartitionSpec(batch, None, heads, None)
+    return jax.shard_map(
+        kernel,
+        in_specs=(qkv_spec, qkv_spec, qkv_spec, PartitionSpec(batch, None)),
+        out_specs=qkv_spec,
+        check_vma=False,
+    )(q_bthe, k_bthe, v_bthe, segment_bt)
 
 
 def _require_platform(backend: str, platform: str) -> None:

@@ -1,6 +1,7 @@
 """Attention backends equal the XLA reference (values and gradients) on ragged packed rows with
 grouped-query heads; blockwise attention skips invisible blocks and never holds `t x t` scores."""
 
+import functools
 import re
 
 import jax
@@ -10,24 +11,27 @@ import pytest
 import torch
 
 from lopd_jax.models import attention, hf, logprobs, qwen3
+from lopd_jax.parallel import mesh as mesh_lib
+from lopd_jax.parallel import rules
 
 HEADS, KV_HEADS, HEAD_DIM = 4, 2, 16
 
 
 def _segments(t):
-    """Row 0 packs three segments, row 1 is right-padded, row 2 left-padded."""
-    seg = np.zeros((3, t), np.int32)
+    """Row 0 packs three segments, row 1 is right-padded, row 2 left-padded, row 3 is one
+    sequence."""
+    seg = np.ones((4, t), np.int32)
     a, b = t // 4, t // 2
     seg[0, :a], seg[0, a : a + b], seg[0, a + b :] = 1, 2, 3
-    seg[1, : t - 9] = 1
-    seg[2, 7:] = 1
+    seg[1, t - 9 :] = 0
+    seg[2, :7] = 0
     return jnp.asarray(seg)
 
 
 def _qkv(t, s, seed=0):
     r = np.random.default_rng(seed)
-    q = r.normal(size=(3, t, HEADS, HEAD_DIM))
-    k, v = (r.normal(size=(3, s, KV_HEADS, HEAD_DIM)) for _ in range(2))
+    q = r.normal(size=(4, t, HEADS, HEAD_DIM))
+    k, v = (r.normal(size=(4, s, KV_HEADS, HEAD_DIM)) for _ in range(2))
     return tuple(jnp.asarray(x, jnp.float32) for x in (q, k, v))
 
 
@@ -101,21 +105,27 @@ def test_splash_interpret_equals_xla():
     _assert_matches_xla(fn, seg, seg, slot, t, t, atol=2e-5)
 
 
-def test_pallas_gpu_interpret_equals_xla():
+def test_pallas_gpu_interpret_per_shard_equals_xla():
+    """The GPU kernel in a shard_map over a (fsdp 2, tensor 2) mesh: rows and heads split."""
     t = 100
     seg = _segments(t)
     slot = jnp.broadcast_to(jnp.arange(t), seg.shape)
+    kernel = functools.partial(attention.pallas_gpu_attention, interpret=True)
 
     def fn(q, k, v):
-        return attention.pallas_gpu_attention(q, k, v, seg, interpret=True)
+        return attention.per_shard(kernel, q, k, v, seg)
 
-    _assert_matches_xla(fn, seg, seg, slot, t, t, atol=2e-5)
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig("fsdp_tp", tensor=2), jax.devices()[:4])
+    with rules.activation_sharding(mesh):
+        text = jax.jit(fn).lower(*_qkv(t, t)).as_text()
+        assert '[{"fsdp"}, {}, {"tensor"}, {}]' in text  # each device: its rows, its heads
+        _assert_matches_xla(fn, seg, seg, slot, t, t, atol=2e-5)
 
 
 @pytest.mark.parametrize(("backend", "platform"), [("splash", "TPU"), ("pallas_gpu", "GPU")])
 def test_kernels_refuse_other_platforms(backend, platform):
     q, k, v = _qkv(4, 4)
-    seg = jnp.ones((3, 4), jnp.int32)
+    seg = jnp.ones((4, 4), jnp.int32)
     with pytest.raises(ValueError, match=f"{platform} kernel.*attention='blockwise'"):
         attention.attend(q, k, v, seg, seg, seg, backend=backend)
     with pytest.raises(ValueError, match="attention='flash'; choose one of"):
