@@ -76,7 +76,7 @@ finish() {
   set +e
   trap '' INT TERM USR1
   stop_all
-  [[ -n "$watchdog" ]] && kill "$watchdog" 2>/dev/null
+  [[ -n "$watchdog" ]] && kill -- "-$watchdog" 2>/dev/null
   wait 2>/dev/null
   exit "$1"
 }
@@ -92,7 +92,9 @@ for ((i = 0; i < processes; i++)); do
   pids+=("$!")
 done
 if [[ "$timeout" -gt 0 ]]; then
-  (sleep "$timeout" && kill -USR1 $$) &
+  # Its own group, killed whole at the end, and off our stdout: a leftover sleep holding the
+  # output pipe would keep a caller reading it waiting until the timeout.
+  setsid bash -c 'sleep "$1" && kill -USR1 "$2"' _ "$timeout" $$ </dev/null >/dev/null 2>&1 &
   watchdog=$!
 fi
 

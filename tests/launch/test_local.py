@@ -64,9 +64,12 @@ def test_timeout_stops_everything_with_status_124():
     assert result.returncode == 124 and "timed out after 1s" in result.stderr
 
 
-def test_output_is_prefixed_per_process():
-    result = local_sh("--processes", 2, "--", "sh", "-c", "echo out; echo err >&2")
+def test_output_is_prefixed_per_process_and_nothing_outlives_the_launcher():
+    start = time.monotonic()
+    result = local_sh("--processes", 2, "--timeout", 60, "--", "sh", "-c", "echo out; echo err >&2")
     assert result.returncode == 0
+    # run() returns when the output pipe closes: nothing (the timeout's watchdog) holds it.
+    assert time.monotonic() - start < 30
     assert sorted(result.stdout.splitlines()) == ["[p0] err", "[p0] out", "[p1] err", "[p1] out"]
 
 
