@@ -51,3 +51,115 @@ def save_byte_model(path: Path, *, seed: int, eos_scale: float = 12.0):
     params["lm_head"] = params["lm_head"].at[:, eos].multiply(eos_scale)
     lopd_jax.save_hf(config, params, path, stop_ids=[eos])
     return config, params
+
+
+# ------------------------------------------------------------------------------------------
+# A whole tiny pipeline on the toy tokenizer (teacher -> SFT data -> SFT -> rollout -> score),
+# built once per test session and shared by the stage and reliability tests.
+
+TOY_TOKENIZER = Path(__file__).resolve().parent.parent / "lopd_jax/assets/toy/tokenizer"
+TOY_VOCAB = 24  # the toy tokenizer's entries: teacher and student vocabularies match it
+TEACHER_HF = dict(
+    model_type="qwen3", vocab_size=TOY_VOCAB, hidden_size=32, intermediate_size=64,
+    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+    rope_theta=10_000.0, tie_word_embeddings=False,
+)  # fmt: skip
+
+
+def toy_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(TOY_TOKENIZER)
+
+
+def write_hf_teacher(path: Path, seed: int = 0):
+    """A random tiny `transformers` Qwen3 with the toy tokenizer: (torch model, its dir)."""
+    from hf_reference import make_hf_model
+
+    model = make_hf_model(**TEACHER_HF, seed=seed)
+    model.save_pretrained(path)
+    toy_tokenizer().save_pretrained(path)
+    return model, path
+
+
+def write_hf_student_base(path: Path, seed: int = 1) -> Path:
+    """A random lopd_jax tiny Qwen3 as a HF directory with the toy tokenizer (SFT's base)."""
+    import jax
+
+    from lopd_jax.models import hf, qwen3
+
+    config = qwen3.tiny_config(vocab_size=TOY_VOCAB, hidden_size=32, intermediate_size=64,
+                               num_heads=2, num_kv_heads=1, head_dim=16)  # fmt: skip
+    params = qwen3.init_params(config, jax.random.key(seed))
+    return hf.save_hf(config, params, path, tokenizer=toy_tokenizer())
+
+
+def toy_sft_config(workdir: Path, base: Path, data: Path, *, steps: int = 2) -> ConfigDict:
+    c = sft_config.get_config()
+    c.workdir, c.model.path, c.data.path = str(workdir), str(base), str(data)
+    c.data.tokenizer = ""  # the base model's: the toy tokenizer
+    c.data.seq_len, c.data.num_packing_bins, c.data.eval_examples = 48, 4, 0
+    c.train.steps, c.train.batch_size, c.train.log_every = steps, 8, 1
+    c.checkpoint.save_every, c.checkpoint.async_save = 1, False
+    c.mesh.preset = "dp"
+    return c
+
+
+def toy_rollout_config(model: Path, prompts: Path, output: Path) -> ConfigDict:
+    from lopd_jax.configs import rollout as rollout_config
+
+    c = rollout_config.get_config()
+    c.model.path, c.prompts, c.output = str(model), str(prompts), str(output)
+    c.max_new_tokens, c.batch_size, c.chunk_rows, c.n = 6, 8, 4, 2
+    c.temperature = 1.0  # broad samples: rows of many lengths
+    return c
+
+
+def toy_score_config(store: Path, teacher: Path, *, topk: int = 4) -> ConfigDict:
+    from lopd_jax.configs import score as score_config
+
+    c = score_config.get_config()
+    c.store, c.teacher, c.topk = str(store), str(teacher), topk
+    c.seq_len, c.batch_size = 32, 8
+    return c
+
+
+def toy_prompts(path: Path, num: int, *, seed: int = 1) -> Path:
+    """Addition prompts of 1-3 digit operands (prompt lengths differ)."""
+    from lopd_jax.data import synthetic
+
+    rng = np.random.default_rng(seed)
+    records = [synthetic.addition_record(int(a), int(b)) for a, b in
+               zip(rng.integers(0, 10 ** rng.integers(1, 4, num)), rng.integers(0, 1000, num))]  # fmt: skip
+    path.write_text("".join(json.dumps({"prompt": r["prompt"], "id": i}) + "\n"
+                            for i, r in enumerate(records)))  # fmt: skip
+    return path
+
+
+def build_toy_pipeline(root: Path) -> dict:
+    """teacher (HF) -> SFT data it "wrote" -> SFT (2 steps) -> rollout (3 chunks) -> score.
+
+    Every path and config of the chain, so each test can re-run a stage elsewhere."""
+    from lopd_jax.data import sft, synthetic
+    from lopd_jax.models import ref
+    from lopd_jax.stages import rollout, score
+    from lopd_jax.stages import sft as sft_stage
+
+    teacher_model, teacher = write_hf_teacher(root / "teacher")
+    base = write_hf_student_base(root / "base")
+    data = root / "sft_data"
+    records = synthetic.addition_records(48, seed=0, max_digits=2)
+    sft.write_sft_data(data, records, teacher=ref.resolve(teacher).identity)
+    sft_cfg = toy_sft_config(root / "sft", base, data)
+    sft_stage.run(sft_cfg)
+    ckpt = root / "sft" / "checkpoints"
+    prompts = toy_prompts(root / "prompts.jsonl", 5)
+    rollout_cfg = toy_rollout_config(ckpt, prompts, root / "rollouts.zarr")
+    rollout.run(rollout_cfg)
+    score_cfg = toy_score_config(root / "rollouts.zarr", teacher)
+    score.run(score_cfg)
+    return dict(
+        root=root, teacher=teacher, teacher_model=teacher_model, base=base, data=data,
+        ckpt=ckpt, prompts=prompts, store=root / "rollouts.zarr", sft_config=sft_cfg,
+        rollout_config=rollout_cfg, score_config=score_cfg,
+    )  # fmt: skip

@@ -33,6 +33,7 @@ from lopd_jax.errors import ConfigError
 from lopd_jax.models import logprobs, ref
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
+from lopd_jax.sampling.generate import data_parallel_size
 from lopd_jax.store import RolloutStore, StoreError
 
 COLUMNS = ("teacher_logprobs", "teacher_topk_ids", "teacher_topk_logprobs")
@@ -124,6 +125,13 @@ def run(config: ConfigDict) -> dict[str, Any]:
     if config.topk < 0:
         raise ConfigError(f"topk={config.topk} must be >= 0 (0 stores no top-k).")
     mesh_lib.maybe_initialize_distributed()
+    # Each process scores its own chunks on its own devices: one local mesh per process.
+    mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh), devices=jax.local_devices())
+    if config.batch_size % (shards := data_parallel_size(mesh)):
+        raise ConfigError(
+            f"batch_size={config.batch_size} must be a multiple of the mesh's data-parallel "
+            f"size {shards} (mesh.preset={config.mesh.preset!r}); set it to a multiple."
+        )
     store = RolloutStore.open(config.store)
     if not store.manifest.get("complete"):
         raise StoreError(
@@ -164,8 +172,6 @@ def run(config: ConfigDict) -> dict[str, Any]:
         print(f"score: {config.store} is already scored by this teacher.")
         return store.manifest.get("scoring_summary", {})
 
-    # Each process scores its own chunks on its own devices: one local mesh per process.
-    mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh), devices=jax.local_devices())
     param_shardings = rules.param_shardings(teacher_config, mesh)
     params = teacher.load(teacher_config.param_dtype, param_shardings)
     forward = make_forward(teacher_config, param_shardings, mesh, topk=config.topk)
