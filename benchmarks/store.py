@@ -203,7 +203,7 @@ def main() -> None:
         "| packing | slots filled | rows | store rows / row |",
         "|---|---:|---:|---:|",
     ] + [
-        f"| {'unpacked' if b is None else f'first-fit, {b} bins'} | {f:.1%} | {n:,} | {k:.2f} |"
+        f"| {'unpacked' if b is None else f'first-fit, {b} bin' + 's' * (b > 1)} | {f:.1%} | {n:,} | {k:.2f} |"
         for b, f, n, k in fill
     ]
     print("\n".join(header + lines + fill_lines))
