@@ -168,6 +168,10 @@ def describe(label: str, r: dict) -> str:
     )
 
 
+def packing_label(bins: int | None) -> str:
+    return "unpacked" if bins is None else f"first-fit, {bins} bin{'s' * (bins > 1)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=1_024_000)
@@ -202,10 +206,7 @@ def main() -> None:
         f"({large['tokens']:,} tokens), seq_len {args.seq_len}, one shuffled epoch:\n",
         "| packing | slots filled | rows | store rows / row |",
         "|---|---:|---:|---:|",
-    ] + [
-        f"| {'unpacked' if b is None else f'first-fit, {b} bins'} | {f:.1%} | {n:,} | {k:.2f} |"
-        for b, f, n, k in fill
-    ]
+    ] + [f"| {packing_label(b)} | {f:.1%} | {n:,} | {k:.2f} |" for b, f, n, k in fill]
     print("\n".join(header + lines + fill_lines))
     if args.no_record:
         return
