@@ -219,3 +219,12 @@ def _make_mesh(config: MeshConfig, devices: list[Any]) -> Mesh:
         process_is_granule=not hasattr(devices[0], "slice_index"),
     )
     return Mesh(devices_array, MESH_AXES, axis_types=axis_types)
+
+
+def sync_processes(name: str) -> None:
+    """Waits until every process reaches this point (a no-op on one process): after process 0
+    alone wrote something the others read."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

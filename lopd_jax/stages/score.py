@@ -156,10 +156,8 @@ def run(config: ConfigDict) -> dict[str, Any]:
         if config.topk:
             store.add_column("teacher_topk_ids", np.int32, tail_shape=(config.topk,), fill_value=0)
             store.add_column("teacher_topk_logprobs", np.float32, tail_shape=(config.topk,))
+    mesh_lib.sync_processes("lopd score: columns created")
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("lopd score: columns created")
         store = RolloutStore.open(config.store)  # the manifest process 0 wrote
 
     done = set.intersection(*(set(store.complete_chunks(c)) for c in columns))

@@ -68,8 +68,9 @@ def resolve_data(config: ConfigDict, workdir: Path) -> sft.SftSource:
     if config.data.path:
         return sft.resolve_source(config.data.path)
     generated = workdir / "sft_data"
-    if not (generated / artifacts.MANIFEST).exists():
+    if not (generated / artifacts.MANIFEST).exists() and jax.process_index() == 0:
         synthetic.write_addition_data(generated, config.data.synthetic_examples, seed=config.seed)
+    mesh_lib.sync_processes("lopd sft: generated data written")
     return sft.resolve_source(generated)
 
 
