@@ -23,9 +23,10 @@ made the SFT data (from the checkpoint's manifest; None when unknown) and, at th
 summary of lengths and finish reasons.
 
 The weights are loaded straight into their mesh shardings (`mesh.preset=fsdp` splits them over
-all devices, for models that do not fit one). Rollout is single-host for now: a multi-process job
-is refused (run it on one host with all its devices, or split the prompts file across hosts
-into separate stores).
+a process's devices, for models that do not fit one). With several processes (hosts), each
+samples its share of every chunk's rows on its own devices and process 0 gathers and commits
+the chunk: the store is the same whatever the process count, since each row's draws depend only
+on the seed and its row index.
 """
 
 from __future__ import annotations
@@ -47,20 +48,39 @@ from lopd_jax.data import sft, synthetic
 from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
-from lopd_jax.sampling import Sampler, SamplingParams
+from lopd_jax.sampling import Generation, Sampler, SamplingParams
 from lopd_jax.store import FINISH_REASONS, RolloutStore
 
 log = logging.getLogger(__name__)
 
 
-def _require_single_host() -> None:
-    """The sampler gathers its outputs on one host, and every host would write the store."""
-    if jax.process_count() > 1:
-        raise RuntimeError(
-            f"lopd rollout is single-host for now, but this job has {jax.process_count()} "
-            "processes. Run it on one host with all its devices, or split the prompts file "
-            "across hosts and give each host its own output store."
-        )
+def gather_rows(out, num_rows: int, max_new_tokens: int):
+    """Every process's sampled rows (row `i` of the chunk sampled by process `i % count`), on
+    every process, in chunk order; padded to fixed shapes for the all-gather."""
+    count = jax.process_count()
+    if count == 1:
+        return out
+    from jax.experimental import multihost_utils
+
+    per_process = -(-num_rows // count)
+    tokens = np.zeros((per_process, max_new_tokens), np.int32)
+    lps = np.full((2, per_process, max_new_tokens), np.nan, np.float32)
+    lengths = np.full(per_process, -1, np.int32)
+    finish = np.zeros(per_process, np.int32)
+    for r, toks in enumerate(out.tokens):
+        n = len(toks)
+        tokens[r, :n], lengths[r] = toks, n
+        lps[0, r, :n], lps[1, r, :n] = out.logprobs[r], out.behavior_logprobs[r]
+        finish[r] = FINISH_REASONS.index(out.finish_reason[r])
+    gathered = multihost_utils.process_allgather((tokens, lps, lengths, finish))
+    tokens_g, lps_g, lengths_g, finish_g = (np.asarray(x) for x in gathered)
+    rows = [(p, r) for r in range(per_process) for p in range(count)][:num_rows]
+    return Generation(
+        tokens=[tokens_g[p, r, : lengths_g[p, r]].tolist() for p, r in rows],
+        logprobs=[lps_g[p, 0, r, : lengths_g[p, r]] for p, r in rows],
+        behavior_logprobs=[lps_g[p, 1, r, : lengths_g[p, r]] for p, r in rows],
+        finish_reason=[FINISH_REASONS[finish_g[p, r]] for p, r in rows],
+    )
 
 
 def load_prompts(config, model: ref.ModelRef) -> tuple[list[list[int]], sft.Renderer | None, str]:
@@ -120,7 +140,6 @@ def summarize(store: RolloutStore) -> dict[str, Any]:
 def run(config) -> dict[str, Any]:
     sections.require_positive(config, "n", "batch_size", "chunk_rows", "max_new_tokens")
     mesh_lib.maybe_initialize_distributed()
-    _require_single_host()
     model = ref.resolve(config.model.path, sections.model_step(config.model))
     model_config = sections.model_config(config.model, model.config)
     prompts, renderer, prompts_source = load_prompts(config, model)
@@ -158,46 +177,58 @@ def run(config) -> dict[str, Any]:
         "num_prompts": len(prompts),
         "config": config.to_dict(),
     }
-    store = RolloutStore.open_or_create(config.output, identity, **metadata)
-    if store.num_rows:
+    writer = jax.process_index() == 0
+    if writer:
+        store = RolloutStore.open_or_create(config.output, identity, **metadata)
+    mesh_lib.sync_processes("lopd rollout: store opened")
+    if not writer:
+        store = RolloutStore.open(config.output)
+    if store.num_rows and writer:
         print(f"rollout: resuming {config.output} after {store.num_rows} of {len(order)} rows")
 
-    # The mesh first, so that each device reads only its shard of the weights.
+    # Each process samples on its own devices; the mesh first, so that each device reads only
+    # its shard of the weights.
     mesh = None
-    if jax.device_count() > 1:
-        mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
+    if jax.local_device_count() > 1:
+        mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh), devices=jax.local_devices())
     params = model.load(
         model_config.param_dtype, rules.param_shardings(model_config, mesh) if mesh else None
     )
     sampler = Sampler(model_config, params, mesh=mesh, batch_size=config.batch_size)
-    bar = tqdm.tqdm(total=len(order), initial=store.num_rows, unit="row", desc="rollout")
+    bar = tqdm.tqdm(total=len(order), initial=store.num_rows, unit="row", desc="rollout",
+                    disable=not writer)  # fmt: skip
     start_time, new_tokens = time.perf_counter(), 0
 
     def progress(rows: int, tokens: int) -> None:
         nonlocal new_tokens
-        new_tokens += tokens
-        bar.update(rows)
+        new_tokens += tokens * jax.process_count()
+        bar.update(rows * jax.process_count())
         bar.set_postfix(tok_per_s=f"{new_tokens / (time.perf_counter() - start_time):.0f}")
 
     for start in range(store.num_rows, len(order), config.chunk_rows):
         rows = order[start : start + config.chunk_rows]
-        chunk_prompts = [prompts[i] for i, _ in rows]
+        mine = range(jax.process_index(), len(rows), jax.process_count())
         out = sampler.sample(
-            chunk_prompts,
+            [prompts[rows[k][0]] for k in mine],
             sampling,
             seed=config.seed,
-            row_ids=range(start, start + len(rows)),
+            row_ids=[start + k for k in mine],
             progress=progress,
         )
-        store.append_chunk(
-            [p + t for p, t in zip(chunk_prompts, out.tokens, strict=True)],
-            prompt_len=[len(p) for p in chunk_prompts],
-            prompt_index=[i for i, _ in rows],
-            finish_reason=out.finish_reason,
-            sampler_logprobs=out.logprobs,
-            behavior_logprobs=out.behavior_logprobs,
-        )
+        out = gather_rows(out, len(rows), config.max_new_tokens)
+        chunk_prompts = [prompts[i] for i, _ in rows]
+        if writer:
+            store.append_chunk(
+                [p + t for p, t in zip(chunk_prompts, out.tokens, strict=True)],
+                prompt_len=[len(p) for p in chunk_prompts],
+                prompt_index=[i for i, _ in rows],
+                finish_reason=out.finish_reason,
+                sampler_logprobs=out.logprobs,
+                behavior_logprobs=out.behavior_logprobs,
+            )
     bar.close()
+    if not writer:
+        return {}
 
     summary = summarize(store)
     if new_tokens:  # a re-run of a complete store keeps the throughput of the run that sampled
