@@ -65,9 +65,15 @@ def sft_loss_fn(config: qwen3.Qwen3Config) -> LossFn:
     return loss_fn
 
 
+def normalizer(weight: jax.Array) -> jax.Array:
+    """What a summed loss is divided by: its weight, or 1 for a weight of 0 (an unnormalised
+    `"sum"` reduction, or a batch with nothing to weigh, whose sum is 0 anyway)."""
+    return jnp.where(weight > 0, weight, 1.0)
+
+
 def normalize(loss_sum: jax.Array, aux: dict[str, Any]) -> jax.Array:
-    """The loss the optimiser sees: sum over weight (0 when nothing is weighted)."""
-    return loss_sum / jnp.maximum(aux["weight"], 1e-9)
+    """The loss the optimiser sees: sum over weight (see `normalizer`)."""
+    return loss_sum / normalizer(aux["weight"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,17 +215,16 @@ def reduce_tokens(
     - `"seq_mean_token_mean"`: sum of each sequence's token mean, weight the number of sequences
       with at least one masked token (a packed row's segments count separately);
     - `"token_mean"`: sum over tokens, weight the number of tokens;
-    - `"sum"`: sum over tokens, weight 1.
+    - `"sum"`: sum over tokens, weight 0 (`normalizer`: no division).
 
-    Sums and weights add over rows, so the two means are exact over microbatches of whole rows;
-    `"sum"`'s weight adds up to the number of microbatches instead (a constant factor).
+    Sums and weights add over rows, so every reduction is exact over microbatches of whole rows.
     """
     mask = mask_bt.astype(jnp.float32)
     x_bt = jnp.where(mask_bt, x_bt, 0)
     if reduction == "token_mean":
         return jnp.sum(x_bt), jnp.sum(mask)
     if reduction == "sum":
-        return jnp.sum(x_bt), jnp.ones((), jnp.float32)
+        return jnp.sum(x_bt), jnp.zeros((), jnp.float32)
     if reduction == "seq_mean_token_mean":
         sums, counts, _ = _per_sequence(x_bt, mask_bt, segment_ids_bt)
         return jnp.sum(sums / jnp.maximum(counts, 1)), jnp.sum(counts > 0).astype(jnp.float32)

@@ -16,7 +16,7 @@ import optax
 from jax.sharding import Mesh
 
 from lopd_jax.parallel import rules
-from lopd_jax.training.losses import Batch, LossFn, normalize
+from lopd_jax.training.losses import Batch, LossFn, normalize, normalizer
 from lopd_jax.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -95,7 +95,7 @@ def make_train_step(
         grads, loss_sum, aux = accumulate_gradients(
             loss_fn, state.params, batch, rng, num_microbatches, batch_sharding
         )
-        weight = jnp.maximum(aux["weight"], 1e-9)
+        weight = normalizer(aux["weight"])
         grads = jax.tree.map(lambda g: g / weight, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         new_state = state.replace(

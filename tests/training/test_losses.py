@@ -220,7 +220,7 @@ def test_reductions_and_centering_by_hand():
     # sequences: [2, 3], [5], [7, 8, 10], [11, 12]
     np.testing.assert_allclose(got["seq_mean_token_mean"], (2.5 + 5 + 25 / 3 + 11.5, 4))
     np.testing.assert_allclose(got["token_mean"], (58, 8))
-    np.testing.assert_allclose(got["sum"], (58, 1))
+    np.testing.assert_allclose(got["sum"], (58, 0))  # weight 0: no division
     centered = losses.center_per_sequence(x, mask, segments)
     np.testing.assert_allclose(
         centered[mask], [-0.5, 0.5, 0, 7 - 25 / 3, 8 - 25 / 3, 10 - 25 / 3, -0.5, 0.5], rtol=1e-6
@@ -306,16 +306,19 @@ def test_opd_loss_matches_transformers_packed(hf_tiny, loss):
         np.testing.assert_allclose(got, want_grad, rtol=1e-3, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize("opd", [SAMPLED_ALL, TOPK_ALL], ids=["sampled", "topk"])
+@pytest.mark.parametrize(
+    "opd", [SAMPLED_ALL, TOPK_ALL, losses.OpdLossConfig(reduction="sum")],
+    ids=["sampled", "topk", "sum"],
+)  # fmt: skip
 def test_microbatching_gives_the_full_batch_loss(opd):
-    """Both means (seq_mean_token_mean, token_mean) and every metric are exact over microbatches
-    of whole rows; "sum"'s sums are too (`test_reductions_and_centering_by_hand`: weight 1)."""
+    """Every reduction and every metric is exact over microbatches of whole rows ("sum" has
+    weight 0: the step does not divide it)."""
     batch = opd_batch(np.random.default_rng(2), 4, LAYOUT)
     grads_1, loss_1, aux_1 = opd_accumulate(opd, 1, batch)
     grads_2, loss_2, aux_2 = opd_accumulate(opd, 2, batch)
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads_1))  # zeros outside the mask
     assert aux_1["weight"] == aux_2["weight"]
-    assert aux_1["weight"] == (6 if opd.reduction == "seq_mean_token_mean" else 22)
+    assert aux_1["weight"] == {"seq_mean_token_mean": 6, "token_mean": 22, "sum": 0}[opd.reduction]
     np.testing.assert_allclose(loss_1, loss_2, rtol=1e-5)
     assert_trees_close(grads_1, grads_2, atol=1e-6)
     assert_trees_close(losses.opd_metrics(aux_1), losses.opd_metrics(aux_2), rtol=1e-5, atol=1e-6)
