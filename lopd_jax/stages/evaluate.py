@@ -57,7 +57,10 @@ def run(config: ConfigDict) -> dict[str, Any]:
     if bad := [k for k in config.ks if not 1 <= k <= config.n]:
         raise ConfigError(f"ks={list(config.ks)}: each k must lie in [1, n={config.n}] ({bad}).")
     mesh_lib.maybe_initialize_distributed()
-    model = ref.resolve(config.model.path, sections.model_step(config.model))
+    model = ref.resolve(
+        sections.require_path(config.model.path, "model.path", "the model to evaluate"),
+        sections.model_step(config.model),
+    )
     model_config = sections.model_config(config.model, model.config)
     problems = eval_lib.load_dataset(
         sections.require_path(config.dataset, "dataset", "a JSONL path, mmath:<subset> or ...")

@@ -38,7 +38,10 @@ def check_output(output: Path) -> None:
 def run(config: ConfigDict) -> dict[str, Any]:
     output = Path(sections.require_path(config.output, "output", "the HF directory to write"))
     check_output(output.absolute())
-    model = ref.resolve(config.model.path, sections.model_step(config.model))
+    model = ref.resolve(
+        sections.require_path(config.model.path, "model.path", "the checkpoint to export"),
+        sections.model_step(config.model),
+    )
     if model.kind != "checkpoint":
         raise artifacts.ArtifactError(
             f"model.path={model.path} is already a Hugging Face directory; nothing to export."

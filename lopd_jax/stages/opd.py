@@ -208,7 +208,10 @@ def run(config: ConfigDict) -> dict[str, Any]:
     opd = loss_config(config)
     mesh_lib.maybe_initialize_distributed()
     mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
-    pi_ref = ref.resolve(config.model.path, sections.model_step(config.model))
+    pi_ref = ref.resolve(
+        sections.require_path(config.model.path, "model.path", "the SFT checkpoint (pi_ref)"),
+        sections.model_step(config.model),
+    )
     model_config = sections.model_config(config.model, pi_ref.config)
     columns = losses.required_columns(opd)
 

@@ -140,7 +140,8 @@ def summarize(store: RolloutStore) -> dict[str, Any]:
 def run(config) -> dict[str, Any]:
     sections.require_positive(config, "n", "batch_size", "chunk_rows", "max_new_tokens")
     mesh_lib.maybe_initialize_distributed()
-    model = ref.resolve(config.model.path, sections.model_step(config.model))
+    path = sections.require_path(config.model.path, "model.path", "the SFT checkpoint")
+    model = ref.resolve(path, sections.model_step(config.model))
     model_config = sections.model_config(config.model, model.config)
     prompts, renderer, prompts_source = load_prompts(config, model)
     sampling = SamplingParams(
@@ -177,6 +178,15 @@ def run(config) -> dict[str, Any]:
         "num_prompts": len(prompts),
         "config": config.to_dict(),
     }
+    # Each process samples on its own devices; the mesh first, so that each device reads only
+    # its shard of the weights. Loaded before the store is created: weights that fail to load
+    # leave nothing behind.
+    mesh = None
+    if jax.local_device_count() > 1:
+        mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh), devices=jax.local_devices())
+    params = model.load(
+        model_config.param_dtype, rules.param_shardings(model_config, mesh) if mesh else None
+    )
     writer = jax.process_index() == 0
     if writer:
         store = RolloutStore.open_or_create(config.output, identity, **metadata)
@@ -186,14 +196,6 @@ def run(config) -> dict[str, Any]:
     if store.num_rows and writer:
         print(f"rollout: resuming {config.output} after {store.num_rows} of {len(order)} rows")
 
-    # Each process samples on its own devices; the mesh first, so that each device reads only
-    # its shard of the weights.
-    mesh = None
-    if jax.local_device_count() > 1:
-        mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh), devices=jax.local_devices())
-    params = model.load(
-        model_config.param_dtype, rules.param_shardings(model_config, mesh) if mesh else None
-    )
     sampler = Sampler(model_config, params, mesh=mesh, batch_size=config.batch_size)
     bar = tqdm.tqdm(total=len(order), initial=store.num_rows, unit="row", desc="rollout",
                     disable=not writer)  # fmt: skip

@@ -108,7 +108,8 @@ def check_guard(store: RolloutStore, teacher: ref.ModelRef, allow: bool) -> dict
 def open_scoring(store: RolloutStore, scoring: dict[str, Any]) -> None:
     """Records what scores the store, refusing a resume by another teacher or settings."""
     previous = store.manifest.get("scoring")
-    if previous is not None:
+    # A record with no scored chunk is a start that failed (e.g. unloadable weights): replace it.
+    if previous is not None and any(store.complete_chunks(c) for c in COLUMNS[:1]):
         changed = [k for k in ("teacher", "topk", "dtype") if previous.get(k) != scoring[k]]
         if changed:
             raise StoreError(
