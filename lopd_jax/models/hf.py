@@ -211,7 +211,13 @@ class _SafetensorsDir:
         for name in files:
             if not (path / name).exists():
                 raise CheckpointError(f"{path / name} is listed in the index but missing.")
-            self._handles[name] = safe_open(str(path / name), framework="np")
+            try:
+                self._handles[name] = safe_open(str(path / name), framework="np")
+            except Exception as e:  # safetensors' own error type for a damaged header
+                raise CheckpointError(
+                    f"{path / name} is damaged ({e}): truncated or not a safetensors file. "
+                    "Copy or export the model again."
+                ) from e
         if weight_map is None:
             weight_map = dict.fromkeys(self._handles["model.safetensors"].keys(), files[0])
         self.weight_map: dict[str, str] = weight_map
@@ -221,7 +227,14 @@ class _SafetensorsDir:
 
     def read(self, name: str, dtype: np.dtype) -> np.ndarray:
         # numpy (with ml_dtypes) reads bfloat16 too; no torch needed at run time.
-        return self._handles[self.weight_map[name]].get_tensor(name).astype(dtype, copy=False)
+        file = self.weight_map[name]
+        try:
+            return self._handles[file].get_tensor(name).astype(dtype, copy=False)
+        except Exception as e:  # a file cut short after an intact header
+            raise CheckpointError(
+                f"{file}: tensor {name} cannot be read ({e}); the file is truncated or damaged. "
+                "Copy or export the model again."
+            ) from e
 
 
 def _expected_names(config: qwen3.Qwen3Config, table: list[_Tensor]) -> Iterator[str]:
