@@ -91,30 +91,6 @@ def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> dict
     return manifest
 
 
-def _hash_file_sample(h: hashlib._Hash, path: Path, sample: int = 1 << 20) -> None:
-    """Hashes size, head and tail of a file: cheap for multi-GB weights, yet any re-save,
-    retrain or truncation changes it (safetensors headers hold every tensor's offsets)."""
-    size = path.stat().st_size
-    h.update(f"{path.name}:{size}".encode())
-    with open(path, "rb") as f:
-        h.update(f.read(sample))
-        if size > sample:
-            f.seek(max(size - sample, sample))
-            h.update(f.read(sample))
-
-
-def fingerprint_hf_dir(path: str | os.PathLike) -> str:
-    """Identity of a Hugging Face model directory (config + weights), e.g. a teacher."""
-    path = Path(path)
-    if not (path / "config.json").exists():
-        raise ArtifactError(f"{path} is not a Hugging Face model directory (no config.json).")
-    h = hashlib.sha256()
-    h.update((path / "config.json").read_bytes())
-    for weights in sorted(path.glob("*.safetensors")):
-        _hash_file_sample(h, weights)
-    return "hf:" + h.hexdigest()[:16]
-
-
 def fingerprint_file(path: str | os.PathLike) -> str:
     """Full-content sha256 of a (data) file."""
     h = hashlib.sha256()

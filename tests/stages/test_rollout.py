@@ -10,7 +10,8 @@ from stage_helpers import write_prompt_ids
 
 import lopd_jax
 from lopd_jax.configs import rollout as rollout_config
-from lopd_jax.models import qwen3
+from lopd_jax.data import prompts as prompts_lib
+from lopd_jax.models import qwen3, ref
 from lopd_jax.parallel import rules
 from lopd_jax.parallel.mesh import MeshConfig, make_mesh
 from lopd_jax.stages import rollout
@@ -32,12 +33,13 @@ def inputs(tmp_path_factory):
     return root, config, params
 
 
-def _config(root, output, **overrides):
+def _config(root, output, dtype="float32", **overrides):
     c = rollout_config.get_config()
     c.update(
-        model=str(root / "sft"), prompts=str(root / "prompts.jsonl"), output=str(output),
+        prompts=str(root / "prompts.jsonl"), output=str(output),
         n=2, max_new_tokens=6, eos_ids=EOS_IDS, chunk_rows=4, batch_size=8,
     )  # fmt: skip
+    c.model.path, c.model.param_dtype, c.model.dtype = str(root / "sft"), dtype, dtype
     c.update(overrides)
     return c
 
@@ -61,7 +63,8 @@ def test_rollout_writes_the_store(inputs, reference):
     prompts = [json.loads(line)["prompt_ids"] for line in open(root / "prompts.jsonl")]
 
     assert store.num_rows == 2 * len(PROMPT_LENS) and store.manifest["complete"]
-    assert store.manifest["sft_fingerprint"].startswith("hf:")
+    assert store.manifest["identity"]["sft_model"] == ref.resolve(root / "sft").identity
+    assert store.manifest["sft_checkpoint"]["step"] is None  # a HF directory
     assert store.manifest["sampling"]["temperature"] == 0.8
     assert sorted(store.read_rows(0, store.num_rows, ())["prompt_index"]) == sorted(
         list(range(len(PROMPT_LENS))) * 2
@@ -128,8 +131,9 @@ def test_read_prompts_renders_chat_template(tmp_path):
     lines = [{"prompt": "What is 17 + 25?"}, {"messages": messages}, {"prompt_ids": [1, 2]}]
     (tmp_path / "p.jsonl").write_text("\n".join(map(json.dumps, lines)))
 
-    prompts, renderer = rollout.read_prompts(
-        tmp_path / "p.jsonl", tmp_path / "tok", chat_template=True, vocab_size=len(tokenizer)
+    rows = prompts_lib.read_rows(tmp_path / "p.jsonl")
+    prompts, renderer = prompts_lib.tokenize(
+        rows, tmp_path / "tok", chat_template=True, vocab_size=len(tokenizer), max_len=4096
     )
     user = [{"role": "user", "content": "What is 17 + 25?"}]
     for ids, chat in zip(prompts, [user, messages]):
@@ -137,15 +141,13 @@ def test_read_prompts_renders_chat_template(tmp_path):
         assert ids == tokenizer.encode(text, add_special_tokens=False)
         assert tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
     assert prompts[2] == [1, 2]
-    config = _config(tmp_path, tmp_path / "unused", eos_ids=())
-    eos = renderer.tokenizer.eos_token_id
-    assert eos in rollout._stop_ids(config, tmp_path, renderer)
+    assert renderer.eos_id == tokenizer.eos_token_id  # a stop id of every chat rollout
 
 
 def test_resume_with_other_prompts_or_dtype_is_refused(inputs, reference):
     root, _, _ = inputs
     output = root / "reference.zarr"
-    with pytest.raises(StoreError, match=r"prompt_ids_fingerprint .*limit.*new output path"):
+    with pytest.raises(StoreError, match=r"prompt_ids.*new output path"):
         rollout.run(_config(root, output, limit=4))
     with pytest.raises(StoreError, match="dtype"):
         rollout.run(_config(root, output, dtype="bfloat16"))
@@ -158,6 +160,8 @@ def test_resume_with_other_prompts_or_dtype_is_refused(inputs, reference):
     "line, error",
     [
         ({"prompt_ids": [3, 64]}, r"line 3: token ids \[64\] are outside .*\[0, 64\)"),
+        ({"prompt": 7}, "line 3: 'prompt' must be a string"),
+        ({"messages": [{"role": "user"}]}, "line 3: 'messages' must be a non-empty list"),
         ({"prompt_ids": [-1, 2]}, r"line 3: token ids \[-1\]"),
         ({"prompt_ids": []}, "line 3: the prompt has no tokens"),
         ({"prompt_ids": [1.5]}, "line 3: 'prompt_ids' must be a list of integers"),
@@ -169,28 +173,18 @@ def test_bad_prompt_lines_are_named(inputs, tmp_path, line, error):
     lines = [json.dumps({"prompt_ids": [1, 2]}), "", json.dumps(line)]
     (tmp_path / "p.jsonl").write_text("\n".join(lines))
     config = _config(root, tmp_path / "out.zarr", prompts=str(tmp_path / "p.jsonl"))
-    with pytest.raises(ValueError, match=error):
+    with pytest.raises(prompts_lib.PromptError, match=error):
         rollout.run(config)
     assert not (tmp_path / "out.zarr").exists()
 
 
-def test_multi_host_jobs_are_refused(inputs, tmp_path, monkeypatch):
-    root, _, _ = inputs
-    joined = []
-    monkeypatch.setattr(rollout.mesh_lib, "maybe_initialize_distributed", lambda: joined.append(1))
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    with pytest.raises(RuntimeError, match=r"single-host.*own output store"):
-        rollout.run(_config(root, tmp_path / "out.zarr"))
-    assert joined and not (tmp_path / "out.zarr").exists()
-
-
 def test_weights_load_into_their_shardings_and_dtype(inputs):
     root, _, params = inputs
-    model = rollout.describe_model(root / "sft", "bfloat16")
+    model = ref.resolve(root / "sft")
     mesh = make_mesh(MeshConfig(preset="fsdp"))
     shardings = rules.param_shardings(model.config, mesh)
-    loaded = model.load_params(shardings)
-    assert model.config.param_dtype == "bfloat16" and model.step is None
+    loaded = model.load("bfloat16", shardings)
+    assert model.kind == "hf" and model.step is None
     for got, want, sharding in zip(
         jax.tree.leaves(loaded), jax.tree.leaves(params), jax.tree.leaves(shardings), strict=True
     ):

@@ -13,12 +13,12 @@ import lopd_jax
 from lopd_jax import artifacts
 from lopd_jax.configs import rollout as rollout_config
 from lopd_jax.data import sft, synthetic
+from lopd_jax.models import ref
 from lopd_jax.parallel import rules
 from lopd_jax.parallel.mesh import MeshConfig, make_mesh
 from lopd_jax.stages import rollout
 from lopd_jax.stages import sft as sft_stage
 from lopd_jax.store import RolloutStore
-from lopd_jax.training import checkpoint
 
 STEPS = 2  # saved at every step: the store must name the last
 PROMPT_LENS = [3, 6, 4]
@@ -46,9 +46,10 @@ def _sft(root, name, data_path):
 def _rollout(root, model, output):
     c = rollout_config.get_config()
     c.update(
-        model=str(model), prompts=str(root / "prompts.jsonl"), output=str(output),
+        prompts=str(root / "prompts.jsonl"), output=str(output),
         max_new_tokens=4, eos_ids=EOS_IDS, batch_size=8,
     )  # fmt: skip
+    c.model.path = str(model)
     rollout.run(c)
     return c, RolloutStore.open(output)
 
@@ -65,12 +66,13 @@ def teacher_a(root, prompts):
 def test_store_records_the_checkpoint_step_teacher_and_tokenizer(teacher_a):
     ckpt, _, store = teacher_a
     manifest = store.manifest
-    assert manifest["sft_step"] == STEPS
-    assert manifest["sft_fingerprint"] == checkpoint.checkpoint_fingerprint(ckpt, STEPS)
-    assert checkpoint.checkpoint_fingerprint(ckpt) == manifest["sft_fingerprint"]  # stable
-    assert checkpoint.checkpoint_fingerprint(ckpt, STEPS - 1) != manifest["sft_fingerprint"]
-    assert manifest["teacher"] == "hf:teacher-A"
-    assert manifest["tokenizer_fingerprint"] == "bytes-v1"
+    assert manifest["sft_checkpoint"]["step"] == STEPS
+    identity = manifest["sft_checkpoint"]["identity"]
+    assert identity == manifest["identity"]["sft_model"] == ref.resolve(ckpt, STEPS).identity
+    assert ref.resolve(ckpt).identity == identity  # stable: the latest step
+    assert ref.resolve(ckpt, STEPS - 1).identity != identity  # other weights, other identity
+    assert manifest["sft_teacher"] == "hf:teacher-A"
+    assert manifest["tokenizer"] == "bytes-v1"
 
 
 def test_rows_are_what_the_checkpoint_generates(teacher_a, prompts):
@@ -80,7 +82,7 @@ def test_rows_are_what_the_checkpoint_generates(teacher_a, prompts):
     ordered = [prompts[i] for i in rows["prompt_index"]]
 
     def generated(step):
-        model_config, params = checkpoint.load_params(ckpt, step)
+        model_config, params = ref.load_params(ckpt, step)
         return lopd_jax.generate(
             model_config, params, ordered, max_new_tokens=config.max_new_tokens,
             temperature=config.temperature, eos_ids=EOS_IDS, seed=config.seed,
@@ -102,8 +104,9 @@ def test_bare_jsonl_teacher_stays_none_through_the_chain(teacher_a, root):
     ckpt = _sft(root, "bare", jsonl)
     _, store = _rollout(root, ckpt, root / "bare.zarr")
     assert artifacts.read_manifest(ckpt)["teacher"] is None
-    assert "teacher" in store.manifest and store.manifest["teacher"] is None
-    assert store.manifest["sft_fingerprint"] != teacher_a[2].manifest["sft_fingerprint"]
+    assert "sft_teacher" in store.manifest and store.manifest["sft_teacher"] is None
+    identity = store.manifest["sft_checkpoint"]["identity"]
+    assert identity != teacher_a[2].manifest["sft_checkpoint"]["identity"]
 
 
 def test_unusable_checkpoint_directories_are_explained(teacher_a, root):
@@ -116,18 +119,18 @@ def test_unusable_checkpoint_directories_are_explained(teacher_a, root):
 
     no_manifest = root / "no_manifest"
     shutil.copytree(ckpt, no_manifest, ignore=shutil.ignore_patterns(artifacts.MANIFEST))
-    with pytest.raises(artifacts.ArtifactError, match="<workdir>/checkpoints"):
+    with pytest.raises(artifacts.ArtifactError, match="neither a lopd checkpoint"):
         _rollout(root, no_manifest, root / "no_manifest.zarr")
     assert not (root / "no_step.zarr").exists() and not (root / "no_manifest.zarr").exists()
 
 
 def test_checkpoint_weights_load_into_their_shardings_and_dtype(teacher_a):
     ckpt = teacher_a[0]
-    model = rollout.describe_model(ckpt, "bfloat16")
-    assert model.step == STEPS and model.config.param_dtype == "bfloat16"
+    model = ref.resolve(ckpt)
+    assert model.step == STEPS and model.kind == "checkpoint"
     shardings = rules.param_shardings(model.config, make_mesh(MeshConfig(preset="fsdp")))
-    loaded = model.load_params(shardings)
-    _, saved = checkpoint.load_params(ckpt, STEPS)
+    loaded = model.load("bfloat16", shardings)
+    _, saved = ref.load_params(ckpt, STEPS)
     for got, want, sharding in zip(
         jax.tree.leaves(loaded), jax.tree.leaves(saved), jax.tree.leaves(shardings), strict=True
     ):
@@ -135,13 +138,6 @@ def test_checkpoint_weights_load_into_their_shardings_and_dtype(teacher_a):
         np.testing.assert_array_equal(got, np.asarray(want).astype(jnp.bfloat16))
     gate = loaded["layers"]["mlp"]["gate_proj"]  # split over the 8 devices, not replicated
     assert gate.addressable_shards[0].data.shape[1] == gate.shape[1] // 8
-
-
-def test_prompts_tokenized_otherwise_than_the_model_are_refused():
-    rollout._check_tokenizer("bytes-v1", "bytes-v1")
-    rollout._check_tokenizer(None, "sha256:abc")  # a HF directory records no tokenizer
-    with pytest.raises(artifacts.ArtifactError, match="set `tokenizer`"):
-        rollout._check_tokenizer("bytes-v1", "sha256:abc")
 
 
 def test_text_prompts_from_a_toy_checkpoint_use_its_byte_renderer(teacher_a, root):
@@ -152,10 +148,8 @@ def test_text_prompts_from_a_toy_checkpoint_use_its_byte_renderer(teacher_a, roo
     prompts = root / "text_prompts.jsonl"
     prompts.write_text("".join(f'{{"prompt": "{q}"}}\n' for q in questions))
     c = rollout_config.get_config()
-    c.update(
-        model=str(ckpt), prompts=str(prompts), output=str(root / "text.zarr"),
-        max_new_tokens=4, batch_size=8,
-    )  # fmt: skip
+    c.update(prompts=str(prompts), output=str(root / "text.zarr"), max_new_tokens=4, batch_size=8)
+    c.model.path = str(ckpt)
     rollout.run(c)
     store = RolloutStore.open(root / "text.zarr")
     assert store.manifest["sampling"]["stop_ids"] == [sft.ByteRenderer.EOS]
@@ -164,3 +158,18 @@ def test_text_prompts_from_a_toy_checkpoint_use_its_byte_renderer(teacher_a, roo
                 for q in questions}  # fmt: skip
     got = {tuple(tokens[:n]) for tokens, n in zip(rows["tokens"], rows["prompt_len"])}
     assert got == expected
+
+
+def test_prompts_tokenized_otherwise_than_the_model_are_refused(teacher_a, root, tmp_path):
+    """A checkpoint trained with the byte renderer, prompts rendered by a Qwen3 tokenizer."""
+    from lopd_jax.data.tokenizer import build_qwen3_tokenizer, save_tokenizer
+
+    save_tokenizer(build_qwen3_tokenizer(), tmp_path / "tok")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "1+1="}\n')
+    c = rollout_config.get_config()
+    c.update(prompts=str(tmp_path / "p.jsonl"), output=str(tmp_path / "out.zarr"),
+             tokenizer=str(tmp_path / "tok"))  # fmt: skip
+    c.model.path = str(teacher_a[0])
+    with pytest.raises(artifacts.ArtifactError, match="set `tokenizer`"):
+        rollout.run(c)
+    assert not (tmp_path / "out.zarr").exists()
