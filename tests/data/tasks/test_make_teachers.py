@@ -31,15 +31,15 @@ def test_teacher_log_probs_match_transformers(teacher, toy_renderer):
     p = addition.Problem(347, 268)
     messages = [{"role": "user", "content": p.prompt},
                 {"role": "assistant", "content": addition.render_trace(p, [True] * 8)}]  # fmt: skip
-    tokens, _ = toy_renderer.render(messages)
+    tokens, response_mask = toy_renderer.render(messages)
     ours = np.asarray(lopd_jax.token_logprobs(config, params, jnp.asarray(tokens[None])))[0]
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with torch.no_grad():
         logits = model(torch.as_tensor(tokens[None], dtype=torch.long)).logits[0]
     ref = torch.log_softmax(logits[:-1], -1).gather(-1, torch.as_tensor(tokens[1:, None]))
     np.testing.assert_allclose(ours[1:], ref[:, 0].numpy(), atol=1e-4)
-    # A trained teacher: the style-A trace is likely (not the ~uniform 1/32 of an untrained one).
-    assert ours[1:].mean() > -1.0
+    # A trained teacher predicts the response (log 1/32 = -3.5 per token untrained).
+    assert ours[response_mask == 1].mean() > -1.0
 
 
 def test_teacher_greedy_answers_are_correct(teacher, toy_renderer):
