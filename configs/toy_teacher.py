@@ -34,7 +34,7 @@ def get_config() -> ConfigDict:
     c.optimizer.warmup = 0.05
     c.optimizer.weight_decay = 0.01
     c.checkpoint.save_every = 200
-    c.checkpoint.keep = 5
+    c.checkpoint.keep = 2
     c.checkpoint.async_save = False
     c.mesh.preset = "dp"
     return c

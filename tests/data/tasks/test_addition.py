@@ -35,15 +35,15 @@ def test_sampling_is_deterministic_distinct_and_in_split():
 
 
 def test_splits_are_disjoint_mirrors_included():
-    train = set(addition.sample_problems(20_000, split="train", seed=0))
-    held = set(addition.sample_problems(2_000, split="eval", seed=0))
+    train = set(addition.sample_problems(8_000, split="train", seed=0))
+    held = set(addition.sample_problems(1_000, split="eval", seed=0))
     mirrors = {Problem(p.b, p.a) for p in held}
     assert not train & (held | mirrors)
     # The hash holds out about 1 pair in EVAL_EVERY.
     rng = np.random.default_rng(0)
-    pairs = rng.integers(addition.LOW, addition.HIGH + 1, (20_000, 2)).tolist()
+    pairs = rng.integers(addition.LOW, addition.HIGH + 1, (5_000, 2)).tolist()
     fraction = np.mean([addition.split_of(Problem(a, b)) == "eval" for a, b in pairs])
-    assert abs(fraction - 1 / addition.EVAL_EVERY) < 0.01
+    assert abs(fraction - 1 / addition.EVAL_EVERY) < 0.015  # std 0.004
 
 
 @pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.id)

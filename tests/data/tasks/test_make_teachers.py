@@ -31,22 +31,23 @@ def test_teacher_log_probs_match_transformers(teacher, toy_renderer):
     p = addition.Problem(347, 268)
     messages = [{"role": "user", "content": p.prompt},
                 {"role": "assistant", "content": addition.render_trace(p, [True] * 8)}]  # fmt: skip
-    tokens, _ = toy_renderer.render(messages)
+    tokens, response_mask = toy_renderer.render(messages)
     ours = np.asarray(lopd_jax.token_logprobs(config, params, jnp.asarray(tokens[None])))[0]
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with torch.no_grad():
         logits = model(torch.as_tensor(tokens[None], dtype=torch.long)).logits[0]
     ref = torch.log_softmax(logits[:-1], -1).gather(-1, torch.as_tensor(tokens[1:, None]))
     np.testing.assert_allclose(ours[1:], ref[:, 0].numpy(), atol=1e-4)
-    # A trained teacher: the style-A trace is likely (not the ~uniform 1/32 of an untrained one).
-    assert ours[1:].mean() > -1.0
+    # A trained teacher predicts the response (log 1/32 = -3.5 per token untrained).
+    assert ours[response_mask == 1].mean() > -1.0
 
 
 def test_teacher_greedy_answers_are_correct(teacher, toy_renderer):
     _, config, params = teacher
     problems = addition.sample_problems(8, split="eval", seed=7)
     result = make_teachers.measure(config, params, toy_renderer, problems, temperature=0.0)
-    assert result["accuracy"] == 1.0
+    # The committed teachers measure 99.6% (A) and 92.6% (B) greedy on 256 (measurements.json).
+    assert result["accuracy"] >= 7 / 8
 
 
 def test_decode_response_refuses_what_is_not_a_finished_trace(toy_renderer):
