@@ -92,7 +92,7 @@ def load_config(**overrides: Any):
 def make_teacher(name: str, workdir: Path, out: Path, tokenizer_dir: Path) -> dict[str, Any]:
     """Traces -> SFT -> HF export -> measurements, for one teacher."""
     from lopd_jax.stages import sft as sft_stage
-    from lopd_jax.training import checkpoint
+    from lopd_jax.models import ref
 
     style_bias, seed = TEACHERS[name]
     run_dir = workdir / name
@@ -106,7 +106,7 @@ def make_teacher(name: str, workdir: Path, out: Path, tokenizer_dir: Path) -> di
     final = sft_stage.run(config)
     sft_wall_s = time.perf_counter() - start
 
-    model_config, params = checkpoint.load_params(run_dir / "checkpoints")
+    model_config, params = ref.load_params(run_dir / "checkpoints")
     renderer = sft.load_renderer(tokenizer_dir)
     lopd_jax.save_hf(model_config, params, out / f"teacher_{name}", tokenizer=renderer.tokenizer)
 
