@@ -41,7 +41,6 @@ if "jax" not in sys.modules:  # fake devices must be requested before jax initia
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import datetime
-import inspect
 
 import jax
 import jax.numpy as jnp
@@ -81,11 +80,7 @@ def compile_sft_step(config: qwen3.Qwen3Config, mesh, seq_len: int):
     train_step = step.make_train_step(losses.sft_loss_fn(config), opt, shardings, mesh)
     abstract = state.abstract_state(config, opt, shardings)
     batch = batch_shapes(mesh, mesh.size, seq_len)
-    # The step's own jit (its shardings and donation); `run` only checks shapes and enters the
-    # activation-sharding context around it (training.step exposes no `lower`).
-    jitted = inspect.getclosurevars(train_step).nonlocals["jitted"]
-    with rules.activation_sharding(mesh):
-        return jitted.lower(abstract, batch).compile()
+    return train_step.lower(abstract, batch).compile()  # the step's own shardings, donation
 
 
 def compile_scoring(config: qwen3.Qwen3Config, mesh, seq_len: int):

@@ -118,6 +118,12 @@ def make_train_step(
         with rules.activation_sharding(mesh):
             return jitted(state, batch)
 
+    def lower(state: Any, batch: Batch):
+        """The step lowered for abstract inputs (AOT compile, `memory_analysis`)."""
+        with rules.activation_sharding(mesh):
+            return jitted.lower(state, batch)
+
+    run.lower = lower
     return run
 
 

@@ -91,8 +91,8 @@ def load_config(**overrides: Any):
 
 def make_teacher(name: str, workdir: Path, out: Path, tokenizer_dir: Path) -> dict[str, Any]:
     """Traces -> SFT -> HF export -> measurements, for one teacher."""
-    from lopd_jax.stages import sft as sft_stage
     from lopd_jax.models import ref
+    from lopd_jax.stages import sft as sft_stage
 
     style_bias, seed = TEACHERS[name]
     run_dir = workdir / name
