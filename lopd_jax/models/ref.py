@@ -165,6 +165,11 @@ class ModelRef:
 
 def resolve(path: str | os.PathLike, step: int | None = None) -> ModelRef:
     """A lopd checkpoint directory (latest or `step`) or a HF directory, weights unread."""
+    if not os.fspath(path):  # Path("") is the working directory: never a model by accident
+        raise artifacts.ArtifactError(
+            "No model path given (model.path is empty); set it to a Hugging Face model "
+            "directory or a lopd checkpoint directory."
+        )
     path = Path(path).absolute()
     if not path.is_dir():
         raise artifacts.ArtifactError(

@@ -56,7 +56,7 @@ def lightning(toy_pipeline, tmp_path_factory):
 
 
 def test_lightning_trains_without_ever_opening_the_teacher(lightning, toy_pipeline):
-    workdir, result, resolved = lightning
+    workdir, _, resolved = lightning
     assert resolved and MISSING_TEACHER not in resolved
     assert str(toy_pipeline["teacher"]) not in resolved
     rows = train_metrics(workdir)
