@@ -91,7 +91,10 @@ def _opd_config(p, d):
 
 def _rollout_copy(p, d):
     """A copy of the pipeline's unscored rows: score's input."""
-    store = shutil.copytree(p["store"], d / "rollouts.zarr")
+    store = d / "rollouts.zarr"
+    if store.exists():  # the re-run of a killed run
+        return toy_score_config(store, p["teacher"])
+    shutil.copytree(p["store"], store)
     for scored in [*store.glob("teacher_topk_*"), *store.glob("chunks/teacher_*")]:
         shutil.rmtree(scored)
     manifest = json.loads((store / "manifest.json").read_text())
@@ -101,9 +104,11 @@ def _rollout_copy(p, d):
     return toy_score_config(store, p["teacher"])
 
 
-def _train_kills(module_load):
+def _train_kills(after_manifest):
+    """Training stages: killed once the run manifest is written (before the first update),
+    at step 2's metrics (after step 1's checkpoint), and inside step 2's checkpoint save."""
     return {
-        "setup": lambda: module_load,
+        "setup": lambda: after_manifest,
         "mid-run": lambda: kill_on_call(
             metrics.MetricsWriter, "write", lambda self, step, values, prefix="": step == 2
         ),
@@ -126,7 +131,7 @@ STAGES = [
     Stage(
         "sft", sft.run, _sft_config, lambda d: d / "sft", params_of,
         lambda p: p["root"] / "sft",
-        _train_kills(kill_on_call(sft, "split_heldout", lambda *a: True)),
+        _train_kills(kill_on_call(sft, "save_generation_files", lambda *a: True)),
     ),
     Stage(
         "rollout", rollout.run,
@@ -138,7 +143,7 @@ STAGES = [
                 RolloutStore, "append_chunk", lambda self, *a, **k: len(self.chunks) == 1
             ),
             "commit": lambda: kill_on_call(  # chunk 1's data written, its marker not
-                RolloutStore, "_write_json", lambda self, key, value: key.endswith("rows/000001.json")
+                RolloutStore, "_write_json", lambda self, key, v: key.endswith("rows/000001.json")
             ),
         },
     ),
@@ -159,7 +164,7 @@ STAGES = [
     Stage(
         "opd", opd.run, _opd_config, lambda d: d / "opd", params_of,
         lambda p: p["opd_reference"],
-        _train_kills(kill_on_call(opd.pipeline, "store_rows", lambda *a, **k: True)),
+        _train_kills(kill_on_call(opd, "_copy_generation_files", lambda *a: True)),
     ),
 ]  # fmt: skip
 SLOW_KILLS = {"sft", "opd"}  # a training compile per run: minutes on a loaded 2-core machine
@@ -226,19 +231,21 @@ def _first(path: Path, pattern: str) -> Path:
 
 
 # (stage, input key, file within the input, how the copied input is put into the config)
+_model = lambda c, x: setattr(c.model, "path", str(x))
+_store = lambda c, x: setattr(c, "store", str(x))
 DAMAGE = [
     ("sft", "data", "data.jsonl", lambda c, x: setattr(c.data, "path", str(x))),
-    ("sft", "base", "model-00001-of-00001.safetensors", lambda c, x: setattr(c.model, "path", str(x))),
-    ("sft", "base", "config.json", lambda c, x: setattr(c.model, "path", str(x))),
-    ("rollout", "ckpt", "manifest.json", lambda c, x: setattr(c.model, "path", str(x))),
-    ("rollout", "ckpt", "2/params", lambda c, x: setattr(c.model, "path", str(x))),
+    ("sft", "base", "model-00001-of-00001.safetensors", _model),
+    ("sft", "base", "config.json", _model),
+    ("rollout", "ckpt", "manifest.json", _model),
+    ("rollout", "ckpt", "2/params", _model),
     ("rollout", "prompts", "", lambda c, x: setattr(c, "prompts", str(x))),
     ("score", "teacher", "model.safetensors", lambda c, x: setattr(c, "teacher", str(x))),
-    ("score", "store", "tokens/c/0", lambda c, x: setattr(c, "store", str(x))),
-    ("score", "store", "manifest.json", lambda c, x: setattr(c, "store", str(x))),
-    ("opd", "store", "teacher_logprobs/c/0", lambda c, x: setattr(c, "store", str(x))),
-    ("opd", "store", "chunks/teacher_logprobs/000000.json", lambda c, x: setattr(c, "store", str(x))),
-    ("opd", "ckpt", "2/params", lambda c, x: setattr(c.model, "path", str(x))),
+    ("score", "store", "tokens/c/0", _store),
+    ("score", "store", "manifest.json", _store),
+    ("opd", "store", "teacher_logprobs/c/0", _store),
+    ("opd", "store", "chunks/teacher_logprobs/000000.json", _store),
+    ("opd", "ckpt", "2/params", _model),
 ]  # fmt: skip
 STAGE = {s.name: s for s in STAGES}
 
@@ -278,7 +285,7 @@ def _prompts(text):
 def _sft_data(text):
     def use(c, d):
         (d / "bad.jsonl").write_bytes(text)
-        c.data.path, c.data.on_bad_example = str(d / "bad.jsonl"), "skip"
+        c.data.path = str(d / "bad.jsonl")
 
     return use
 
@@ -305,7 +312,7 @@ BAD_INPUTS = [
     ("rollout", "chunk_rows=0", _set(chunk_rows=0)),
     ("rollout", "output is a file", _file_output("output")),
     ("rollout", "missing model.path", _set(**{"model.path": ""})),
-    ("sft", "invalid UTF-8 only", _sft_data(b'{"prompt": "1+1=", "response": "\xff\xfe"}\n')),
+    ("sft", "invalid UTF-8", _sft_data(b'{"prompt": "1+1=", "response": "\xff\xfe"}\n')),
     ("sft", "unknown model.preset", _set(**{"model.path": "", "model.preset": "qwen9"})),
     ("sft", "train.steps=0", _set(**{"train.steps": 0})),
     ("score", "store is a file", _file_output("store")),
