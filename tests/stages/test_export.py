@@ -1,6 +1,7 @@
 """`lopd export`: a checkpoint -> a HF directory that transformers loads with the same
 log-probs, tokenizer and identity; nothing that lopd did not write is replaced."""
 
+import json
 import shutil
 
 import numpy as np
@@ -11,6 +12,7 @@ from stage_helpers import toy_tokenizer
 import lopd_jax
 from lopd_jax import artifacts
 from lopd_jax.configs import export as export_config
+from lopd_jax.data import tokenizer as tokenizer_lib
 from lopd_jax.models import ref
 from lopd_jax.stages import export
 from lopd_jax.store import RolloutStore
@@ -100,3 +102,29 @@ def test_export_replaces_only_its_own_output(exported, toy_pipeline, tmp_path):
     with pytest.raises(artifacts.ArtifactError, match="already a Hugging Face directory"):
         run_export(toy_pipeline["teacher"], tmp_path / "from_hf")
     assert not (tmp_path / "from_hf").exists()
+
+
+def test_a_qwen3_tokenizer_is_exported_as_qwen3_checkpoints_ship_it(toy_pipeline, tmp_path):
+    """Serving stacks on transformers 4 need `Qwen2Tokenizer`; ids, rendering and identity
+    stay those of lopd's Qwen3 tokenizer."""
+    from transformers import AutoTokenizer
+
+    ours = tokenizer_lib.build_qwen3_tokenizer()
+    ckpt = shutil.copytree(toy_pipeline["ckpt"], tmp_path / "ckpt")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (ckpt / name).unlink(missing_ok=True)
+    tokenizer_lib.save_tokenizer(ours, ckpt)  # a checkpoint trained with the Qwen3 tokenizer
+    output = tmp_path / "hf"
+    run_export(ckpt, output)
+    assert json.loads((output / "tokenizer_config.json").read_text())["tokenizer_class"] == (
+        "Qwen2Tokenizer"
+    )
+    theirs = AutoTokenizer.from_pretrained(output)
+    text = "Solve 12+34, then say 你好 <think>\n</think> done."
+    assert theirs.encode(text, add_special_tokens=False) == ours.encode(
+        text, add_special_tokens=False
+    )
+    for chat in CHATS:
+        want = ours.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert theirs.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == want
+    assert tokenizer_lib.tokenizer_fingerprint(theirs) == tokenizer_lib.tokenizer_fingerprint(ours)
