@@ -4,7 +4,7 @@ errors that leave nothing behind. A new stage joins by adding a `Stage` to STAGE
 damage and bad-input rows).
 
 The stages run on the session's tiny pipeline (`toy_pipeline` in tests/conftest.py), whose own
-outputs are the uninterrupted references (OPD's is made here once).
+outputs are the uninterrupted references (OPD's is made here, once, if an OPD case runs).
 """
 
 from __future__ import annotations
@@ -76,8 +76,7 @@ class Stage:
 
 
 def _sft_config(p, d):
-    c = toy_sft_config(d / "sft", p["base"], p["data"])
-    return c
+    return toy_sft_config(d / "sft", p["base"], p["data"])
 
 
 def _opd_config(p, d):
@@ -171,17 +170,11 @@ SLOW_KILLS = {"sft", "opd"}  # a training compile per run: minutes on a loaded 2
 
 
 @pytest.fixture(scope="module")
-def pipeline(toy_pipeline, tmp_path_factory):
-    """The pipeline plus an uninterrupted OPD run, built only when an OPD case needs it."""
-    return toy_pipeline
-
-
-def _with_opd_reference(p, tmp_path_factory):
-    if "opd_reference" not in p:
-        d = tmp_path_factory.mktemp("opd_reference")
-        opd.run(_opd_config(p, d))
-        p["opd_reference"] = d / "opd"
-    return p
+def opd_reference(toy_pipeline, tmp_path_factory):
+    """An uninterrupted OPD run (the pipeline has none)."""
+    d = tmp_path_factory.mktemp("opd_reference")
+    opd.run(_opd_config(toy_pipeline, d))
+    return d / "opd"
 
 
 KILL_CASES = [
@@ -193,9 +186,11 @@ KILL_CASES = [
 
 @pytest.mark.parametrize(("stage", "point"), KILL_CASES)
 def test_killed_then_rerun_equals_uninterrupted(
-    stage, point, pipeline, tmp_path, tmp_path_factory, monkeypatch
+    stage, point, toy_pipeline, tmp_path, request, monkeypatch
 ):
-    p = _with_opd_reference(pipeline, tmp_path_factory) if stage.name == "opd" else pipeline
+    p = dict(toy_pipeline)
+    if stage.name == "opd":
+        p["opd_reference"] = request.getfixturevalue("opd_reference")
     _calls.clear()
     with monkeypatch.context() as m:
         m.setattr(*stage.kills[point]())
@@ -252,13 +247,14 @@ STAGE = {s.name: s for s in STAGES}
 
 @pytest.mark.parametrize("kind", ["missing", "truncated", "garbage"])
 @pytest.mark.parametrize(("stage", "key", "file", "use"), DAMAGE, ids=lambda v: str(v)[:40])
-def test_damaged_input_is_a_named_error(stage, key, file, use, kind, pipeline, tmp_path):
+def test_damaged_input_is_a_named_error(stage, key, file, use, kind, toy_pipeline, tmp_path):
+
     if key == "store" and stage == "score":
-        config = _rollout_copy(pipeline, tmp_path)
+        config = _rollout_copy(toy_pipeline, tmp_path)
         target = Path(config.store)
     else:
-        config = STAGE[stage].config(pipeline, tmp_path)
-        target = Path(_copy(pipeline, tmp_path, key))
+        config = STAGE[stage].config(toy_pipeline, tmp_path)
+        target = Path(_copy(toy_pipeline, tmp_path, key))
         use(config, target)
     damaged = target / file if file else target
     if file == "2/params":  # an orbax step: damage its largest file
@@ -333,12 +329,13 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize(
     ("stage", "what", "use"), BAD_INPUTS, ids=[f"{s}-{w}" for s, w, _ in BAD_INPUTS]
 )
-def test_bad_input_is_a_named_error_that_leaves_nothing(stage, what, use, pipeline, tmp_path):
-    config = STAGE[stage].config(pipeline, tmp_path)
+def test_bad_input_is_a_named_error_that_leaves_nothing(stage, what, use, toy_pipeline, tmp_path):
+
+    config = STAGE[stage].config(toy_pipeline, tmp_path)
     use(config, tmp_path)
-    before, inputs = _snapshot(tmp_path), _snapshot(pipeline["root"])
+    before, inputs = _snapshot(tmp_path), _snapshot(toy_pipeline["root"])
     with pytest.raises(LopdError) as e:
         STAGE[stage].run(config)
     assert "Traceback" not in str(e.value) and len(str(e.value)) > 20
     assert _snapshot(tmp_path) == before, "the failed run created or changed files"
-    assert _snapshot(pipeline["root"]) == inputs, "the failed run changed its inputs"
+    assert _snapshot(toy_pipeline["root"]) == inputs, "the failed run changed its inputs"
