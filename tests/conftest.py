@@ -43,3 +43,12 @@ def hf_tiny(tmp_path_factory):
         return built[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def toy_pipeline(tmp_path_factory):
+    """teacher -> SFT data -> SFT -> rollout -> score on the toy tokenizer, built once
+    (`stage_helpers.build_toy_pipeline`); tests copy what they modify."""
+    from stage_helpers import build_toy_pipeline
+
+    return build_toy_pipeline(tmp_path_factory.mktemp("toy_pipeline"))

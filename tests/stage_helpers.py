@@ -110,8 +110,9 @@ def toy_rollout_config(model: Path, prompts: Path, output: Path) -> ConfigDict:
 
     c = rollout_config.get_config()
     c.model.path, c.prompts, c.output = str(model), str(prompts), str(output)
-    c.max_new_tokens, c.batch_size, c.chunk_rows, c.n = 6, 8, 4, 2
-    c.temperature = 1.0  # broad samples: rows of many lengths
+    c.max_new_tokens, c.batch_size, c.chunk_rows, c.n = 8, 8, 4, 2
+    c.temperature = 1.0
+    c.eos_ids = (2, 8, 9)  # <|im_end|>, "0", "1": responses of many lengths
     return c
 
 
@@ -129,8 +130,8 @@ def toy_prompts(path: Path, num: int, *, seed: int = 1) -> Path:
     from lopd_jax.data import synthetic
 
     rng = np.random.default_rng(seed)
-    records = [synthetic.addition_record(int(a), int(b)) for a, b in
-               zip(rng.integers(0, 10 ** rng.integers(1, 4, num)), rng.integers(0, 1000, num))]  # fmt: skip
+    a, b = rng.integers(0, 10 ** rng.integers(1, 4, num)), rng.integers(0, 1000, num)
+    records = [synthetic.addition_record(int(x), int(y)) for x, y in zip(a, b)]
     path.write_text("".join(json.dumps({"prompt": r["prompt"], "id": i}) + "\n"
                             for i, r in enumerate(records)))  # fmt: skip
     return path
@@ -150,7 +151,7 @@ def build_toy_pipeline(root: Path) -> dict:
     data = root / "sft_data"
     records = synthetic.addition_records(48, seed=0, max_digits=2)
     sft.write_sft_data(data, records, teacher=ref.resolve(teacher).identity)
-    sft_cfg = toy_sft_config(root / "sft", base, data)
+    sft_cfg = toy_sft_config(root / "sft", base, data, steps=2)
     sft_stage.run(sft_cfg)
     ckpt = root / "sft" / "checkpoints"
     prompts = toy_prompts(root / "prompts.jsonl", 5)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lopd_jax.eval.grading import REASONING_GYM
+from lopd_jax.eval.grading import ADDITION, REASONING_GYM
 
 # The instruction Qwen3 and DeepSeek-R1 are evaluated with (and nvidia-mmath's English one).
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -103,7 +103,15 @@ def _jsonl_record(
             raise EvalDataError(f"field {field!r} must be a non-empty string ({got})")
         record[key] = value
     record.setdefault("id", str(line_no))
-    return {"id": record["id"], "prompt": record["prompt"], "answer": record["answer"]}
+    out = {"id": record["id"], "prompt": record["prompt"], "answer": record["answer"]}
+    if "grader" in obj:  # the grader this problem names (`lopd_jax.eval.grade`)
+        if obj["grader"] not in ("math", ADDITION):
+            raise EvalDataError(
+                f"field 'grader' is {obj['grader']!r}; a JSONL problem is graded by 'math' "
+                f"(default) or {ADDITION!r}"
+            )
+        out["grader"] = obj["grader"]
+    return out
 
 
 def load_mmath(subset: str, *, instruction: str | None = MATH_INSTRUCTION) -> list[dict[str, Any]]:

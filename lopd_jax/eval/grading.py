@@ -32,6 +32,7 @@ _INSTALL_HINT = "pip install math-verify==0.9.0 antlr4-python3-runtime==4.13.2 (
 
 _BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
 REASONING_GYM = "reasoning_gym:"  # grader prefix of reasoning-gym records: "reasoning_gym:<task>"
+ADDITION = "addition"  # grader of the toy addition task's records
 
 
 def last_boxed(text: str) -> str | None:
@@ -182,19 +183,26 @@ def grade_reasoning_gym(response: str, task: str, entry: dict[str, Any]) -> bool
     return _gym_scorer(task)(predicted.strip(), entry) >= 1.0
 
 
+def grade_addition(response: str, prompt: str) -> bool:
+    """The toy addition task's verifier (`lopd_jax.data.tasks.addition.verify`): `response` is
+    a well-formed trace answering the problem `prompt` asks (`"347+268"`)."""
+    from lopd_jax.data.tasks import addition
+
+    return addition.verify(response, addition.parse_problem(prompt))
+
+
 def grade(record: dict[str, Any], response: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     """Grades `response` to a dataset record (`lopd_jax.eval.datasets`) with its grader:
-    `grade_math` unless the record names another in `"grader"`."""
+    `grade_math` unless the record names another in `"grader"` (`"addition"`: the toy task's
+    verifier on the record's prompt; `"reasoning_gym:<task>"`: that task's scorer)."""
     grader = record.get("grader", "math")
     if grader == "math":
         return grade_math(response, record["answer"], timeout_s=timeout_s)
+    if grader == ADDITION:
+        return grade_addition(response, record["prompt"])
     if grader.startswith(REASONING_GYM):
         return grade_reasoning_gym(response, grader.removeprefix(REASONING_GYM), record["entry"])
-    if grader == "addition":  # the CPU demo's toy task (lopd_jax.data.tasks.addition)
-        from lopd_jax.data.tasks import addition
-
-        return addition.verify(response, addition.parse_problem(record["prompt"]))
     raise ValueError(
-        f"record {record.get('id')!r}: unknown grader {grader!r}; use 'math', 'addition' or "
+        f"record {record.get('id')!r}: unknown grader {grader!r}; use 'math', {ADDITION!r} or "
         f"'{REASONING_GYM}<task>'."
     )

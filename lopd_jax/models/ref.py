@@ -165,6 +165,11 @@ class ModelRef:
 
 def resolve(path: str | os.PathLike, step: int | None = None) -> ModelRef:
     """A lopd checkpoint directory (latest or `step`) or a HF directory, weights unread."""
+    if not os.fspath(path):  # Path("") is the working directory: never a model by accident
+        raise artifacts.ArtifactError(
+            "No model path given (model.path is empty); set it to a Hugging Face model "
+            "directory or a lopd checkpoint directory."
+        )
     path = Path(path).absolute()
     if not path.is_dir():
         raise artifacts.ArtifactError(
@@ -190,7 +195,13 @@ def resolve(path: str | os.PathLike, step: int | None = None) -> ModelRef:
         )
     if step is not None:
         raise artifacts.ArtifactError(f"{path} is a Hugging Face directory; it has no steps.")
-    config = hf.config_from_hf(json.loads((path / "config.json").read_text()))
+    try:
+        config = hf.config_from_hf(json.loads((path / "config.json").read_text()))
+    except ValueError as e:  # truncated or garbage (JSONDecodeError, UnicodeDecodeError)
+        raise artifacts.ArtifactError(
+            f"{path}/config.json is not valid JSON ({e}); the model directory is damaged: "
+            "restore it from a copy."
+        ) from None
     digest = hf_files_digest(path)
     if manifest.get("kind") == EXPORT_KIND and manifest.get("files_digest") == digest:
         return ModelRef(path, config, manifest["identity"], None, manifest)  # lopd's own export

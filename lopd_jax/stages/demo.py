@@ -130,7 +130,7 @@ class Demo:
                 "workdir": self.path(f"sft_{t}"), "data.path": self.path(f"sft_data_{t}"),
                 "data.tokenizer": str(ASSETS / "tokenizer"), "model.preset": "toy-student",
                 "data.seq_len": c.seq_len,
-                "data.eval_examples": 128, "train.steps": c.sft_steps,
+                "data.eval_examples": min(128, c.sft_examples // 8), "train.steps": c.sft_steps,
                 "train.batch_size": c.sft_batch_size, "train.eval_every": c.eval_every * 4,
                 "optimizer.learning_rate": c.sft_lr, "checkpoint.save_every": c.sft_steps,
                 **common_eval,

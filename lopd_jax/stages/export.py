@@ -18,6 +18,7 @@ from ml_collections import ConfigDict
 from lopd_jax import artifacts
 from lopd_jax.configs import sections
 from lopd_jax.data import sft
+from lopd_jax.data import tokenizer as tokenizer_lib
 from lopd_jax.models import hf, ref
 
 
@@ -51,6 +52,8 @@ def run(config: ConfigDict) -> dict[str, Any]:
     model_config = sections.model_config(config.model, model.config)
     params = model.load(model_config.param_dtype)
     hf.save_hf(model_config, params, output, tokenizer=tokenizer, stop_ids=model.stop_ids())
+    if tokenizer is not None:  # as Qwen3 checkpoints ship it (`Qwen2Tokenizer`), not as saved
+        tokenizer_lib.save_tokenizer(tokenizer, output)
     record = {
         "identity": model.identity,
         "files_digest": ref.hf_files_digest(output),

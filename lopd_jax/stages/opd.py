@@ -42,6 +42,7 @@ from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
 from lopd_jax.sampling import Sampler, SamplingParams
+from lopd_jax.sampling.generate import data_parallel_size
 from lopd_jax.stages import score
 from lopd_jax.store import RolloutStore, StoreError
 from lopd_jax.training import loop, losses
@@ -151,7 +152,10 @@ class OnlineSource:
         picked = rng.choice(len(self.prompts), online.prompts_per_step, replace=False)
         prompts = [self.prompts[i] for i in picked for _ in range(online.samples_per_prompt)]
         start = time.perf_counter()
-        sampler = Sampler(self.model_config, params, mesh=self.mesh, batch_size=len(prompts))
+        # One sampling batch, rounded up to the mesh's data-parallel size (padded rows).
+        shards = data_parallel_size(self.mesh)
+        batch_size = -(-len(prompts) // shards) * shards
+        sampler = Sampler(self.model_config, params, mesh=self.mesh, batch_size=batch_size)
         out = sampler.sample(prompts, self.sampling, seed=self.config.seed + step)
         self.seconds["sample_s"] += time.perf_counter() - start
         start = time.perf_counter()

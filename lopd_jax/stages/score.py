@@ -183,7 +183,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
             forward, params, mesh, chunk,
             topk=config.topk, seq_len=config.seq_len, batch_size=config.batch_size,
         )  # fmt: skip
-        for name in columns:  # teacher_logprobs last: its marker completes the chunk
+        for name in columns:  # a chunk is scored once every column's marker exists
             store.write_column(name, index, out[name])
         scored += len(chunk["tokens"])
         bar.update(len(chunk["tokens"]))

@@ -119,3 +119,14 @@ def test_reasoning_gym_unknown_task() -> None:
 def test_unknown_spec() -> None:
     with pytest.raises(datasets.EvalDataError, match="mmath:<subset>"):
         datasets.load_dataset("gsm8k")
+
+
+def test_jsonl_keeps_a_known_grader(tmp_path: Path) -> None:
+    path = tmp_path / "toy.jsonl"
+    path.write_text('{"prompt": "347+268", "answer": 615, "grader": "addition"}\n'
+                    '{"prompt": "1+1", "answer": 2}\n')  # fmt: skip
+    first, second = datasets.load_jsonl(path)
+    assert first["grader"] == "addition" and "grader" not in second
+    path.write_text('{"prompt": "1+1", "answer": 2, "grader": "exact"}\n')
+    with pytest.raises(datasets.EvalDataError, match="line 1: field 'grader'"):
+        datasets.load_jsonl(path)

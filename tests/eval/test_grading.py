@@ -117,6 +117,11 @@ def test_grades_from_threads() -> None:
 
 def test_grade_dispatch() -> None:
     assert grading.grade({"id": "a", "answer": "2"}, r"\boxed{2}")
+    record = {"id": "b", "prompt": "347+268", "answer": "615", "grader": "addition"}
+    assert grading.grade(record, "7+8+0=15;4+6+1=11;3+2+1=6 answer 615")
+    assert grading.grade(record, "0+8+7=15,1+6+4=11;2+3+1=6 answer 615\n")  # style B
+    assert not grading.grade(record, "7+8+0=15;4+6+1=11;3+2+1=6 answer 616")
+    assert not grading.grade(record, r"\boxed{615}")  # math's format is not the task's
     with pytest.raises(ValueError, match="unknown grader 'exact'"):
         grading.grade({"id": "a", "answer": "2", "grader": "exact"}, r"\boxed{2}")
 

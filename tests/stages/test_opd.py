@@ -1,0 +1,203 @@
+"""`lopd opd`: lightning never loads the teacher, refuses a wrong store, resumes exactly, shards
+exactly; online samples and scores live; both modes give the same gradient at pi_ref."""
+
+import math
+import shutil
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from lopd_jax import artifacts
+from lopd_jax.configs import opd as opd_config
+from lopd_jax.configs import sections
+from lopd_jax.data import pipeline
+from lopd_jax.models import ref
+from lopd_jax.parallel import mesh as mesh_lib
+from lopd_jax.stages import opd
+from lopd_jax.store import RolloutStore, StoreError
+from lopd_jax.training import losses, metrics
+
+MISSING_TEACHER = "/nonexistent/teacher"
+STEPS = 3
+
+
+def config(p, workdir, **overrides):
+    c = opd_config.get_config()
+    c.workdir, c.model.path, c.store = str(workdir), str(p["ckpt"]), str(p["store"])
+    c.teacher = MISSING_TEACHER  # lightning must never look at it
+    c.data.seq_len, c.data.num_packing_bins = 64, 4
+    c.train.steps, c.train.batch_size, c.train.log_every = STEPS, 8, 1
+    c.optimizer.learning_rate = 1e-2  # visible updates in a few steps
+    c.checkpoint.save_every, c.checkpoint.async_save = 1, False
+    c.update_from_flattened_dict(overrides)
+    return c
+
+
+def train_metrics(workdir):
+    return [m for m in metrics.read_metrics(workdir) if "train/loss" in m]
+
+
+def final_params(workdir):
+    return ref.load_params(workdir / "checkpoints")[1]
+
+
+@pytest.fixture(scope="module")
+def lightning(toy_pipeline, tmp_path_factory):
+    """An uninterrupted lightning run (fsdp over 8 devices), watching every ref.resolve."""
+    workdir = tmp_path_factory.mktemp("lightning")
+    resolved = []
+    resolve = ref.resolve
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(ref, "resolve", lambda path, *a: resolved.append(str(path)) or resolve(path, *a))
+        result = opd.run(config(toy_pipeline, workdir))
+    return workdir, result, resolved
+
+
+def test_lightning_trains_without_ever_opening_the_teacher(lightning, toy_pipeline):
+    workdir, _, resolved = lightning
+    assert resolved and MISSING_TEACHER not in resolved
+    assert str(toy_pipeline["teacher"]) not in resolved
+    rows = train_metrics(workdir)
+    assert [m["step"] for m in rows] == list(range(1, STEPS + 1))
+    for key in ("loss", "w_mean", "w_std", "kl_k3", "advantage_mean", "clip_fraction"):
+        assert all(math.isfinite(m[f"train/{key}"]) for m in rows), key
+    assert abs(rows[0]["train/w_mean"] - 1.0) < 1e-3  # theta = pi_ref = the sampler at step 1
+    assert rows[-1]["train/w_std"] > 0  # then the student moves
+    manifest = artifacts.read_manifest(workdir / "checkpoints", opd.CHECKPOINT_KIND)
+    assert manifest["pi_ref"] == ref.resolve(toy_pipeline["ckpt"]).identity
+    assert manifest["teacher_consistent"] and manifest["mode"] == "lightning"
+    assert (workdir / "checkpoints" / "tokenizer.json").exists()  # reads like a HF dir
+
+
+def test_resume_after_kill_equals_uninterrupted(lightning, toy_pipeline, tmp_path, monkeypatch):
+    write = metrics.MetricsWriter.write
+
+    def killed_at_step_2(self, step, values, prefix=""):
+        if step == 2 and prefix == "train":
+            raise KeyboardInterrupt("preempted")
+        write(self, step, values, prefix)
+
+    with monkeypatch.context() as m:
+        m.setattr(metrics.MetricsWriter, "write", killed_at_step_2)
+        with pytest.raises(KeyboardInterrupt):
+            opd.run(config(toy_pipeline, tmp_path))
+    assert ref.finished_steps(tmp_path / "checkpoints") == [1]
+    opd.run(config(toy_pipeline, tmp_path))
+    jax.tree.map(np.testing.assert_array_equal, final_params(tmp_path), final_params(lightning[0]))
+    keys = ("step", "train/loss", "train/w_mean", "train/kl_k3")
+    got = [[m[k] for k in keys] for m in train_metrics(tmp_path)]
+    assert got == [[m[k] for k in keys] for m in train_metrics(lightning[0])]
+
+
+def test_data_parallel_equals_fsdp(lightning, toy_pipeline, tmp_path):
+    opd.run(config(toy_pipeline, tmp_path, **{"mesh.preset": "dp", "train.steps": 2}))
+    got = final_params(tmp_path)
+    want = ref.load_params(lightning[0] / "checkpoints", 2)[1]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=0), got, want)
+    dp, fsdp = train_metrics(tmp_path), train_metrics(lightning[0])[:2]
+    np.testing.assert_allclose([m["train/loss"] for m in dp], [m["train/loss"] for m in fsdp],
+                               rtol=1e-5)  # fmt: skip
+
+
+def test_topk_loss_runs_and_reports_rest_masses(toy_pipeline, tmp_path):
+    c = config(toy_pipeline, tmp_path, **{"loss.loss": "topk_reverse_kl", "train.steps": 2})
+    opd.run(c)
+    for m in train_metrics(tmp_path):
+        for key in ("loss", "w_mean", "w_std", "student_rest_mass", "teacher_rest_mass"):
+            assert math.isfinite(m[f"train/{key}"]), key
+        assert 0 < m["train/teacher_rest_mass"] < 1 and 0 < m["train/student_rest_mass"] < 1
+
+
+def _source(p, store, **overrides):
+    c = config(p, "unused", **{"store": str(store), **overrides})
+    pi_ref = ref.resolve(c.model.path)
+    return opd.lightning_source(c, pi_ref, opd.loss_config(c))
+
+
+def test_lightning_refuses_a_store_it_cannot_use(toy_pipeline, tmp_path):
+    p = toy_pipeline
+    with pytest.raises(StoreError, match="sampled from model"):  # pi_ref is not the sampler
+        opd.lightning_source(config(p, tmp_path), ref.resolve(p["base"]),
+                             opd.loss_config(config(p, tmp_path)))  # fmt: skip
+
+    incomplete = tmp_path / "incomplete.zarr"
+    shutil.copytree(p["store"], incomplete)
+    (incomplete / "chunks" / "teacher_logprobs" / "000001.json").unlink()
+    with pytest.raises(StoreError, match="lopd score"):
+        _source(p, incomplete)
+
+    other = tmp_path / "other_teacher.zarr"
+    shutil.copytree(p["store"], other)
+    RolloutStore.open(other).update_manifest(sft_teacher="name:another-teacher")
+    with pytest.raises(artifacts.TeacherMismatchError, match="another-teacher"):
+        _source(p, other)
+    _, inputs = _source(p, other, allow_inconsistent_teacher=True)
+    assert inputs["allow_inconsistent_teacher"] and not inputs["teacher_consistent"]
+
+
+def test_online_runs_and_records_its_time_split(toy_pipeline, tmp_path):
+    c = config(toy_pipeline, tmp_path, mode="online", teacher=str(toy_pipeline["teacher"]))
+    c.train.steps = 2
+    c.online.update(prompts=str(toy_pipeline["prompts"]), prompts_per_step=2,
+                    samples_per_prompt=2, max_new_tokens=4, topk=4)  # fmt: skip
+    opd.run(c)
+    rows = train_metrics(tmp_path)
+    assert [m["step"] for m in rows] == [1, 2]
+    for m in rows:
+        assert m["train/sample_s"] > 0 and m["train/teacher_s"] > 0
+        assert m["train/step_s"] >= m["train/sample_s"] + m["train/teacher_s"]
+        assert math.isfinite(m["train/loss"])
+
+
+def test_lightning_and_online_gradients_agree_at_pi_ref(toy_pipeline, monkeypatch):
+    """The same rollouts, through the store (lightning) and through the online path (live
+    teacher scoring, FlatRows): one batch each, the same gradient of `opd_loss_fn`."""
+    p = toy_pipeline
+    c = config(p, "unused", mode="online", teacher=str(p["teacher"]))
+    store = RolloutStore.open(p["store"])
+    rows = store.read_rows(0, store.num_rows, ("sampler_logprobs",))
+    prompts = [t[:n].tolist() for t, n in zip(rows["tokens"], rows["prompt_len"], strict=True)]
+    answers = {}
+    for prompt, tokens, lp in zip(prompts, rows["tokens"], rows["sampler_logprobs"], strict=True):
+        answers.setdefault(tuple(prompt), []).append((tokens[len(prompt) :], lp[len(prompt) :]))
+
+    class StoredSampler:  # "samples" the stored responses
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def sample(self, batch_prompts, sampling, seed):
+            picked = [answers[tuple(q)].pop() for q in batch_prompts]
+            return types.SimpleNamespace(tokens=[t.tolist() for t, _ in picked],
+                                         logprobs=[lp for _, lp in picked])  # fmt: skip
+
+    monkeypatch.setattr(opd, "Sampler", StoredSampler)
+    c.online.update(prompts_per_step=len(prompts), samples_per_prompt=1)
+    pi_ref = ref.resolve(c.model.path)
+    model_config = sections.model_config(c.model, pi_ref.config)
+    mesh = mesh_lib.make_mesh(sections.mesh_config(c.mesh))
+    opd_cfg = opd.loss_config(c)
+    columns = losses.required_columns(opd_cfg)
+    source = opd.OnlineSource(c, model_config, ref.resolve(c.teacher), mesh, columns, ())
+    source.prompts = prompts
+    params = pi_ref.load()
+    (online,) = source.sample_and_score(params, 0)
+
+    packed = pipeline.rollout_rows(store, [k for k in columns if k not in pipeline.FEATURES],
+                                   seq_len=c.data.seq_len, seed=0, num_epochs=1)  # fmt: skip
+    (lightning,) = list(pipeline.fixed_batches(packed, c.train.batch_size))
+    assert (online["loss_mask"].sum(), (online["segment_ids"].max(1)).sum()) == (
+        lightning["loss_mask"].sum(),
+        (lightning["segment_ids"].max(1)).sum(),
+    )  # same rows
+
+    loss_fn = losses.opd_loss_fn(model_config, opd_cfg)
+
+    @jax.jit
+    def grad(batch):
+        return jax.grad(lambda w: losses.normalize(*loss_fn(w, batch, jax.random.key(0))))(params)
+
+    got, want = grad(online), grad(lightning)
+    assert max(float(np.abs(x).max()) for x in jax.tree.leaves(want)) > 1e-3  # not trivial
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4), got, want)
