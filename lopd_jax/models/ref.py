@@ -27,8 +27,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
-from lopd_jax import artifacts
+from lopd_jax import artifacts, io
 from lopd_jax.models import hf, qwen3
 
 # Fields of Qwen3Config that change the function the weights compute; the rest are numerics.
@@ -105,7 +106,7 @@ def hf_files_digest(path: Path) -> str:
 class ModelRef:
     """A resolved model: what it is, before any weight is read."""
 
-    path: Path
+    path: epath.Path  # absolute, or a gs:// URL (lopd checkpoints only)
     config: qwen3.Qwen3Config  # as stored (its param_dtype is the stored dtype)
     identity: str
     step: int | None  # the checkpoint step; None for a HF directory
@@ -165,7 +166,7 @@ class ModelRef:
 
 def resolve(path: str | os.PathLike, step: int | None = None) -> ModelRef:
     """A lopd checkpoint directory (latest or `step`) or a HF directory, weights unread."""
-    path = Path(path).absolute()
+    path = io.path(path)
     if not path.is_dir():
         raise artifacts.ArtifactError(
             f"Model {path} does not exist (or is not a directory). Pass a Hugging Face model "
@@ -190,8 +191,14 @@ def resolve(path: str | os.PathLike, step: int | None = None) -> ModelRef:
         )
     if step is not None:
         raise artifacts.ArtifactError(f"{path} is a Hugging Face directory; it has no steps.")
+    if io.is_remote(path):  # safetensors and tokenizers are read with local file APIs
+        raise artifacts.ArtifactError(
+            f"{path} is a Hugging Face directory on an object store; lopd reads Hugging Face "
+            "directories from local disk. Copy it first (e.g. `gcloud storage cp -r`) and "
+            "pass the local copy (lopd checkpoints can stay on gs://)."
+        )
     config = hf.config_from_hf(json.loads((path / "config.json").read_text()))
-    digest = hf_files_digest(path)
+    digest = hf_files_digest(Path(path))
     if manifest.get("kind") == EXPORT_KIND and manifest.get("files_digest") == digest:
         return ModelRef(path, config, manifest["identity"], None, manifest)  # lopd's own export
     return ModelRef(path, config, model_identity(config, digest), None, {})
@@ -201,7 +208,7 @@ def resolve(path: str | os.PathLike, step: int | None = None) -> ModelRef:
 # The read side of lopd checkpoints (orbax directories written by training.checkpoint).
 
 
-def _read_only_manager(ckpt_dir: Path):
+def _read_only_manager(ckpt_dir: epath.Path):
     import orbax.checkpoint as ocp
 
     return ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
@@ -209,7 +216,7 @@ def _read_only_manager(ckpt_dir: Path):
 
 def finished_steps(ckpt_dir: str | os.PathLike) -> list[int]:
     """Steps saved completely (orbax lists only steps whose atomic rename happened)."""
-    manager = _read_only_manager(Path(ckpt_dir).absolute())
+    manager = _read_only_manager(io.path(ckpt_dir))
     try:
         return sorted(manager.all_steps())
     finally:
@@ -238,7 +245,7 @@ def resolve_step(ckpt_dir: str | os.PathLike, step: int | None = None) -> int:
     return step
 
 
-def _readable_step(ckpt_dir: Path, step: int | None) -> tuple[int, dict[str, Any]]:
+def _readable_step(ckpt_dir: epath.Path, step: int | None) -> tuple[int, dict[str, Any]]:
     """The step and its metadata; with no step given, the latest step that reads back (a
     damaged latest step falls back to the one before it, with a warning)."""
     if step is not None:
@@ -257,7 +264,7 @@ def checkpoint_meta(ckpt_dir: str | os.PathLike, step: int) -> dict[str, Any]:
     """The JSON metadata saved with `step` (its weights digest, the run manifest)."""
     import orbax.checkpoint as ocp
 
-    manager = _read_only_manager(Path(ckpt_dir).absolute())
+    manager = _read_only_manager(io.path(ckpt_dir))
     try:
         restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises many kinds for a damaged step
@@ -283,7 +290,7 @@ def load_checkpoint_params(
         qwen3.param_shapes(config),
         shardings,
     )
-    manager = _read_only_manager(Path(ckpt_dir).absolute())
+    manager = _read_only_manager(io.path(ckpt_dir))
     try:
         restored = manager.restore(
             step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
