@@ -12,6 +12,10 @@ directory's is the sha256 of its weight files, cached beside them. A HF director
 lopd (`lopd export`) carries the identity of the checkpoint it came from, which it keeps as long
 as its files are unchanged. A model known only by name (SFT data generated elsewhere) is
 `name:<name>`: recorded, never equal to a fingerprint.
+
+A lopd checkpoint may live on `gs://` (`lopd_jax.io`); Hugging Face directories are read from
+local disk (safetensors and tokenizers are loaded with local file APIs), so their digest cache
+stays a local file.
 """
 
 from __future__ import annotations
