@@ -11,11 +11,11 @@ import datetime
 import hashlib
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
+from lopd_jax import io
 from lopd_jax.errors import LopdError
+from lopd_jax.io import atomic_write_text, current_umask  # noqa: F401  (their public home)
 
 MANIFEST = "manifest.json"
 
@@ -26,29 +26,6 @@ class ArtifactError(LopdError, ValueError):
 
 class TeacherMismatchError(ArtifactError):
     """The teacher that wrote the SFT data is not the teacher that scored the rollouts."""
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` so that readers see the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide it from others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def versions() -> dict[str, str]:
@@ -68,13 +45,13 @@ def write_manifest(directory: str | os.PathLike, kind: str, **fields: Any) -> di
         "versions": versions(),
         **fields,
     }
-    atomic_write_text(Path(directory) / MANIFEST, json.dumps(manifest, indent=2, default=str))
+    atomic_write_text(io.path(directory) / MANIFEST, json.dumps(manifest, indent=2, default=str))
     return manifest
 
 
 def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
     """Reads `<directory>/manifest.json`, checking its kind when given."""
-    path = Path(directory) / MANIFEST
+    path = io.path(directory) / MANIFEST
     if not path.exists():
         raise ArtifactError(
             f"{path} not found: {directory} was not written by a lopd stage (or the stage did "
@@ -94,7 +71,7 @@ def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> dict
 def fingerprint_file(path: str | os.PathLike) -> str:
     """Full-content sha256 of a (data) file."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with io.path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return "sha256:" + h.hexdigest()[:16]

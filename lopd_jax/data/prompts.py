@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lopd_jax import io
 from lopd_jax.data import sft
 from lopd_jax.errors import LopdError
 
@@ -84,13 +86,14 @@ def line_context(path: str | Path, line_no: int) -> Iterator[None]:
         raise PromptError(f"{path}, line {line_no}: {e}. Fix that line or drop it.") from e
 
 
-def read_rows(path: str | Path, *, limit: int = 0) -> list[dict[str, Any]]:
-    """The parsed, validated lines of a prompts JSONL (the first `limit`; 0 = all)."""
-    path = Path(path)
+def read_rows(path: str | os.PathLike, *, limit: int = 0) -> list[dict[str, Any]]:
+    """The parsed, validated lines of a prompts JSONL (the first `limit`; 0 = all), local or
+    gs://."""
+    path = io.path(path)
     if not path.is_file():
         raise PromptError(f"Prompts file {path} does not exist; set `prompts` to a JSONL file.")
     rows = []
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
             if limit and len(rows) == limit:
                 break

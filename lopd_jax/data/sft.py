@@ -15,13 +15,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from etils import epath
 
-from lopd_jax import artifacts
+from lopd_jax import artifacts, io
 from lopd_jax.errors import LopdError
 
 _log = logging.getLogger(__name__)
@@ -158,14 +160,14 @@ class ByteRenderer:
 class SftSource:
     """Where the SFT data came from and who wrote it."""
 
-    jsonl: Path
+    jsonl: epath.Path  # absolute, or a gs:// URL
     fingerprint: str  # sha256 of the JSONL
     teacher: str | None  # fingerprint of the teacher that generated the responses
 
 
-def resolve_source(path: str | Path) -> SftSource:
+def resolve_source(path: str | os.PathLike) -> SftSource:
     """An SFT data directory (JSONL + manifest) or a bare JSONL file (teacher unknown)."""
-    path = Path(path)
+    path = io.path(path)
     if path.is_dir():
         manifest = artifacts.read_manifest(path, SFT_DATA_KIND)
         jsonl = path / manifest.get("file", DEFAULT_FILE)
@@ -186,10 +188,14 @@ def resolve_source(path: str | Path) -> SftSource:
 
 
 def write_sft_data(
-    directory: str | Path, records: Sequence[dict[str, Any]], *, teacher: str | None, **fields
+    directory: str | os.PathLike,
+    records: Sequence[dict[str, Any]],
+    *,
+    teacher: str | None,
+    **fields,
 ) -> SftSource:
     """Writes records as an SFT data directory (JSONL + manifest), atomically."""
-    directory = Path(directory)
+    directory = io.path(directory)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     artifacts.atomic_write_text(directory / DEFAULT_FILE, text)
     artifacts.write_manifest(
@@ -245,7 +251,7 @@ class DataStats:
 
 
 def load_examples(
-    jsonl: str | Path,
+    jsonl: str | os.PathLike,
     renderer: Renderer,
     *,
     max_len: int,
@@ -265,7 +271,8 @@ def load_examples(
             f"(choose {OVERLONG_POLICIES})."
         )
     stats, examples, bad, too_long = DataStats(), [], [], []
-    with open(jsonl, "rb") as f:  # bytes: an invalid UTF-8 line is one bad line, not a crash
+    # Streamed, local or gs://; bytes: an invalid UTF-8 line is one bad line, not a crash.
+    with io.path(jsonl).open("rb") as f:
         for line_no, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue

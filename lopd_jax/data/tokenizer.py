@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from etils import epath
 from tokenizers import (
     AddedToken,
     Regex,
@@ -32,6 +33,7 @@ from tokenizers import (
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from lopd_jax import io
 from lopd_jax.artifacts import atomic_write_text
 
 ENDOFTEXT_ID = 151643
@@ -232,8 +234,9 @@ def build_qwen3_tokenizer(cache_dir: str | Path | None = None) -> PreTrainedToke
     )
 
 
-def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | Path) -> Path:
-    """Save `tokenizer` to the directory `path` (created if needed) for `AutoTokenizer`.
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | os.PathLike) -> epath.Path:
+    """Save `tokenizer` to the directory `path` (created if needed; local or gs://) for
+    `AutoTokenizer`.
 
     A byte-level BPE tokenizer with Qwen2's text pipeline (the Qwen3 tokenizer) is written as
     Qwen3 checkpoints ship it, for serving stacks on transformers 4 or 5: `tokenizer_class`
@@ -241,11 +244,11 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | Path) -> Path
     declare), `tokenizer.json` plus `vocab.json` and `merges.txt`, and a `tokenizer_config.json`
     with the added tokens, `additional_special_tokens` and the chat template inline.
     """
-    path = Path(path)
-    tokenizer.save_pretrained(str(path))
-    if _has_qwen2_pipeline(tokenizer):
-        _write_qwen2_files(tokenizer, path)
-    return path
+    with io.LocalMirror(path) as mirror:
+        tokenizer.save_pretrained(str(mirror.local))
+        if _has_qwen2_pipeline(tokenizer):
+            _write_qwen2_files(tokenizer, mirror.local)
+    return mirror.directory
 
 
 @functools.cache
@@ -304,21 +307,29 @@ def _merge_pairs(model: dict[str, Any]) -> list[list[str]]:
     return [m.split(" ") if isinstance(m, str) else m for m in model.get("merges", [])]
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a fast tokenizer saved in the local directory `path` with `AutoTokenizer`.
+# What `save_pretrained` writes for a fast tokenizer (and `_write_qwen2_files` adds).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "vocab.json", "merges.txt",
+)  # fmt: skip
+
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """Load a fast tokenizer saved in the directory `path` (local or gs://) with `AutoTokenizer`.
 
     Raises:
         FileNotFoundError: `path` holds no `tokenizer.json`.
         TypeError: the saved tokenizer is not a fast (`tokenizers`-backed) one.
     """
-    path = Path(path)
+    path = io.path(path)
     if not (path / "tokenizer.json").is_file():
         raise FileNotFoundError(
             f"no tokenizer files (tokenizer.json) in {path}; write them with "
             "lopd_jax.data.tokenizer.save_tokenizer(build_qwen3_tokenizer(), path) "
             "or point to a directory saved by save_pretrained"
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    with io.local_copy(path, TOKENIZER_FILES) as local:
+        tokenizer = AutoTokenizer.from_pretrained(str(local), local_files_only=True)
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
         raise TypeError(f"{path}: expected a fast tokenizer, got {type(tokenizer).__name__}")
     return tokenizer

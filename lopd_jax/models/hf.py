@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lopd_jax import artifacts
+from lopd_jax import artifacts, io
 from lopd_jax.errors import LopdError
 from lopd_jax.models import qwen3
 
@@ -178,7 +178,7 @@ def config_to_hf(config: qwen3.Qwen3Config, **extra: Any):
 
 def generation_eos_ids(path: str | os.PathLike) -> set[int]:
     """The EOS ids in a model directory's `generation_config.json` (empty when absent)."""
-    file = Path(path) / "generation_config.json"
+    file = io.path(path) / "generation_config.json"  # a lopd checkpoint may be on gs://
     if not file.exists():
         return set()
     eos = json.loads(file.read_text()).get("eos_token_id")

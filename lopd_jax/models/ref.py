@@ -12,6 +12,10 @@ directory's is the sha256 of its weight files, cached beside them. A HF director
 lopd (`lopd export`) carries the identity of the checkpoint it came from, which it keeps as long
 as its files are unchanged. A model known only by name (SFT data generated elsewhere) is
 `name:<name>`: recorded, never equal to a fingerprint.
+
+A lopd checkpoint may live on `gs://` (`lopd_jax.io`); Hugging Face directories are read from
+local disk (safetensors and tokenizers are loaded with local file APIs), so their digest cache
+stays a local file.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
-from lopd_jax import artifacts
+from lopd_jax import artifacts, io
 from lopd_jax.models import hf, qwen3
 
 # Fields of Qwen3Config that change the function the weights compute; the rest are numerics.
@@ -105,7 +110,7 @@ def hf_files_digest(path: Path) -> str:
 class ModelRef:
     """A resolved model: what it is, before any weight is read."""
 
-    path: Path
+    path: epath.Path  # absolute, or a gs:// URL (lopd checkpoints only)
     config: qwen3.Qwen3Config  # as stored (its param_dtype is the stored dtype)
     identity: str
     step: int | None  # the checkpoint step; None for a HF directory
@@ -170,7 +175,7 @@ def resolve(path: str | os.PathLike, step: int | None = None) -> ModelRef:
             "No model path given (model.path is empty); set it to a Hugging Face model "
             "directory or a lopd checkpoint directory."
         )
-    path = Path(path).absolute()
+    path = io.path(path)
     if not path.is_dir():
         raise artifacts.ArtifactError(
             f"Model {path} does not exist (or is not a directory). Pass a Hugging Face model "
@@ -195,6 +200,12 @@ def resolve(path: str | os.PathLike, step: int | None = None) -> ModelRef:
         )
     if step is not None:
         raise artifacts.ArtifactError(f"{path} is a Hugging Face directory; it has no steps.")
+    if io.is_remote(path):  # safetensors and tokenizers are read with local file APIs
+        raise artifacts.ArtifactError(
+            f"{path} is a Hugging Face directory on an object store; lopd reads Hugging Face "
+            "directories from local disk. Copy it first (e.g. `gcloud storage cp -r`) and "
+            "pass the local copy (lopd checkpoints can stay on gs://)."
+        )
     try:
         config = hf.config_from_hf(json.loads((path / "config.json").read_text()))
     except ValueError as e:  # truncated or garbage (JSONDecodeError, UnicodeDecodeError)
@@ -202,7 +213,7 @@ def resolve(path: str | os.PathLike, step: int | None = None) -> ModelRef:
             f"{path}/config.json is not valid JSON ({e}); the model directory is damaged: "
             "restore it from a copy."
         ) from None
-    digest = hf_files_digest(path)
+    digest = hf_files_digest(Path(path))
     if manifest.get("kind") == EXPORT_KIND and manifest.get("files_digest") == digest:
         return ModelRef(path, config, manifest["identity"], None, manifest)  # lopd's own export
     return ModelRef(path, config, model_identity(config, digest), None, {})
@@ -212,7 +223,7 @@ def resolve(path: str | os.PathLike, step: int | None = None) -> ModelRef:
 # The read side of lopd checkpoints (orbax directories written by training.checkpoint).
 
 
-def _read_only_manager(ckpt_dir: Path):
+def _read_only_manager(ckpt_dir: epath.Path):
     import orbax.checkpoint as ocp
 
     return ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
@@ -220,7 +231,7 @@ def _read_only_manager(ckpt_dir: Path):
 
 def finished_steps(ckpt_dir: str | os.PathLike) -> list[int]:
     """Steps saved completely (orbax lists only steps whose atomic rename happened)."""
-    manager = _read_only_manager(Path(ckpt_dir).absolute())
+    manager = _read_only_manager(io.path(ckpt_dir))
     try:
         return sorted(manager.all_steps())
     finally:
@@ -249,7 +260,7 @@ def resolve_step(ckpt_dir: str | os.PathLike, step: int | None = None) -> int:
     return step
 
 
-def _readable_step(ckpt_dir: Path, step: int | None) -> tuple[int, dict[str, Any]]:
+def _readable_step(ckpt_dir: epath.Path, step: int | None) -> tuple[int, dict[str, Any]]:
     """The step and its metadata; with no step given, the latest step that reads back (a
     damaged latest step falls back to the one before it, with a warning)."""
     if step is not None:
@@ -268,7 +279,7 @@ def checkpoint_meta(ckpt_dir: str | os.PathLike, step: int) -> dict[str, Any]:
     """The JSON metadata saved with `step` (its weights digest, the run manifest)."""
     import orbax.checkpoint as ocp
 
-    manager = _read_only_manager(Path(ckpt_dir).absolute())
+    manager = _read_only_manager(io.path(ckpt_dir))
     try:
         restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises many kinds for a damaged step
@@ -294,7 +305,7 @@ def load_checkpoint_params(
         qwen3.param_shapes(config),
         shardings,
     )
-    manager = _read_only_manager(Path(ckpt_dir).absolute())
+    manager = _read_only_manager(io.path(ckpt_dir))
     try:
         restored = manager.restore(
             step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))

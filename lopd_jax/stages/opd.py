@@ -274,8 +274,8 @@ def _reported(summed: dict[str, float], source) -> dict[str, float]:
 
 def _copy_generation_files(src: Path, dst: Path) -> None:
     """The student keeps pi_ref's tokenizer and stop ids (its directory reads like a HF dir)."""
-    import shutil
+    from lopd_jax import io  # either side may be on gs://
 
     for file in src.iterdir():
         if file.is_file() and file.name != artifacts.MANIFEST and not file.name.startswith("."):
-            shutil.copy2(file, dst / file.name)
+            io.copy_file(file, dst / file.name)

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from lopd_jax import artifacts
+from lopd_jax import artifacts, io
 from lopd_jax import eval as eval_lib
 from lopd_jax.configs import sections
 from lopd_jax.data import pipeline, sft, synthetic
@@ -107,7 +107,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) SFT; returns the final metrics."""
     sections.require_positive(config, "train.steps", "train.batch_size", "data.seq_len")
     mesh_lib.maybe_initialize_distributed()
-    workdir = Path(config.workdir).absolute()
+    workdir = io.path(config.workdir)  # local or gs://
     mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
 
     # Everything is read and checked before anything is written.

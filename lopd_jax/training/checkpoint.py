@@ -9,22 +9,22 @@ save with items:
 - `data`: each process's data-iterator position (grain),
 - `meta`: JSON with the step, the weights digest (the step's identity) and the run manifest.
 
-Saves are asynchronous (the device->host copy blocks, the writes do not) and atomic (orbax
-writes to a temporary directory and renames it once complete), so a killed run resumes from
-the last complete step.
+Saves are asynchronous (the device->host copy blocks, the writes do not) and atomic (locally
+orbax writes to a temporary directory and renames it once complete; on gs:// a step counts
+once its commit_success.txt is written), so a killed run resumes from the last complete step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
+import os
 from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
 
-from lopd_jax import artifacts
+from lopd_jax import artifacts, io
 from lopd_jax.models import qwen3, ref
 from lopd_jax.training.state import TrainState
 
@@ -35,9 +35,14 @@ class CheckpointManager:
     """Periodic async saves, keep-N, and exact restore of a `TrainState` and data iterator."""
 
     def __init__(
-        self, directory: str | Path, *, save_every: int, keep: int, async_save: bool = True
+        self,
+        directory: str | os.PathLike,
+        *,
+        save_every: int,
+        keep: int,
+        async_save: bool = True,
     ):
-        self.directory = Path(directory).absolute()
+        self.directory = io.path(directory)  # local or gs:// (orbax takes epath paths)
         self.save_every = save_every
         self._manager = ocp.CheckpointManager(
             self.directory,

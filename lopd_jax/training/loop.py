@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -29,7 +29,7 @@ import numpy as np
 import tqdm
 from ml_collections import ConfigDict
 
-from lopd_jax import artifacts
+from lopd_jax import artifacts, io
 from lopd_jax.models import qwen3
 from lopd_jax.parallel import rules
 from lopd_jax.training import checkpoint, metrics, optimizer, state, step
@@ -73,7 +73,9 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_same_run(existing: Mapping[str, Any], identity: Mapping[str, Any], where: Path) -> None:
+def check_same_run(
+    existing: Mapping[str, Any], identity: Mapping[str, Any], where: str | os.PathLike
+) -> None:
     """Refuses a resume whose identity-bearing inputs or config changed, naming each."""
     old, new = _flatten(existing), _flatten(identity)
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
@@ -92,7 +94,7 @@ class Trainer:
         self,
         *,
         kind: str,
-        workdir: str | Path,
+        workdir: str | os.PathLike,
         model_config: qwen3.Qwen3Config,
         loss_fn: LossFn,
         config: ConfigDict,
@@ -106,7 +108,7 @@ class Trainer:
         compared on resume with the result-bearing config; `summarize` turns the step's
         summed metrics into reported ones (default: as they are)."""
         self.kind = kind
-        self.workdir = Path(workdir).absolute()
+        self.workdir = io.path(workdir)  # local or gs://
         self.ckpt_dir = self.workdir / "checkpoints"
         self.model_config = model_config
         self.config = config
@@ -214,7 +216,8 @@ class Trainer:
                             writer.write(done, extra, prefix="eval")
                             last |= {f"eval_{k}": v for k, v in extra.items()}
                         window.exclude(time.perf_counter() - start)  # not training throughput
-                self.manager.save(done, train_state, data_iterator, meta, force=done == steps)
+                if self.manager.save(done, train_state, data_iterator, meta, force=done == steps):
+                    writer.sync()  # a remote workdir's logs, up to the checkpoint
         finally:
             self.manager.wait()
             self.manager.close()

@@ -2,6 +2,11 @@
 
 Only process 0 writes. A resumed run first drops what was logged after its checkpoint (a run
 restarted before its first checkpoint: everything), so the logs read as one uninterrupted run.
+
+A run directory on an object store (`gs://`) cannot be appended to, and tensorboardX writes
+local files: both logs are written to a local mirror (`lopd_jax.io.LocalMirror`) and uploaded
+by `sync()` (the training loop calls it after every checkpoint) and `close()`. What a killed
+run logged after its last sync is lost, which is what its resume would drop anyway.
 """
 
 from __future__ import annotations
@@ -9,12 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import jax
+from etils import epath
 
-from lopd_jax import artifacts
+from lopd_jax import artifacts, io
 
 METRICS_FILE = "metrics.jsonl"
 _log = logging.getLogger(__name__)
@@ -24,13 +30,15 @@ class MetricsWriter:
     """`write(step, {"loss": ..., ...}, prefix="train")` -> a JSONL line and TB scalars."""
 
     def __init__(
-        self, logdir: str | Path, *, resume_step: int | None = None, tensorboard: bool = True
+        self, logdir: str | os.PathLike, *, resume_step: int | None = None, tensorboard: bool = True
     ):
-        self.path = Path(logdir) / METRICS_FILE
+        self.path = io.path(logdir) / METRICS_FILE
         self.enabled = jax.process_index() == 0
         self._tb = None
         if not self.enabled:
             return
+        self._mirror = io.LocalMirror(logdir)
+        local = self._mirror.local / METRICS_FILE
         # Steps after the checkpoint (or every step, for a run restarted before its first
         # checkpoint) will be logged again: drop them from both logs.
         first_new_step = 0 if resume_step is None else resume_step + 1
@@ -40,14 +48,13 @@ class MetricsWriter:
                 for row in read_metrics(logdir)
                 if row["step"] < first_new_step
             ]
-            artifacts.atomic_write_text(self.path, "".join(kept))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a")
+            artifacts.atomic_write_text(local, "".join(kept))
+        self._file = open(local, "a")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
             # TensorBoard hides the earlier events at steps >= purge_step.
-            self._tb = SummaryWriter(str(Path(logdir) / "tb"), purge_step=first_new_step)
+            self._tb = SummaryWriter(str(self._mirror.local / "tb"), purge_step=first_new_step)
 
     def write(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
         if not self.enabled:
@@ -60,12 +67,21 @@ class MetricsWriter:
             for name, value in values.items():
                 self._tb.add_scalar(name, value, int(step))
 
+    def sync(self) -> None:
+        """Makes what was written so far visible in `logdir` (a no-op locally)."""
+        if not self.enabled:
+            return
+        if self._tb is not None:
+            self._tb.flush()
+        self._mirror.push()
+
     def close(self) -> None:
         if not self.enabled:
             return
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        self._mirror.close()
 
 
 def _scalar(value) -> float | int:
@@ -78,15 +94,15 @@ def _json_safe(value: float | int) -> float | int | None:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def read_metrics(logdir: str | Path) -> list[dict]:
+def read_metrics(logdir: str | os.PathLike) -> list[dict]:
     """All logged lines of a run directory, in order."""
-    return read_jsonl(Path(logdir) / METRICS_FILE)
+    return read_jsonl(io.path(logdir) / METRICS_FILE)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The objects of an appended JSONL file ([] if absent). A torn last line (the writer was
     killed mid-write) is dropped; a damaged line elsewhere is an error naming it."""
-    path = Path(path)
+    path = io.path(path)
     lines = path.read_text().splitlines() if path.exists() else []
     rows = []
     for number, line in enumerate(lines, 1):
@@ -101,7 +117,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def plot_metrics(logdir: str | Path, names: tuple[str, ...], filename: str = "metrics.png") -> Path:
+def plot_metrics(
+    logdir: str | os.PathLike, names: tuple[str, ...], filename: str = "metrics.png"
+) -> epath.Path:
     """One panel per metric name against the step, saved next to `metrics.jsonl`."""
     import matplotlib
 
@@ -118,7 +136,8 @@ def plot_metrics(logdir: str | Path, names: tuple[str, ...], filename: str = "me
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(logdir) / filename
-    fig.savefig(path, dpi=100)
+    path = io.path(logdir) / filename
+    with path.open("wb") as f:  # one object on a store
+        fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=100)
     plt.close(fig)
     return path
