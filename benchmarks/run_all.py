@@ -1,7 +1,12 @@
 """lopd_jax side by side with Hugging Face transformers / PyTorch, in one run (`make bench`).
 
-    python benchmarks/run_all.py                  # --preset tiny on CPU: a couple of minutes
+    python benchmarks/run_all.py                  # --preset tiny on CPU: minutes, mostly compiles
     python benchmarks/run_all.py --preset gpu     # the real shapes (default on an accelerator)
+    python benchmarks/run_all.py --only sft score --attention pallas_gpu --no-record
+
+On a GPU both jax and torch need their CUDA builds (the script refuses a CPU-only torch there).
+The gpu preset has not yet run on a GPU: its shapes and dtypes are the issue's, and its bf16
+paths (autocast, bf16 save / load) were exercised on CPU at small shapes.
 
 Both sides run in this process on the same random-weight Qwen3 (lopd_jax's params saved with
 `save_hf` and loaded by `transformers`), the same token ids and the same dtypes:
@@ -23,8 +28,8 @@ a forward pass 2 N + 4 L d_attn c (N matmul params, L layers, d_attn = heads x h
 mean number of earlier tokens attended: T / 2 for a causal row of T tokens, prompt + new / 2
 when sampling) and 3x that for a train step: the convention of issue 15's HF figures. Peak:
 the dense bf16 figure of the device kind (train_step.PEAK_BF16_TFLOPS); on CPU the float32
-matmul FLOP/s measured here (best of jax and torch). Timings: `--warmup` untimed calls after
-the first (compiling) one, then the median of `--steps` calls, each waited for
+matmul FLOP/s measured here (best of jax and torch). Timings: the preset's `warmup` untimed
+calls after the first (compiling) one, then the median of `steps` calls, each waited for
 (`block_until_ready` / `torch.cuda.synchronize`). The table is printed and appended to
 benchmarks/RESULTS.md with the date, device, versions and load average of every row.
 """
