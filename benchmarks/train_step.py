@@ -69,12 +69,17 @@ def model_config(preset: str, dtype: str, param_dtype: str, remat: str) -> qwen3
     return base.replace(dtype=dtype, param_dtype=param_dtype, remat_policy=remat)
 
 
+def matmul_params(config: qwen3.Qwen3Config) -> int:
+    """Parameters used in matmuls: all but the input-embedding lookup (a tied embedding counts
+    once, as the output head)."""
+    embedding = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
+    return config.num_params - embedding
+
+
 def flops_per_token(config: qwen3.Qwen3Config, seq_len: int) -> float:
     """Training FLOPs per token: 6 N + 12 L d_attn T (see the module docstring)."""
-    embedding = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
-    matmul_params = config.num_params - embedding
     d_attn = config.num_heads * config.head_dim
-    return 6 * matmul_params + 12 * config.num_layers * d_attn * seq_len
+    return 6 * matmul_params(config) + 12 * config.num_layers * d_attn * seq_len
 
 
 def peak_flops(override_tflops: float | None) -> float | None:
@@ -109,6 +114,23 @@ def packed_batches(
     """Endless `[batch, seq_len]` batches of first-fit packed rows, as the SFT stage reads."""
     rows = pipeline.rows(examples, seq_len=seq_len, seed=seed)
     return iter(rows.batch(batch, drop_remainder=True))
+
+
+def sft_setup(
+    config: qwen3.Qwen3Config, mesh: jax.sharding.Mesh, microbatches: int, seed: int
+) -> tuple[Callable, state.TrainState]:
+    """The SFT stage's jitted train step and a fresh sharded state around random weights:
+    `make_train_step` + `sft_loss_fn` + the AdamW of `optimizer.make_optimizer`."""
+    tx = optimizer.make_optimizer(
+        optimizer.OptimizerConfig(learning_rate=1e-5, warmup=0.1, total_steps=1000)
+    )
+    shardings = state.state_shardings(config, tx, mesh)
+    init = jax.jit(qwen3.init_params, static_argnums=0, out_shardings=shardings.params)
+    train_state = state.init_state(init(config, jax.random.key(seed)), tx, seed, shardings)
+    train_step = step.make_train_step(
+        losses.sft_loss_fn(config), tx, shardings, mesh, num_microbatches=microbatches
+    )
+    return train_step, train_state
 
 
 def timed_step(
@@ -148,17 +170,7 @@ def main() -> None:
     args = parse_args()
     config = model_config(args.preset, args.dtype, args.param_dtype, args.remat)
     mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(preset=args.mesh, tensor=args.tensor))
-    tx = optimizer.make_optimizer(
-        optimizer.OptimizerConfig(learning_rate=1e-5, warmup=0.1, total_steps=1000)
-    )
-    shardings = state.state_shardings(config, tx, mesh)
-    init = jax.jit(qwen3.init_params, static_argnums=0, out_shardings=shardings.params)
-    train_state = state.init_state(
-        init(config, jax.random.key(args.seed)), tx, args.seed, shardings
-    )
-    train_step = step.make_train_step(
-        losses.sft_loss_fn(config), tx, shardings, mesh, num_microbatches=args.microbatches
-    )
+    train_step, train_state = sft_setup(config, mesh, args.microbatches, args.seed)
 
     num_batches = 1 + args.warmup + args.steps
     num_examples = num_batches * args.batch * args.segments * 2
