@@ -225,8 +225,16 @@ def resolve(path: str | os.PathLike, step: int | None = None) -> ModelRef:
 
 def _read_only_manager(ckpt_dir: epath.Path):
     import orbax.checkpoint as ocp
+    from absl import logging as absl_logging
 
-    return ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
+    # Orbax warns three times per read-only manager that it is read-only: what we asked for.
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        options = ocp.CheckpointManagerOptions(read_only=True)
+        return ocp.CheckpointManager(ckpt_dir, options=options)
+    finally:
+        absl_logging.set_verbosity(level)
 
 
 def finished_steps(ckpt_dir: str | os.PathLike) -> list[int]:
