@@ -59,7 +59,7 @@ def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> dict
         )
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for garbage bytes
         raise ArtifactError(f"{path} is corrupt ({e}); re-run the stage that produces it.") from e
     if kind is not None and manifest.get("kind") != kind:
         raise ArtifactError(
