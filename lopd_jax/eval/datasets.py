@@ -110,6 +110,13 @@ def _jsonl_record(
                 f"field 'grader' is {obj['grader']!r}; a JSONL problem is graded by 'math' "
                 f"(default) or {ADDITION!r}"
             )
+        if obj["grader"] == ADDITION:  # its verifier reads the problem from the prompt
+            from lopd_jax.data.tasks import addition
+
+            try:
+                addition.parse_problem(record["prompt"])
+            except ValueError as e:
+                raise EvalDataError(str(e)) from None
         out["grader"] = obj["grader"]
     return out
 

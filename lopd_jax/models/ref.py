@@ -162,7 +162,15 @@ class ModelRef:
         pytree like `lopd_jax.parallel.rules.param_shardings`; None: one device)."""
         dtype = dtype or self.config.param_dtype
         if self.step is None:
-            return hf.load_hf(self.path, dtype=dtype, shardings=shardings)[1]
+            from safetensors import SafetensorError
+
+            try:
+                return hf.load_hf(self.path, dtype=dtype, shardings=shardings)[1]
+            except SafetensorError as e:  # a truncated or overwritten weight file
+                raise hf.CheckpointError(
+                    f"{self.path}: a weight file cannot be read ({e}); the model directory is "
+                    "damaged: restore it from a copy."
+                ) from e
         params = load_checkpoint_params(self.path, self.config, self.step, shardings)
         # Restored in the dtype it was saved in; the cast keeps each device's shard in place.
         return jax.tree.map(lambda x: x.astype(dtype), params)

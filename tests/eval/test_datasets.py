@@ -130,3 +130,6 @@ def test_jsonl_keeps_a_known_grader(tmp_path: Path) -> None:
     path.write_text('{"prompt": "1+1", "answer": 2, "grader": "exact"}\n')
     with pytest.raises(datasets.EvalDataError, match="line 1: field 'grader'"):
         datasets.load_jsonl(path)
+    path.write_text('{"prompt": "1+1", "answer": 2, "grader": "addition"}\n')
+    with pytest.raises(datasets.EvalDataError, match="line 1: '1\\+1' is not an addition prompt"):
+        datasets.load_jsonl(path)

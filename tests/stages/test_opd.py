@@ -91,6 +91,7 @@ def test_resume_after_kill_equals_uninterrupted(lightning, toy_pipeline, tmp_pat
     assert got == [[m[k] for k in keys] for m in train_metrics(lightning[0])]
 
 
+@pytest.mark.slow  # one more training compile; the train step's sharding is unit-tested
 def test_data_parallel_equals_fsdp(lightning, toy_pipeline, tmp_path):
     opd.run(config(toy_pipeline, tmp_path, **{"mesh.preset": "dp", "train.steps": 2}))
     got = final_params(tmp_path)
