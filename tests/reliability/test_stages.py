@@ -243,11 +243,6 @@ DAMAGE = [
     ("opd", "ckpt", "2/params", _model),
 ]  # fmt: skip
 STAGE = {s.name: s for s in STAGES}
-# Known failures outside the stages (strict: they fail loudly once fixed).
-KNOWN_DAMAGE_BUGS = {
-    ("rollout", "manifest.json", "garbage"): "artifacts.read_manifest catches JSONDecodeError "
-    "but not UnicodeDecodeError: a garbage manifest.json is a raw traceback",
-}
 
 
 @pytest.mark.parametrize("kind", ["missing", "truncated", "garbage"])
@@ -257,9 +252,6 @@ KNOWN_DAMAGE_BUGS = {
 def test_damaged_input_is_a_named_error(
     stage, key, file, use, kind, toy_pipeline, tmp_path, request
 ):
-    if reason := KNOWN_DAMAGE_BUGS.get((stage, file, kind)):
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
-
     if key == "store" and stage == "score":
         config = _rollout_copy(toy_pipeline, tmp_path)
         target = Path(config.store)
