@@ -117,13 +117,14 @@ class Demo:
     # -- pipeline ---------------------------------------------------------------------------
     def pipeline(self) -> None:
         c, eval_set = self.c, self.path("eval_problems.jsonl")
+        teachers = TEACHERS if c.grid else TEACHERS[:1]
         common_eval = {"eval.dataset": eval_set, "eval.max_new_tokens": 64, "mesh.preset": "dp"}
         self.parallel({
             f"teacher_data_{t}": ("teacher_data", {
                 "teacher": self.teacher(t), "prompts": self.path("sft_prompts.jsonl"),
                 "output": self.path(f"sft_data_{t}"), "temperature": 1.0, "max_new_tokens": 64,
                 "seed": 0,
-            }) for t in TEACHERS
+            }) for t in teachers
         })  # fmt: skip
         self.parallel({
             f"sft_{t}": ("sft", {
@@ -134,14 +135,14 @@ class Demo:
                 "train.batch_size": c.sft_batch_size, "train.eval_every": c.eval_every * 4,
                 "optimizer.learning_rate": c.sft_lr, "checkpoint.save_every": c.sft_steps,
                 **common_eval,
-            }) for t in TEACHERS
+            }) for t in teachers
         })  # fmt: skip
         self.parallel({
             f"rollout_{t}": ("rollout", {
                 "model.path": self.path(f"sft_{t}", "checkpoints"),
                 "prompts": self.path("opd_prompts.jsonl"), "output": self.path(f"rollouts_{t}"),
                 "max_new_tokens": 64, "batch_size": 64, "chunk_rows": 128,
-            }) for t in TEACHERS
+            }) for t in teachers
         })  # fmt: skip
         pairs = [(s, o) for s in TEACHERS for o in TEACHERS] if c.grid else [("A", "A")]
         for s, o in pairs:  # one store per (SFT teacher, scoring teacher)
@@ -175,7 +176,8 @@ class Demo:
         common = {
             "workdir": self.path("arms", arm.name), "seed": arm.seed,
             "train.steps": c.opd_steps, "train.batch_size": c.opd_batch_size,
-            "train.eval_every": c.eval_every, "checkpoint.save_every": c.opd_steps,
+            "train.eval_every": c.eval_every, "train.log_every": 5,
+            "checkpoint.save_every": c.opd_steps,
             "optimizer.learning_rate": c.opd_lr, "mesh.preset": "dp",
             "eval.dataset": self.path("eval_problems.jsonl"), "eval.max_new_tokens": 64,
         }  # fmt: skip
