@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -354,6 +354,7 @@ def save_hf(
     tokenizer: Any = None,
     stop_ids: Sequence[int] = (),
     max_shard_bytes: int = 4 << 30,
+    finalize: Callable[[Path], None] | None = None,
 ) -> Path:
     """Writes a HF model directory that `AutoModelForCausalLM.from_pretrained` loads.
 
@@ -361,6 +362,7 @@ def save_hf(
     with an index; the directory appears atomically (written to a temp dir, then renamed).
     Passing `tokenizer` also saves it and takes the EOS/pad ids for `generation_config.json`;
     `stop_ids` (e.g. a chat model's end-of-turn and end-of-text ids) are its EOS ids instead.
+    `finalize(tmp_dir)` adds files (e.g. a manifest) before the directory appears.
     Only process 0 writes; every process must call this (the gather is collective).
     """
     from safetensors.numpy import save_file
@@ -414,6 +416,8 @@ def save_hf(
     if stop_ids:
         special["eos_token_id"] = sorted(stop_ids)
     GenerationConfig(**special).save_pretrained(str(tmp))
+    if finalize is not None:
+        finalize(tmp)
 
     # mkdtemp's 0700 (and any 0600 file) would hide the export from other users.
     os.chmod(tmp, 0o777 & ~artifacts.current_umask())

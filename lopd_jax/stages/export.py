@@ -18,7 +18,6 @@ from ml_collections import ConfigDict
 from lopd_jax import artifacts
 from lopd_jax.configs import sections
 from lopd_jax.data import sft
-from lopd_jax.data import tokenizer as tokenizer_lib
 from lopd_jax.models import hf, ref
 
 
@@ -51,17 +50,21 @@ def run(config: ConfigDict) -> dict[str, Any]:
     tokenizer = None if spec == sft.BYTES else sft.load_renderer(spec).tokenizer
     model_config = sections.model_config(config.model, model.config)
     params = model.load(model_config.param_dtype)
-    hf.save_hf(model_config, params, output, tokenizer=tokenizer, stop_ids=model.stop_ids())
-    if tokenizer is not None:  # as Qwen3 checkpoints ship it (`Qwen2Tokenizer`), not as saved
-        tokenizer_lib.save_tokenizer(tokenizer, output)
     record = {
         "identity": model.identity,
-        "files_digest": ref.hf_files_digest(output),
         "checkpoint": model.describe(),
         "teacher": model.sft_teacher,
         "tokenizer": model.tokenizer_identity,
         "dtype": model_config.param_dtype,
     }
-    artifacts.write_manifest(output, ref.EXPORT_KIND, **record)
+
+    def write_manifest(tmp: Path) -> None:  # inside the new directory, before it appears
+        record["files_digest"] = ref.hf_files_digest(tmp)
+        artifacts.write_manifest(tmp, ref.EXPORT_KIND, **record)
+
+    hf.save_hf(
+        model_config, params, output, tokenizer=tokenizer, stop_ids=model.stop_ids(),
+        finalize=write_manifest,
+    )  # fmt: skip
     print(f"export: wrote {output} ({model.identity}, step {model.step})")
     return record
