@@ -151,14 +151,8 @@ def _teacher_scorer(teacher: ref.ModelRef, config, mesh):
     forward = score.make_forward(teacher_config, shardings, mesh, topk=0)
 
     def scorer(prompts, out) -> list[float]:
-        rows = [p + list(t) for p, t in zip(prompts, out.tokens, strict=True)]
-        lengths = np.array([len(r) for r in rows])
-        chunk = {
-            "tokens": np.concatenate(rows).astype(np.int32),
-            "offsets": np.concatenate([[0], np.cumsum(lengths)]),
-            "prompt_len": np.array([len(p) for p in prompts]),
-        }
-        width = 1 << int(np.ceil(np.log2(max(lengths.max(), 2))))
+        chunk = score.flat_rows(prompts, out.tokens)
+        width = 1 << int(np.ceil(np.log2(max(np.diff(chunk["offsets"]).max(), 2))))
         teacher_lp = score.score_chunk(
             forward, params, mesh, chunk, topk=0, seq_len=width, batch_size=config.batch_size
         )["teacher_logprobs"]

@@ -159,13 +159,7 @@ class OnlineSource:
         out = sampler.sample(prompts, self.sampling, seed=self.config.seed + step)
         self.seconds["sample_s"] += time.perf_counter() - start
         start = time.perf_counter()
-        rows = [p + list(t) for p, t in zip(prompts, out.tokens, strict=True)]
-        lengths = np.array([len(r) for r in rows])
-        chunk = {
-            "tokens": np.concatenate(rows).astype(np.int32),
-            "offsets": np.concatenate([[0], np.cumsum(lengths)]),
-            "prompt_len": np.array([len(p) for p in prompts]),
-        }
+        chunk = score.flat_rows(prompts, out.tokens)
         scored = score.score_chunk(
             self.teacher_forward, self.teacher_params, self.mesh, chunk, topk=self.topk,
             seq_len=self.config.data.seq_len, batch_size=self.config.train.batch_size,

@@ -202,6 +202,16 @@ def run(config: ConfigDict) -> dict[str, Any]:
     return summary
 
 
+def flat_rows(prompts, responses) -> dict[str, np.ndarray]:
+    """Prompt + response rows (lists of ids) in the flat layout `score_chunk` reads."""
+    rows = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
+    return {
+        "tokens": np.concatenate(rows).astype(np.int32),
+        "offsets": np.concatenate([[0], np.cumsum([len(r) for r in rows])]),
+        "prompt_len": np.array([len(p) for p in prompts]),
+    }
+
+
 def score_chunk(
     forward,
     params,

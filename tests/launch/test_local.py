@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,17 +111,36 @@ def test_bad_arguments_print_usage(args):
     assert "local.sh:" in result.stderr and "--processes 2" in result.stderr
 
 
+SFT_ARGS = ("sft", "--config.train.steps=3", "--config.data.synthetic_examples=256",
+            "--config.data.eval_examples=16", "--config.checkpoint.save_every=3")  # fmt: skip
+
+
 @pytest.mark.slow
 def test_sft_runs_on_two_processes_and_only_process_zero_writes_metrics(tmp_path):
+    """2 processes x 4 devices: one writer, and the same params as 1 process x 8 devices (the
+    global batch sequence depends on the config and seed only)."""
     workdir = tmp_path / "sft"
     result = local_sh(
         "--processes", 2, "--devices-per-process", 4, "--timeout", 500, "--",
-        sys.executable, "-m", "lopd_jax.cli", "sft", "--config.train.steps=3",
-        f"--config.workdir={workdir}", "--config.data.synthetic_examples=256",
-        "--config.data.eval_examples=16", "--config.checkpoint.save_every=3",
+        sys.executable, "-m", "lopd_jax.cli", *SFT_ARGS, f"--config.workdir={workdir}",
         timeout=560,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    single = tmp_path / "single"
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "lopd_jax.cli", *SFT_ARGS, f"--config.workdir={single}"],
+        env=env, check=True, capture_output=True, timeout=560,
+    )  # fmt: skip
+    from lopd_jax.models import ref
+
+    (_, two), (_, one) = (
+        ref.load_params(workdir / "checkpoints"),
+        ref.load_params(single / "checkpoints"),
+    )
+    for a, b in zip(jax.tree.leaves(two), jax.tree.leaves(one), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
     steps = sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == "3"
     metrics = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
