@@ -115,6 +115,7 @@ class ModelRef:
     identity: str
     step: int | None  # the checkpoint step; None for a HF directory
     manifest: dict[str, Any]  # the checkpoint's run manifest ({} for a plain HF directory)
+    weights_digest: str | None = None  # a checkpoint step's, checked when its params load
 
     @property
     def kind(self) -> str:
@@ -172,6 +173,12 @@ class ModelRef:
                     "damaged: restore it from a copy."
                 ) from e
         params = load_checkpoint_params(self.path, self.config, self.step, shardings)
+        if weights_digest(params) != self.weights_digest:  # damage orbax read without a word
+            raise artifacts.ArtifactError(
+                f"{self.path} step {self.step}: the params do not match the digest saved with "
+                "them; the step is damaged. Delete that step directory to fall back to the "
+                "previous one, or re-run its stage."
+            )
         # Restored in the dtype it was saved in; the cast keeps each device's shard in place.
         return jax.tree.map(lambda x: x.astype(dtype), params)
 
@@ -198,9 +205,8 @@ def resolve(path: str | os.PathLike, step: int | None = None) -> ModelRef:
                 f"{path} step {step} records no weights digest (it was written by an older "
                 "lopd_jax); re-save it, or export it with an older version."
             )
-        return ModelRef(
-            path, config, model_identity(config, meta["weights_digest"]), step, manifest
-        )
+        digest = meta["weights_digest"]
+        return ModelRef(path, config, model_identity(config, digest), step, manifest, digest)
     if not (path / "config.json").exists():
         raise artifacts.ArtifactError(
             f"{path}: neither a lopd checkpoint ({artifacts.MANIFEST} with a model config) nor a "

@@ -260,11 +260,11 @@ def test_damaged_input_is_a_named_error(
         target = Path(_copy(toy_pipeline, tmp_path, key))
         use(config, target)
     damaged = target / file if file else target
-    if file == "2/params":  # an orbax step: damage its largest file
-        damaged = max(
-            (f for f in damaged.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size
-        )
-    _damage(damaged, kind)
+    if file == "2/params":  # an orbax step: damage every data file (OCDBT may leave some unread)
+        for data_file in damaged.rglob("d/*"):
+            _damage(data_file, kind)
+    else:
+        _damage(damaged, kind)
     with pytest.raises(LopdError):
         STAGE[stage].run(config)
 
