@@ -86,13 +86,21 @@ def line_context(path: str | Path, line_no: int) -> Iterator[None]:
         raise PromptError(f"{path}, line {line_no}: {e}. Fix that line or drop it.") from e
 
 
-def read_rows(path: str | os.PathLike, *, limit: int = 0) -> list[dict[str, Any]]:
+class PromptRows(list):
+    """Parsed prompt lines, and the file line each came from (for `tokenize`'s errors)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[int] = []
+
+
+def read_rows(path: str | os.PathLike, *, limit: int = 0) -> PromptRows:
     """The parsed, validated lines of a prompts JSONL (the first `limit`; 0 = all), local or
     gs://."""
     path = io.path(path)
     if not path.is_file():
         raise PromptError(f"Prompts file {path} does not exist; set `prompts` to a JSONL file.")
-    rows = []
+    rows = PromptRows()
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
             if limit and len(rows) == limit:
@@ -100,6 +108,7 @@ def read_rows(path: str | os.PathLike, *, limit: int = 0) -> list[dict[str, Any]
             with line_context(path, n):
                 if raw.strip():
                     rows.append(_parse(raw.decode("utf-8")))
+                    rows.lines.append(n)
     if not rows:
         raise PromptError(f"{path} holds no prompts; nothing to do.")
     return rows
@@ -120,7 +129,8 @@ def tokenize(
     if any("prompt_ids" not in row for row in rows):
         renderer = sft.load_renderer(tokenizer)
     prompts = []
-    for n, row in enumerate(rows, 1):
+    lines = rows.lines if isinstance(rows, PromptRows) else range(1, len(rows) + 1)
+    for n, row in zip(lines, rows, strict=True):
         with line_context(where, n):
             prompts.append(render(row, renderer, chat_template))
             check_ids(prompts[-1], vocab_size, max_len)

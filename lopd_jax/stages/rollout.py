@@ -92,19 +92,30 @@ def load_prompts(config, model: ref.ModelRef) -> tuple[list[list[int]], sft.Rend
         rows = synthetic.addition_records(count, seed=config.seed + 1)
         source = f"{synthetic.TEACHER} prompts (seed {config.seed + 1}, {count})"
     tokenizer = config.tokenizer or model.tokenizer_spec()
+    if (
+        config.tokenizer
+        and model.tokenizer_identity is not None
+        and any("prompt_ids" not in row for row in rows)
+    ):  # checked before tokenizing: another tokenizer's ids may not even fit the vocabulary
+        _check_tokenizer(model, sft.load_renderer(tokenizer).name)
     ids, renderer = prompts_lib.tokenize(
         rows, tokenizer, chat_template=config.chat_template,
         vocab_size=model.config.vocab_size, max_len=model.config.max_position_embeddings,
         where=config.prompts or source,
     )  # fmt: skip
-    if renderer is not None and model.tokenizer_identity not in (None, renderer.name):
-        # Prompts tokenized otherwise than the model was trained would be sampled as garbage.
+    if renderer is not None:
+        _check_tokenizer(model, renderer.name)
+    return ids, renderer, source
+
+
+def _check_tokenizer(model: ref.ModelRef, prompts_tokenizer: str) -> None:
+    """Prompts tokenized otherwise than the model was trained would be sampled as garbage."""
+    if model.tokenizer_identity not in (None, prompts_tokenizer):
         raise artifacts.ArtifactError(
             f"The model was trained with tokenizer {model.tokenizer_identity!r} but the prompts "
-            f"would be tokenized with {renderer.name!r}; set `tokenizer` to the directory of "
-            "the tokenizer the model was trained with."
+            f"would be tokenized with {prompts_tokenizer!r}; set `tokenizer` to the directory "
+            "of the tokenizer the model was trained with."
         )
-    return ids, renderer, source
 
 
 def stop_ids(config, model: ref.ModelRef, renderer: sft.Renderer | None) -> tuple[int, ...]:

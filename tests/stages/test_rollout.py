@@ -65,7 +65,7 @@ def test_rollout_writes_the_store(inputs, reference):
     assert store.num_rows == 2 * len(PROMPT_LENS) and store.manifest["complete"]
     assert store.manifest["identity"]["sft_model"] == ref.resolve(root / "sft").identity
     assert store.manifest["sft_checkpoint"]["step"] is None  # a HF directory
-    assert store.manifest["sampling"]["temperature"] == 0.8
+    assert store.manifest["identity"]["sampling"]["temperature"] == 0.8
     assert sorted(store.read_rows(0, store.num_rows, ())["prompt_index"]) == sorted(
         list(range(len(PROMPT_LENS))) * 2
     )
@@ -147,7 +147,7 @@ def test_read_prompts_renders_chat_template(tmp_path):
 def test_resume_with_other_prompts_or_dtype_is_refused(inputs, reference):
     root, _, _ = inputs
     output = root / "reference.zarr"
-    with pytest.raises(StoreError, match=r"prompt_ids.*new output path"):
+    with pytest.raises(StoreError, match=r"(?s)prompt_ids.*new output path"):
         rollout.run(_config(root, output, limit=4))
     with pytest.raises(StoreError, match="dtype"):
         rollout.run(_config(root, output, dtype="bfloat16"))
