@@ -118,7 +118,10 @@ class Demo:
     def pipeline(self) -> None:
         c, eval_set = self.c, self.path("eval_problems.jsonl")
         teachers = TEACHERS if c.grid else TEACHERS[:1]
-        common_eval = {"eval.dataset": eval_set, "eval.max_new_tokens": 64, "mesh.preset": "dp"}
+        common_eval = {
+            "eval.dataset": eval_set, "eval.max_new_tokens": 64, "mesh.preset": "dp",
+            "eval.limit": c.eval_curve_problems,
+        }  # fmt: skip
         self.parallel({
             f"teacher_data_{t}": ("teacher_data", {
                 "teacher": self.teacher(t), "prompts": self.path("sft_prompts.jsonl"),
@@ -129,10 +132,10 @@ class Demo:
         self.parallel({
             f"sft_{t}": ("sft", {
                 "workdir": self.path(f"sft_{t}"), "data.path": self.path(f"sft_data_{t}"),
-                "data.tokenizer": str(ASSETS / "tokenizer"), "model.preset": "toy-student",
+                "data.tokenizer": str(ASSETS / "tokenizer"), "model.preset": c.student_preset,
                 "data.seq_len": c.seq_len,
                 "data.eval_examples": min(128, c.sft_examples // 8), "train.steps": c.sft_steps,
-                "train.batch_size": c.sft_batch_size, "train.eval_every": c.eval_every * 4,
+                "train.batch_size": c.sft_batch_size, "train.eval_every": c.sft_steps,
                 "optimizer.learning_rate": c.sft_lr, "checkpoint.save_every": c.sft_steps,
                 **common_eval,
             }) for t in teachers
@@ -180,6 +183,7 @@ class Demo:
             "checkpoint.save_every": c.opd_steps,
             "optimizer.learning_rate": c.opd_lr, "mesh.preset": "dp",
             "eval.dataset": self.path("eval_problems.jsonl"), "eval.max_new_tokens": 64,
+            "eval.limit": c.eval_curve_problems,
         }  # fmt: skip
         sft_ckpt = self.path(f"sft_{arm.sft_teacher}", "checkpoints")
         if arm.method == "sft":
