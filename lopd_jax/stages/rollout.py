@@ -118,6 +118,14 @@ def _check_tokenizer(model: ref.ModelRef, prompts_tokenizer: str) -> None:
         )
 
 
+def sampling_params(config, model: ref.ModelRef, renderer: sft.Renderer | None) -> SamplingParams:
+    """The sampling fields of a rollout-like config (rollout, teacher-data) and its stop ids."""
+    return SamplingParams(
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+        top_k=config.top_k, top_p=config.top_p, stop_ids=stop_ids(config, model, renderer),
+    )  # fmt: skip
+
+
 def stop_ids(config, model: ref.ModelRef, renderer: sft.Renderer | None) -> tuple[int, ...]:
     """The configured stop ids, else the model's generation_config.json and tokenizer EOS."""
     if config.eos_ids:
@@ -155,13 +163,7 @@ def run(config) -> dict[str, Any]:
     model = ref.resolve(path, sections.model_step(config.model))
     model_config = sections.model_config(config.model, model.config)
     prompts, renderer, prompts_source = load_prompts(config, model)
-    sampling = SamplingParams(
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_k=config.top_k,
-        top_p=config.top_p,
-        stop_ids=stop_ids(config, model, renderer),
-    )
+    sampling = sampling_params(config, model, renderer)
     if not sampling.stop_ids:
         log.warning("No stop ids: every response runs to max_new_tokens.")
     tokenizer = renderer.name if renderer is not None else model.tokenizer_identity

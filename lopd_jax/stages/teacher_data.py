@@ -42,7 +42,7 @@ from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
-from lopd_jax.sampling import FINISH_LENGTH, FINISH_STOP, Sampler, SamplingParams
+from lopd_jax.sampling import FINISH_LENGTH, FINISH_STOP, Sampler
 from lopd_jax.stages import rollout
 
 MADE_BY = "teacher-data"
@@ -167,13 +167,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     teacher = ref.resolve(spec, sections.model_step(config.model))
     teacher_config = sections.model_config(config.model, teacher.config)
     rows, prompts, renderer = read_prompts(config, teacher)
-    sampling = SamplingParams(
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_k=config.top_k,
-        top_p=config.top_p,
-        stop_ids=rollout.stop_ids(config, teacher, renderer),
-    )
+    sampling = rollout.sampling_params(config, teacher, renderer)
     # What decides every sample: a resume that changes any of it would mix two runs.
     identity = {
         "teacher": teacher.identity,
