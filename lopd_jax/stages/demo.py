@@ -251,17 +251,28 @@ def run(config: ConfigDict) -> list[dict[str, Any]]:
     workdir.mkdir(parents=True, exist_ok=True)
     # Workers: one CPU device each, and one compilation cache shared by every arm (the arms
     # compile the same programs, so all but the first load them).
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(workdir / ".xla_cache")
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    worker_env = {
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "JAX_COMPILATION_CACHE_DIR": str(workdir / ".xla_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    saved = {k: os.environ.get(k) for k in worker_env}
+    os.environ.update(worker_env)  # workers (spawned on demand) inherit it; restored after
     context = multiprocessing.get_context("spawn")  # a forked JAX runtime is unsafe
-    with concurrent.futures.ProcessPoolExecutor(config.workers, mp_context=context) as pool:
-        demo = Demo(config, pool)
-        demo.write_problems()
-        demo.pipeline()
-        arms = demo.arms()
-        demo.parallel({f"train_{a.name}": job for a in arms if (job := demo.train_job(a))})
-        evals = demo.parallel({f"eval_{a.name}": demo.eval_job(a) for a in arms})
+    try:
+        with concurrent.futures.ProcessPoolExecutor(config.workers, mp_context=context) as pool:
+            demo = Demo(config, pool)
+            demo.write_problems()
+            demo.pipeline()
+            arms = demo.arms()
+            demo.parallel({f"train_{a.name}": job for a in arms if (job := demo.train_job(a))})
+            evals = demo.parallel({f"eval_{a.name}": demo.eval_job(a) for a in arms})
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     rows = [_row(demo, arm, evals) for arm in arms]
     from lopd_jax.stages import demo_report
 
