@@ -14,7 +14,7 @@ Both sides run in this process on the same random-weight Qwen3 (lopd_jax's param
 - SFT train step: `make_train_step` + `sft_loss_fn` + AdamW (benchmarks/train_step.py's
   `sft_setup`) vs `Qwen3ForCausalLM` forward + backward + clip + `torch.optim.AdamW`; float32
   master weights, bfloat16 compute (torch: autocast) in the gpu preset, float32 on CPU.
-- Teacher scoring: the score stage's jitted `teacher_scores` (`score.make_forward`: log-probs of
+- Teacher scoring: the score stage's jitted `teacher_scores` (`scoring.make_forward`: log-probs of
   the tokens + top-k) vs a torch forward + `log_softmax` + `gather` + `topk`; bf16 weights (gpu).
 - Sampling: `Sampler` vs `generate` (benchmarks/sampler.py's `bench_ours` / `bench_hf`).
 - Lightning vs online OPD: `lopd opd` in both modes for the same number of updates of the same
@@ -62,10 +62,10 @@ import transformers
 from common import append_results, device_name, load_average
 
 from lopd_jax.configs import opd as opd_config
-from lopd_jax.models import attention, hf, qwen3
+from lopd_jax.models import attention, hf, qwen3, scoring
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
-from lopd_jax.stages import opd, score
+from lopd_jax.stages import opd
 from lopd_jax.training import metrics
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
@@ -245,7 +245,7 @@ def lopd_score_seconds(config, tokens_bt, model_dir: Path, p: Preset) -> float:
     init = jax.jit(qwen3.init_params, static_argnums=0, out_shardings=shardings)
     params = init(config, jax.random.key(0))
     hf.save_hf(config, params, model_dir)
-    forward = score.make_forward(config, shardings, mesh, topk=p.topk)
+    forward = scoring.make_forward(config, shardings, mesh, topk=p.topk)
     batch = rules.global_batch(mesh, full_rows(tokens_bt))
     return median_seconds(lambda: jax.block_until_ready(forward(params, batch)), p.warmup, p.steps)
 

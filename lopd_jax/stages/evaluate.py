@@ -27,7 +27,7 @@ from lopd_jax import eval as eval_lib
 from lopd_jax.configs import sections
 from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.errors import ConfigError
-from lopd_jax.models import ref
+from lopd_jax.models import ref, scoring
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
 from lopd_jax.sampling import Sampler, SamplingParams
@@ -143,17 +143,15 @@ def run(config: ConfigDict) -> dict[str, Any]:
 
 def _teacher_scorer(teacher: ref.ModelRef, config, mesh):
     """`(prompts, generation) -> per-sample mean of log p_student - log p_teacher`."""
-    from lopd_jax.stages import score
-
     teacher_config = sections.model_config(config.model, teacher.config)
     shardings = rules.param_shardings(teacher_config, mesh)
     params = teacher.load(teacher_config.param_dtype, shardings)
-    forward = score.make_forward(teacher_config, shardings, mesh, topk=0)
+    forward = scoring.make_forward(teacher_config, shardings, mesh, topk=0)
 
     def scorer(prompts, out) -> list[float]:
-        chunk = score.flat_rows(prompts, out.tokens)
+        chunk = scoring.flat_rows(prompts, out.tokens)
         width = 1 << int(np.ceil(np.log2(max(np.diff(chunk["offsets"]).max(), 2))))
-        teacher_lp = score.score_chunk(
+        teacher_lp = scoring.score_chunk(
             forward, params, mesh, chunk, topk=0, seq_len=width, batch_size=config.batch_size
         )["teacher_logprobs"]
         kls = []

@@ -34,10 +34,10 @@ from lopd_jax import artifacts
 from lopd_jax.configs import sections
 from lopd_jax.data import rollout_jsonl, sft
 from lopd_jax.errors import ConfigError
-from lopd_jax.models import ref
+from lopd_jax.models import ref, scoring
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
-from lopd_jax.stages import rollout, score
+from lopd_jax.stages import rollout
 from lopd_jax.store import RolloutStore
 
 
@@ -67,7 +67,7 @@ def sampler_scorer(config: ConfigDict, model: ref.ModelRef, seq_len: int):
     mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh), devices=jax.local_devices())
     param_shardings = rules.param_shardings(model_config, mesh)
     params = model.load(model_config.param_dtype, param_shardings)
-    forward = score.make_forward(model_config, param_shardings, mesh, topk=0)
+    forward = scoring.make_forward(model_config, param_shardings, mesh, topk=0)
 
     def log_pi(rows: list[rollout_jsonl.Row]) -> list[np.ndarray]:
         full = [np.concatenate([r.prompt_ids, r.response_ids]) for r in rows]
@@ -77,7 +77,7 @@ def sampler_scorer(config: ConfigDict, model: ref.ModelRef, seq_len: int):
             "offsets": offsets,
             "prompt_len": np.array([r.prompt_ids.size for r in rows]),
         }
-        flat = score.score_chunk(
+        flat = scoring.score_chunk(
             forward, params, mesh, chunk, topk=0, seq_len=seq_len, batch_size=config.batch_size
         )["teacher_logprobs"]
         return [

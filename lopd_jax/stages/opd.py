@@ -38,7 +38,7 @@ from lopd_jax.configs import sections
 from lopd_jax.data import pipeline, sft, synthetic
 from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.errors import ConfigError
-from lopd_jax.models import ref
+from lopd_jax.models import ref, scoring
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
 from lopd_jax.sampling import Sampler, SamplingParams
@@ -123,7 +123,7 @@ class OnlineSource:
         self.teacher_params = teacher.load(teacher_config.param_dtype, shardings)
         self.topk = config.online.topk if "teacher_topk_ids" in columns else 0
         topk = self.topk
-        self.teacher_forward = score.make_forward(teacher_config, shardings, mesh, topk=topk)
+        self.teacher_forward = scoring.make_forward(teacher_config, shardings, mesh, topk=topk)
         self.prompts = load_prompts(config.online.prompts, config.seed, model_config, teacher)
         self.sampling = SamplingParams(
             max_new_tokens=config.online.max_new_tokens, temperature=config.online.temperature,
@@ -159,8 +159,8 @@ class OnlineSource:
         out = sampler.sample(prompts, self.sampling, seed=self.config.seed + step)
         self.seconds["sample_s"] += time.perf_counter() - start
         start = time.perf_counter()
-        chunk = score.flat_rows(prompts, out.tokens)
-        scored = score.score_chunk(
+        chunk = scoring.flat_rows(prompts, out.tokens)
+        scored = scoring.score_chunk(
             self.teacher_forward, self.teacher_params, self.mesh, chunk, topk=self.topk,
             seq_len=self.config.data.seq_len, batch_size=self.config.train.batch_size,
         )  # fmt: skip

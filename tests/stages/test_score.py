@@ -10,7 +10,7 @@ from stage_helpers import TOY_TOKENIZER, TOY_VOCAB, toy_score_config, write_hf_t
 
 from lopd_jax import artifacts
 from lopd_jax.data import sft
-from lopd_jax.models import ref
+from lopd_jax.models import ref, scoring
 from lopd_jax.stages import score
 from lopd_jax.store import RolloutStore, StoreError
 
@@ -99,14 +99,14 @@ def test_logprobs_and_topk_equal_transformers_at_the_right_indices(setup):
 def test_packed_equals_one_row_per_packed_row(setup, monkeypatch):
     root, _, teacher, *_ = setup
     shutil.copytree(root / "unscored.zarr", root / "unpacked.zarr")
-    pack = score.pack
+    pack = scoring.pack
     packs = []
 
     def one_per_row(lengths, seq_len):
         packs.append(pack(lengths, seq_len))
         return [[row] for row in np.argsort(-lengths, kind="stable")]
 
-    monkeypatch.setattr(score, "pack", one_per_row)
+    monkeypatch.setattr(scoring, "pack", one_per_row)
     run_score(root / "unpacked.zarr", teacher)
     assert max(len(b) for p in packs for b in p) >= 3  # the reference packs rows together
     (_, got), (_, want) = scored(root / "unpacked.zarr"), scored(root / "reference.zarr")
@@ -133,9 +133,9 @@ def test_interrupted_scoring_resumes_without_recomputing(setup, monkeypatch):
     assert RolloutStore.open(path).complete_chunks("teacher_logprobs") == [0, 1]
 
     seen = []
-    score_chunk = score.score_chunk
+    score_chunk = scoring.score_chunk
     monkeypatch.setattr(
-        score,
+        scoring,
         "score_chunk",
         lambda *a, **k: seen.append(len(a[3]["tokens"])) or score_chunk(*a, **k),
     )
