@@ -104,11 +104,14 @@ def train(steps: int = 100, batch_size: int = 16) -> ConfigDict:
 def accuracy_eval() -> ConfigDict:
     c = ConfigDict()
     # Held-out problems (a dataset spec of `lopd evaluate`: JSONL, mmath:<subset>, ...) whose
-    # greedy accuracy is logged at step 0 and every train.eval_every steps; "" = none.
+    # greedy accuracy is logged every train.eval_every steps (and at step 0: at_start); "" = none.
     c.dataset = ""
     c.limit = 256  # the first `limit` problems
     c.max_new_tokens = 128
     c.batch_size = 64
+    # Also evaluate before the first update (the curve's starting point); a run that starts
+    # from a checkpoint already evaluated on the same problems can skip it.
+    c.at_start = True
     return c
 
 

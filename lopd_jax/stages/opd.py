@@ -247,7 +247,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
             eval_lib.greedy_accuracy_hook(
                 config.eval, model_config, sft.load_renderer(pi_ref.tokenizer_spec()), mesh
             ),
-            every=config.train.eval_every, at_start=True,
+            every=config.train.eval_every, at_start=config.eval.at_start,
         )  # fmt: skip
     state = trainer.initial_state(
         lambda shardings: pi_ref.load(model_config.param_dtype, shardings), data_iterator

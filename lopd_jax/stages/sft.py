@@ -162,7 +162,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     if config.eval.dataset:
         trainer.add_hook(
             eval_lib.greedy_accuracy_hook(config.eval, model_config, renderer, mesh),
-            every=config.train.eval_every, at_start=True,
+            every=config.train.eval_every, at_start=config.eval.at_start,
         )  # fmt: skip
 
     def init_params(shardings):

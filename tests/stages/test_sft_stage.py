@@ -1,5 +1,6 @@
 """The SFT stage end to end: held-out loss drops, bad data is counted, kill-and-resume is exact."""
 
+import json
 from pathlib import Path
 
 import jax
@@ -9,6 +10,7 @@ from stage_helpers import tiny_sft_config
 
 from lopd_jax import artifacts, cli
 from lopd_jax.data import sft, synthetic
+from lopd_jax.data.tasks import addition
 from lopd_jax.models import ref
 from lopd_jax.stages import sft as sft_stage
 from lopd_jax.training import checkpoint, metrics
@@ -100,6 +102,23 @@ def test_no_heldout_examples_skips_evaluation(tmp_path, data_dir):
     assert "eval_loss" not in result and result["loss"] > 0
     assert [m["step"] for m in metrics.read_metrics(tmp_path)] == [1]
     assert not any(k.startswith("eval/") for m in metrics.read_metrics(tmp_path) for k in m)
+
+
+@pytest.mark.parametrize("at_start", [True, False])
+def test_greedy_accuracy_is_logged_every_eval_every_and_at_start_unless_disabled(
+    tmp_path, data_dir, at_start
+):
+    problems = addition.prompt_records(addition.sample_problems(4, split="eval", seed=0))
+    dataset = tmp_path / "problems.jsonl"
+    dataset.write_text("".join(json.dumps(r | {"grader": "addition"}) + "\n" for r in problems))
+    config = tiny_sft_config(tmp_path / "run", data_dir, steps=4, save_every=4)
+    config.data.eval_examples = 0
+    config.train.eval_every = 2
+    config.eval.update(dataset=str(dataset), limit=4, max_new_tokens=4, at_start=at_start)
+    sft_stage.run(config)
+    logged = [m for m in metrics.read_metrics(tmp_path / "run") if "eval/greedy_accuracy" in m]
+    assert [m["step"] for m in logged] == ([0, 2, 4] if at_start else [2, 4])
+    assert all(0 <= m["eval/greedy_accuracy"] <= 1 for m in logged)
 
 
 def test_bad_data_stops_before_training_with_the_fix(tmp_path, data_dir):
