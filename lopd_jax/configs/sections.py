@@ -35,6 +35,9 @@ def model(path: str = "", *, preset: str = "tiny") -> ConfigDict:
     # Attention of prefill and training: "xla" (reference; t x t scores), "blockwise"
     # (portable flash attention, O(t x block) memory), "splash" (TPU), "pallas_gpu" (GPU).
     c.attention = "xla"
+    # Decoder layers per iteration of the layer scan: 1 for large models (compile time), the
+    # layer count for a few-layer model (a faster step).
+    c.scan_unroll = 1
     return c
 
 
@@ -130,11 +133,7 @@ def model_config(section: ConfigDict, stored=None):
                 f"model.preset={section.preset!r} is not a known architecture; choose 'tiny' or "
                 f"one of {sorted(qwen3.PRESETS)}, or set model.path to a model directory."
             )
-    numerics = {
-        k: section[k]
-        for k in ("param_dtype", "dtype", "remat_policy", "logits_chunk_size", "attention")
-        if k in section
-    }
+    numerics = {k: section[k] for k in qwen3.NUMERICS if k in section}
     try:
         return stored.replace(**numerics)
     except ValueError as e:

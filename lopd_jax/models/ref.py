@@ -36,8 +36,6 @@ from etils import epath
 from lopd_jax import artifacts, io
 from lopd_jax.models import hf, qwen3
 
-# Fields of Qwen3Config that change the function the weights compute; the rest are numerics.
-_NUMERICS = ("param_dtype", "dtype", "remat_policy", "logits_chunk_size", "attention")
 _DIGEST_CACHE = ".lopd_weights_digest.json"
 EXPORT_KIND = "hf_export"
 _log = logging.getLogger(__name__)
@@ -45,7 +43,7 @@ _log = logging.getLogger(__name__)
 
 def architecture_fields(config: qwen3.Qwen3Config) -> dict[str, Any]:
     fields = dataclasses.asdict(config)
-    return {k: v for k, v in fields.items() if k not in _NUMERICS}
+    return {k: v for k, v in fields.items() if k not in qwen3.NUMERICS}
 
 
 def named_model(name: str) -> str:

@@ -36,6 +36,7 @@ from lopd_jax.errors import ConfigError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "toy"
 TEACHERS = ("A", "B")
+UNROLL = 8  # model.scan_unroll: every layer of a toy student (a faster CPU step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +145,7 @@ class Demo:
             f"sft_{t}": ("sft", {
                 "workdir": self.path(f"sft_{t}"), "data.path": self.path(f"sft_data_{t}"),
                 "data.tokenizer": str(ASSETS / "tokenizer"), "model.preset": c.student_preset,
+                "model.scan_unroll": UNROLL,
                 "data.seq_len": c.seq_len,
                 "data.eval_examples": min(128, c.sft_examples // 8), "train.steps": c.sft_steps,
                 "train.batch_size": c.sft_batch_size, "train.eval_every": c.sft_steps,
@@ -153,7 +155,7 @@ class Demo:
         })  # fmt: skip
         self.parallel({
             f"rollout_{t}": ("rollout", {
-                "model.path": self.path(f"sft_{t}", "checkpoints"),
+                "model.path": self.path(f"sft_{t}", "checkpoints"), "model.scan_unroll": UNROLL,
                 "prompts": self.path("opd_prompts.jsonl"), "output": self.path(f"rollouts_{t}"),
                 "max_new_tokens": 64, "batch_size": 64, "chunk_rows": 128,
             }) for t in teachers
@@ -188,7 +190,7 @@ class Demo:
     def train_job(self, arm: Arm) -> tuple[str, dict[str, Any]] | None:
         c = self.c
         common = {
-            "workdir": self.path("arms", arm.name), "seed": arm.seed,
+            "workdir": self.path("arms", arm.name), "seed": arm.seed, "model.scan_unroll": UNROLL,
             "train.steps": c.opd_steps, "train.batch_size": c.opd_batch_size,
             "train.eval_every": c.eval_every, "train.log_every": 5,
             "checkpoint.save_every": c.opd_steps,
@@ -231,7 +233,7 @@ class Demo:
         from the training run's own held-out hook at its last step)."""
         c = self.c
         return "evaluate", {
-            "model.path": self.path(self.run_dir(arm), "checkpoints"),
+            "model.path": self.path(self.run_dir(arm), "checkpoints"), "model.scan_unroll": UNROLL,
             "dataset": self.path("eval_problems.jsonl"), "max_new_tokens": 64,
             "batch_size": 256, "mesh.preset": "dp",
             "workdir": self.path("evals", arm.name), "n": c.eval_samples,

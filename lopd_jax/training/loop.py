@@ -37,8 +37,12 @@ from lopd_jax.training.losses import LossFn
 
 _log = logging.getLogger(__name__)
 
-# Config fields that change how a run is carried out, not what it computes.
-OPERATIONAL_FIELDS = ("workdir", "checkpoint", "mesh", "train.log_every", "train.eval_every")
+# Config fields that change how a run is carried out, not what it computes (`eval`: the
+# held-out accuracy hook only reads the params).
+OPERATIONAL_FIELDS = (
+    "workdir", "checkpoint", "mesh", "train.log_every", "train.eval_every", "eval",
+    "model.scan_unroll",
+)  # fmt: skip
 
 
 @dataclasses.dataclass
