@@ -2,9 +2,10 @@
 
 Two toy teachers (A, B: both correct, opposite style preferences; lopd_jax/assets/toy) and a
 student of the teachers' architecture trained on a tenth of their data: 2048 teacher samples,
-400 SFT steps (~80% greedy accuracy, clearly imperfect when sampled), then 150 updates of every
-OPD arm from the same SFT checkpoint. (The 2-layer `toy-student` stays at 0% on this task
-within a CPU budget: SFT at 260-400 steps reaches only 0.5 nats/token.)
+300 SFT steps (clearly imperfect, especially when sampled), then 100 updates of 8 packed rows
+for every OPD arm from the same SFT checkpoint. Sized for ~10 minutes on 2 CPU cores. (The
+2-layer `toy-student` stays at 0% on this task within a CPU budget: SFT at 260-400 steps
+reaches only 0.5 nats/token.)
 """
 
 from ml_collections import ConfigDict
@@ -23,16 +24,19 @@ def get_config() -> ConfigDict:
     c.eval_samples = 4  # avg@k at temperature 1
     # Training.
     c.student_preset = "toy-teacher"  # the student's architecture (qwen3.PRESETS)
-    c.sft_steps = 400
+    c.sft_steps = 300
     c.sft_batch_size = 16
     c.sft_lr = 3e-3
-    c.opd_steps = 150  # updates of every OPD arm and of the continued-SFT baseline
-    c.opd_batch_size = 16  # packed rows of seq_len tokens per update
+    c.opd_steps = 100  # updates of every OPD arm and of the continued-SFT baseline
+    c.opd_batch_size = 8  # packed rows of seq_len tokens per update (~16 sequences)
     c.opd_lr = 1e-4
     c.topk = 4  # teacher top-k stored by `score` (of the toy's ~24-token vocabulary)
-    c.online_prompts_per_step = 8
+    c.online_prompts_per_step = 4  # x samples_per_prompt = 16 fresh sequences per update
     c.online_samples_per_prompt = 4
     c.seq_len = 128
+    # A toy trace is at most 39 tokens and a prompt 15: with 48 new tokens any two sequences
+    # share a 128-token row, so one online step's 16 samples always fit its 8 rows.
+    c.max_new_tokens = 48
     c.eval_every = 50  # held-out greedy accuracy during training (the curves)
     c.eval_curve_problems = 128  # of the held-out problems, for those curves
     return c

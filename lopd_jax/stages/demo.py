@@ -131,13 +131,13 @@ class Demo:
         c, eval_set = self.c, self.path("eval_problems.jsonl")
         teachers = TEACHERS if c.grid else TEACHERS[:1]
         common_eval = {
-            "eval.dataset": eval_set, "eval.max_new_tokens": 64, "mesh.preset": "dp",
+            "eval.dataset": eval_set, "eval.max_new_tokens": c.max_new_tokens, "mesh.preset": "dp",
             "eval.limit": c.eval_curve_problems, "eval.at_start": False,
         }  # fmt: skip
         self.parallel({
             f"teacher_data_{t}": ("teacher_data", {
                 "teacher": self.teacher(t), "prompts": self.path("sft_prompts.jsonl"),
-                "output": self.path(f"sft_data_{t}"), "temperature": 1.0, "max_new_tokens": 64,
+                "output": self.path(f"sft_data_{t}"), "temperature": 1.0, "max_new_tokens": c.max_new_tokens,
                 "seed": 0,
             }) for t in teachers
         })  # fmt: skip
@@ -157,7 +157,7 @@ class Demo:
             f"rollout_{t}": ("rollout", {
                 "model.path": self.path(f"sft_{t}", "checkpoints"), "model.scan_unroll": UNROLL,
                 "prompts": self.path("opd_prompts.jsonl"), "output": self.path(f"rollouts_{t}"),
-                "max_new_tokens": 64, "batch_size": 64, "chunk_rows": 128,
+                "max_new_tokens": c.max_new_tokens, "batch_size": 64, "chunk_rows": 128,
             }) for t in teachers
         })  # fmt: skip
         pairs = [(s, o) for s in TEACHERS for o in TEACHERS] if c.grid else [("A", "A")]
@@ -195,7 +195,7 @@ class Demo:
             "train.eval_every": c.eval_every, "train.log_every": 5,
             "checkpoint.save_every": c.opd_steps,
             "optimizer.learning_rate": c.opd_lr, "mesh.preset": "dp",
-            "eval.dataset": self.path("eval_problems.jsonl"), "eval.max_new_tokens": 64,
+            "eval.dataset": self.path("eval_problems.jsonl"), "eval.max_new_tokens": c.max_new_tokens,
             "eval.limit": c.eval_curve_problems,
             "eval.at_start": False,  # step 0 is the SFT checkpoint, evaluated by its own run
         }  # fmt: skip
@@ -220,7 +220,7 @@ class Demo:
                 "online.prompts": self.path("opd_prompts.jsonl"), "online.topk": c.topk,
                 "online.prompts_per_step": c.online_prompts_per_step,
                 "online.samples_per_prompt": c.online_samples_per_prompt,
-                "online.max_new_tokens": 64,
+                "online.max_new_tokens": c.max_new_tokens,
             }  # fmt: skip
         return "opd", {**opd, "mode": "lightning", "store": self.store(*self.pair(arm))}
 
@@ -234,7 +234,7 @@ class Demo:
         c = self.c
         return "evaluate", {
             "model.path": self.path(self.run_dir(arm), "checkpoints"), "model.scan_unroll": UNROLL,
-            "dataset": self.path("eval_problems.jsonl"), "max_new_tokens": 64,
+            "dataset": self.path("eval_problems.jsonl"), "max_new_tokens": c.max_new_tokens,
             "batch_size": 256, "mesh.preset": "dp",
             "workdir": self.path("evals", arm.name), "n": c.eval_samples,
             "ks": (1, c.eval_samples), "temperature": 1.0, "top_p": 1.0,

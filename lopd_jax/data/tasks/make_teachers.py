@@ -3,8 +3,9 @@
     python -m lopd_jax.data.tasks.make_teachers [--workdir runs/toy_teachers] [--out DIR]
 
 Per teacher: ground-truth addition traces with its style bias (A 0.8, B 0.2) -> `lopd sft`
-from random init with configs/toy_teacher.py -> HF export (float32, with the tokenizer) ->
-greedy and T=1 accuracy and the sampled style preference on held-out problems, written to
+from random init with configs/toy_teacher.py (phase 1) -> `lopd sft` continued on fresh traces
+at a lower learning rate (phase 2) -> `lopd export` (float32, with the tokenizer). Greedy and T=1
+accuracy and the sampled style preference on held-out problems after each phase are written to
 `<out>/measurements.json`. A finished SFT run in the workdir is reused (the stage resumes).
 """
 
@@ -89,36 +90,60 @@ def load_config(**overrides: Any):
     return config
 
 
+# Phase 2 continues phase 1 on fresh traces (problems and styles seeded 100 + the teacher's
+# seed) with a lower learning rate: it takes the teachers from ~50% to ~90% accuracy at T=1.
+NUM_PHASE2, PHASE2 = 32768, {
+    "train.steps": 1200, "train.batch_size": 32, "optimizer.learning_rate": 1e-3,
+    "optimizer.warmup": 0.02,
+}  # fmt: skip
+
+
+def _traces(data_dir: Path, num: int, style_bias: float, seed: int) -> Path:
+    if not (data_dir / artifacts.MANIFEST).exists():
+        problems = addition.sample_problems(num, split="train", seed=seed)
+        addition.write_sft_data(data_dir, problems, style_bias=style_bias, seed=seed)
+    return data_dir
+
+
 def make_teacher(name: str, workdir: Path, out: Path, tokenizer_dir: Path) -> dict[str, Any]:
-    """Traces -> SFT -> HF export -> measurements, for one teacher."""
+    """Traces -> SFT from random init (phase 1) -> SFT on fresh traces (phase 2) -> HF export
+    -> measurements of both phases, for one teacher."""
+    from lopd_jax.configs import export as export_config
     from lopd_jax.models import ref
+    from lopd_jax.stages import export as export_stage
     from lopd_jax.stages import sft as sft_stage
 
     style_bias, seed = TEACHERS[name]
-    run_dir = workdir / name
-    data_dir = run_dir / "sft_data"
-    if not (data_dir / artifacts.MANIFEST).exists():
-        problems = addition.sample_problems(NUM_TRAIN, split="train", seed=seed)
-        addition.write_sft_data(data_dir, problems, style_bias=style_bias, seed=seed)
-    config = load_config(**{"workdir": str(run_dir), "seed": seed, "data.path": str(data_dir),
-                            "data.tokenizer": str(tokenizer_dir)})  # fmt: skip
-    start = time.perf_counter()
-    final = sft_stage.run(config)
-    sft_wall_s = time.perf_counter() - start
-
-    model_config, params = ref.load_params(run_dir / "checkpoints")
+    phase1_dir = workdir / name
+    phases = [  # (run dir, traces, overrides); phase 2 keeps toy_teacher.py's seed, as published
+        (phase1_dir, _traces(phase1_dir / "sft_data", NUM_TRAIN, style_bias, seed),
+         {"seed": seed}),
+        (workdir / f"{name}_phase2",
+         _traces(phase1_dir / "phase2_data", NUM_PHASE2, style_bias, 100 + seed),
+         {"model.path": str(phase1_dir / "checkpoints"), **PHASE2}),
+    ]  # fmt: skip
     renderer = sft.load_renderer(tokenizer_dir)
-    lopd_jax.save_hf(model_config, params, out / f"teacher_{name}", tokenizer=renderer.tokenizer)
-
     problems = addition.sample_problems(EVAL_PROBLEMS, split="eval", seed=EVAL_SEED)
-    return {
-        "style_bias": style_bias,
-        "sft_steps": config.train.steps,
-        "sft_wall_s": round(sft_wall_s, 1),
-        "sft_final": final,
-        "greedy": measure(model_config, params, renderer, problems, temperature=0.0),
-        "sampled_t1": measure(model_config, params, renderer, problems, temperature=1.0, seed=1),
-    }
+    results: dict[str, Any] = {"style_bias": style_bias}
+    for number, (run_dir, data_dir, overrides) in enumerate(phases, 1):
+        config = load_config(**{"workdir": str(run_dir), "data.path": str(data_dir),
+                                "data.tokenizer": str(tokenizer_dir), **overrides})  # fmt: skip
+        start = time.perf_counter()
+        final = sft_stage.run(config)
+        model_config, params = ref.load_params(run_dir / "checkpoints")
+        results[f"phase{number}"] = {
+            "sft_steps": config.train.steps,
+            "sft_wall_s": round(time.perf_counter() - start, 1),
+            "sft_final": final,
+            "greedy": measure(model_config, params, renderer, problems, temperature=0.0),
+            "sampled_t1": measure(
+                model_config, params, renderer, problems, temperature=1.0, seed=1
+            ),
+        }
+    export = export_config.get_config()  # `lopd export`: the teacher keeps its identity
+    export.model.path, export.output = str(run_dir / "checkpoints"), str(out / f"teacher_{name}")
+    export_stage.run(export)
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> None:

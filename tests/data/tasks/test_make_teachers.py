@@ -58,3 +58,27 @@ def test_decode_response_refuses_what_is_not_a_finished_trace(toy_renderer):
     assert make_teachers.decode_response(tok, [*ids, 30, eos], FINISH_STOP) is None  # padding id
     im_start = tok.convert_tokens_to_ids("<|im_start|>")
     assert make_teachers.decode_response(tok, [*ids, im_start, eos], FINISH_STOP) is None
+
+
+@pytest.mark.slow
+def test_the_recipe_runs_both_phases_and_exports_the_second(tmp_path, monkeypatch):
+    """make_teachers at toy sizes: phase 2 continues phase 1's checkpoint on its own traces,
+    and the exported teacher is phase 2's."""
+    from lopd_jax.models import ref
+
+    load_config = make_teachers.load_config
+    tiny = {"train.steps": 2, "train.batch_size": 8, "data.eval_examples": 8,
+            "train.eval_every": 2, "checkpoint.save_every": 2}  # fmt: skip
+    monkeypatch.setattr(make_teachers, "load_config", lambda **kw: load_config(**{**kw, **tiny}))
+    monkeypatch.setattr(make_teachers, "PHASE2", {})
+    monkeypatch.setattr(make_teachers, "NUM_TRAIN", 32)
+    monkeypatch.setattr(make_teachers, "NUM_PHASE2", 32)
+    monkeypatch.setattr(make_teachers, "EVAL_PROBLEMS", 2)
+    result = make_teachers.make_teacher(
+        "a", tmp_path / "runs", tmp_path / "out", make_teachers.ASSETS / "tokenizer"
+    )
+    assert set(result) == {"style_bias", "phase1", "phase2"}
+    phase1 = ref.resolve(tmp_path / "runs/a/checkpoints")
+    phase2 = ref.resolve(tmp_path / "runs/a_phase2/checkpoints")
+    assert phase2.manifest["base_model"] == phase1.identity  # continued, not from scratch
+    assert ref.resolve(tmp_path / "out/teacher_a").identity == phase2.identity
