@@ -137,8 +137,8 @@ class Demo:
         self.parallel({
             f"teacher_data_{t}": ("teacher_data", {
                 "teacher": self.teacher(t), "prompts": self.path("sft_prompts.jsonl"),
-                "output": self.path(f"sft_data_{t}"), "temperature": 1.0, "max_new_tokens": c.max_new_tokens,
-                "seed": 0,
+                "output": self.path(f"sft_data_{t}"), "temperature": 1.0,
+                "max_new_tokens": c.max_new_tokens, "seed": 0,
             }) for t in teachers
         })  # fmt: skip
         self.parallel({
@@ -195,8 +195,8 @@ class Demo:
             "train.eval_every": c.eval_every, "train.log_every": 5,
             "checkpoint.save_every": c.opd_steps,
             "optimizer.learning_rate": c.opd_lr, "mesh.preset": "dp",
-            "eval.dataset": self.path("eval_problems.jsonl"), "eval.max_new_tokens": c.max_new_tokens,
-            "eval.limit": c.eval_curve_problems,
+            "eval.dataset": self.path("eval_problems.jsonl"),
+            "eval.max_new_tokens": c.max_new_tokens, "eval.limit": c.eval_curve_problems,
             "eval.at_start": False,  # step 0 is the SFT checkpoint, evaluated by its own run
         }  # fmt: skip
         sft_ckpt = self.path(f"sft_{arm.sft_teacher}", "checkpoints")
