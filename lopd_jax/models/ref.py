@@ -37,7 +37,15 @@ from lopd_jax import artifacts, io
 from lopd_jax.models import hf, qwen3
 
 # Fields of Qwen3Config that change the function the weights compute; the rest are numerics.
-_NUMERICS = ("param_dtype", "dtype", "remat_policy", "logits_chunk_size", "attention")
+_NUMERICS = (
+    "param_dtype",
+    "dtype",
+    "remat_policy",
+    "logits_chunk_size",
+    "attention",
+    "decode_attention",
+    "decode_block",
+)
 _DIGEST_CACHE = ".lopd_weights_digest.json"
 EXPORT_KIND = "hf_export"
 _log = logging.getLogger(__name__)
