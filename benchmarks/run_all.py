@@ -17,6 +17,12 @@ Both sides run in this process on the same random-weight Qwen3 (lopd_jax's param
 - Teacher scoring: the score stage's jitted `teacher_scores` (`scoring.make_forward`: log-probs of
   the tokens + top-k) vs a torch forward + `log_softmax` + `gather` + `topk`; bf16 weights (gpu).
 - Sampling: `Sampler` vs `generate` (benchmarks/sampler.py's `bench_ours` / `bench_hf`).
+- Decode vs the memory-bandwidth floor (`decode64`, `decode256`; no other implementation):
+  the sampler's decode tok/s (a call of `new_tokens` minus a call of 1, so the prefill cancels)
+  and one jitted decode step at slot `decode_end` of a `decode_slots` cache (early in a long
+  rollout), for each `decode_attention` ("xla" reads every cache slot). The reference column
+  is the floor: each step reads every weight and the filled slots' keys / values once, at the
+  bandwidth of a large array copy measured in the same run; ratio = the fraction reached.
 - Lightning vs online OPD: `lopd opd` in both modes for the same number of updates of the same
   batch shape on the tests' tiny teacher -> SFT -> rollout -> score chain
   (tests/stage_helpers.py); steps per hour from the median `train/step_s` after the first
@@ -88,6 +94,12 @@ class Preset:
     steps: int
     topk: int = 16
     attention: str = "xla"  # lopd_jax's attention backend of the multi-token calls
+    # Decode vs the bandwidth floor: sampler decode (prompt_len + new_tokens) at these batch
+    # sizes, and one decode step at slot `decode_end` of a `decode_slots` cache (early in a long
+    # rollout, where reading every slot costs most), for each decode attention.
+    decode_batches: tuple[int, ...] = (64, 256)
+    decode_slots: int = 2048
+    decode_end: int = 256
 
 
 MODELS = {
@@ -298,6 +310,102 @@ def sample_workload(p: Preset, tmp: Path, peak: float | None, batch: int) -> dic
 
 
 # --------------------------------------------------------------------------------------------
+# Decode vs the memory-bandwidth floor.
+
+
+def memory_bandwidth() -> float:
+    """Bytes/s of a large array copy on the default device: `x + 1` (one read, one write) of
+    256 MiB on a CPU, 4 GiB on an accelerator. In place (donated): a fresh output each call
+    would time the CPU's page faults, not its memory (1.2 vs 8.5 GB/s here)."""
+    nbytes = 2**28 if jax.devices()[0].platform == "cpu" else 2**32
+    x = jnp.zeros(nbytes // 4, jnp.float32)
+    add_one = jax.jit(lambda x: x + 1, donate_argnums=0)
+
+    def call():
+        nonlocal x
+        x = add_one(x).block_until_ready()
+
+    return 2 * nbytes / median_seconds(call, 1, 5)
+
+
+def floor_seconds(config, params, batch: int, slots: list[int], bandwidth: float) -> float:
+    """The least time of decode steps attending to `slots[i]` slots each: every step reads
+    every weight once and the keys and values of its filled slots (`bandwidth` bytes/s)."""
+    weights = sum(x.nbytes for x in jax.tree.leaves(params))
+    slot = 2 * config.num_layers * batch * config.num_kv_heads * config.head_dim
+    kv = slot * jnp.dtype(config.dtype).itemsize * sum(slots)
+    return (len(slots) * weights + kv) / bandwidth
+
+
+def decode_step_call(config, params, batch: int, end: int, slots: int) -> Callable[[], object]:
+    """One jitted decode step (model, unembedding, argmax) of `batch` rows at slot `end` of a
+    `slots` cache whose first `end` slots are filled; the cache is donated and carried, as in
+    the sampler's loop, and its end kept."""
+    filled_bs = np.broadcast_to(np.arange(slots) < end, (batch, slots)).astype(np.int32)
+    cache = qwen3.init_cache(config, batch, slots) | {
+        "segment_ids": jnp.asarray(filled_bs), "end": jnp.int32(end)
+    }  # fmt: skip
+    token_b1 = jnp.ones((batch, 1), jnp.int32)
+
+    @partial(jax.jit, donate_argnums=1)
+    def step(params, cache):
+        logits_b1v, new = qwen3.forward(config, params, token_b1, token_b1 * end, None, cache)
+        return jnp.argmax(logits_b1v, axis=-1), new | {"end": cache["end"]}
+
+    def call():
+        nonlocal cache
+        next_b1, cache = step(params, cache)
+        return next_b1.block_until_ready()
+
+    return call
+
+
+def sampler_seconds(config, params, prompts, new_tokens: int, p: Preset) -> float:
+    call = sampler_bench.sampler_call(config, params, prompts, new_tokens)
+    return median_seconds(call, p.warmup, p.steps)
+
+
+def decode_workload(p: Preset, tmp: Path, peak: float | None, batch: int) -> list[dict]:
+    """Decode tok/s against the bandwidth floor for each decode attention: the sampler's
+    decode (a call making `new_tokens` minus one making 1: the prefill cancels) and one step
+    early in a long rollout. The ratio column is the fraction of the floor reached."""
+    config = model_config(p, p.sample_model, param_dtype=p.dtype)
+    params = jax.jit(qwen3.init_params, static_argnums=0)(config, jax.random.key(2))
+    prompts = random_tokens(config, batch, p.prompt_len, seed=3)
+    bandwidth = memory_bandwidth()
+    sampler_slots = [p.prompt_len + i for i in range(1, p.new_tokens)]
+    sampler_floor = floor_seconds(config, params, batch, sampler_slots, bandwidth)
+    step_floor = floor_seconds(config, params, batch, [p.decode_end + 1], bandwidth)
+    name = f"{p.sample_model} ({config.num_params / 1e6:,.1f}M), batch {batch}"
+    note = (
+        f"reference = bandwidth floor (weights + filled KV bytes per step at the copy "
+        f"bandwidth, {bandwidth / 1e9:,.1f} GB/s); ratio = fraction of the floor"
+    )
+    rows = []
+    for decode in attention.DECODE_BACKENDS:
+        cfg = config.replace(decode_attention=decode)
+        decode_s = sampler_seconds(cfg, params, prompts, p.new_tokens, p) - sampler_seconds(
+            cfg, params, prompts, 1, p
+        )
+        step_s = median_seconds(
+            decode_step_call(cfg, params, batch, p.decode_end, p.decode_slots), p.warmup, p.steps
+        )
+        tokens = batch * (p.new_tokens - 1)
+        rows += [
+            row(
+                f"sampler decode vs floor, {decode}", f"{name}, {p.prompt_len} prompt + "
+                f"{p.new_tokens} new", "tok/s", tokens / decode_s, tokens / sampler_floor,
+                note=note,
+            ),
+            row(
+                f"decode step vs floor, {decode}", f"{name}, slot {p.decode_end} of "
+                f"{p.decode_slots}", "tok/s", batch / step_s, batch / step_floor, note=note,
+            ),
+        ]  # fmt: skip
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
 # Lightning vs online OPD: same updates, same batch shape, the stage itself in both modes.
 
 
@@ -351,9 +459,16 @@ def _shape(model: str, shape: tuple[int, int]) -> str:
     return f"{model} ({MODELS[model].num_params / 1e6:,.1f}M), {shape[0]} x {shape[1]}"
 
 
-def workloads(p: Preset) -> dict[str, Callable[[Preset, Path, float | None], dict]]:
-    samples = {f"sample{b}": partial(sample_workload, batch=b) for b in p.sample_batches}
-    return {"sft": sft_workload, "score": score_workload, **samples, "opd": opd_workload}
+def workloads(p: Preset) -> dict[str, Callable[[Preset, Path, float | None], list[dict]]]:
+    """Each workload's table rows (one, but a decode workload gives one per decode attention
+    and measurement)."""
+    one = lambda workload: lambda *args: [workload(*args)]
+    samples = {f"sample{b}": one(partial(sample_workload, batch=b)) for b in p.sample_batches}
+    decodes = {f"decode{b}": partial(decode_workload, batch=b) for b in p.decode_batches}
+    return {
+        "sft": one(sft_workload), "score": one(score_workload), **samples, **decodes,
+        "opd": one(opd_workload),
+    }  # fmt: skip
 
 
 def markdown(rows: list[dict], preset: str, attention: str, peak: float | None) -> list[str]:
@@ -375,7 +490,7 @@ def markdown(rows: list[dict], preset: str, attention: str, peak: float | None) 
     for r in rows:
         lines.append(
             f"| {r['workload']} | {r['shape']} | {r['unit']} | {r['lopd']:,.0f} "
-            f"| {r['reference']:,.0f} | {r['lopd'] / r['reference']:.2f}x "
+            f"| {r['reference']:,.0f} | {r['lopd'] / r['reference']:.3g}x "
             f"| {fmt(r['lopd_mfu'], '.2%')} | {fmt(r['reference_mfu'], '.2%')} | {r['note']} "
             f"| {date} | {device_name()} | {versions} | {r['load']} |"
         )
@@ -413,16 +528,17 @@ def main() -> None:
             if args.only and name not in args.only:
                 continue
             start = time.perf_counter()
-            rows.append(workload(preset, Path(tmp), peak))
+            new_rows = workload(preset, Path(tmp), peak)
+            rows += new_rows
             if TORCH_DEVICE == "cuda":
                 torch.cuda.empty_cache()  # leave the memory to the next workload's jax side
-            r = rows[-1]
-            print(
-                f"{r['workload']}: lopd_jax {r['lopd']:,.0f} {r['unit']}, reference "
-                f"{r['reference']:,.0f} ({r['lopd'] / r['reference']:.2f}x); "
-                f"{time.perf_counter() - start:.0f} s; load {r['load']}",
-                flush=True,
-            )
+            for r in new_rows:
+                print(
+                    f"{r['workload']}: lopd_jax {r['lopd']:,.0f} {r['unit']}, reference "
+                    f"{r['reference']:,.0f} ({r['lopd'] / r['reference']:.3g}x); "
+                    f"{time.perf_counter() - start:.0f} s; load {r['load']}",
+                    flush=True,
+                )
     lines = markdown(rows, args.preset, args.attention, peak)
     print("\n".join(lines))
     if not args.no_record:

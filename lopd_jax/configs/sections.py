@@ -35,6 +35,10 @@ def model(path: str = "", *, preset: str = "tiny") -> ConfigDict:
     # Attention of prefill and training: "xla" (reference; t x t scores), "blockwise"
     # (portable flash attention, O(t x block) memory), "splash" (TPU), "pallas_gpu" (GPU).
     c.attention = "xla"
+    # The one-token decode step: "blockwise" reads the cache in blocks of decode_block slots up
+    # to its filled length; "xla" (reference) reads every slot.
+    c.decode_attention = "blockwise"
+    c.decode_block = 256
     # Decoder layers per iteration of the layer scan: 1 for large models (compile time), the
     # layer count for a few-layer model (a faster step).
     c.scan_unroll = 1

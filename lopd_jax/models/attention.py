@@ -14,8 +14,9 @@ id, and that id is not 0 (0 marks padding). Backends:
 
 The kernels (`splash`, `pallas_gpu`) only know self-attention from slot 0 (`s == t`, query `i`
 at slot `i`); `attend` uses them for such calls and `blockwise` for any other multi-token call
-(a prefill continuing a non-empty cache). A one-query call (the decode step) always uses
-`"xla"`: its scores are only `[b, h, s]`.
+(a prefill continuing a non-empty cache). A one-query call uses `"xla"` (its scores are only
+`[b, h, s]`), except the model's decode step, which by default calls `decode_attention`: it
+reads only the cache blocks holding filled slots instead of every slot of the cache.
 
 Queries that see no key (padding rows) are garbage under every backend and never read: `xla`
 averages all values there, the others return zeros.
@@ -33,6 +34,8 @@ import jax
 import jax.numpy as jnp
 
 BACKENDS = ("xla", "blockwise", "splash", "pallas_gpu")
+# Of the model's one-token step over a cache: `decode_attention` (default) or the reference.
+DECODE_BACKENDS = ("blockwise", "xla")
 
 # Masked scores of the XLA reference use a large finite value so fully masked rows (padding
 # queries) stay finite instead of producing NaN through softmax(-inf, ..., -inf).
@@ -209,6 +212,35 @@ def _block_scores(q_bqkge, k_bcke, scale):
     return s * scale
 
 
+def _online_softmax_init(shape_bkgqe):
+    """(unnormalised out, running max, running sum) before any key: 0, -inf, 0."""
+    o_bkgqe = jnp.zeros(shape_bkgqe, jnp.float32)
+    m_bkgq = jnp.full(shape_bkgqe[:-1], -jnp.inf, jnp.float32)
+    return o_bkgqe, m_bkgq, jnp.zeros(shape_bkgqe[:-1], jnp.float32)
+
+
+def _online_softmax_step(carry, s_bkgqc, v_bcke):
+    """Folds one block of scores (masked keys at -inf) and its values into the running state."""
+    o_bkgqe, m_bkgq, l_bkgq = carry
+    m_new = jnp.maximum(m_bkgq, s_bkgqc.max(-1))
+    # -inf until some key was visible; 0 then keeps exp() finite (and every p zero).
+    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+    p = jnp.exp(s_bkgqc - m_safe[..., None])
+    alpha = jnp.exp(m_bkgq - m_safe)
+    pv = jnp.einsum(
+        "bkgqc,bcke->bkgqe", p.astype(v_bcke.dtype), v_bcke, preferred_element_type=jnp.float32
+    )
+    return alpha[..., None] * o_bkgqe + pv, m_new, alpha * l_bkgq + p.sum(-1)
+
+
+def _online_softmax_finish(o_bkgqe, m_bkgq, l_bkgq):
+    """Normalised output and log-sum-exp; queries that saw no key get out 0 and lse 0 (the
+    backward masks them to p = 0 anyway)."""
+    seen = l_bkgq > 0
+    l_safe = jnp.where(seen, l_bkgq, 1.0)
+    return o_bkgqe / l_safe[..., None], jnp.where(seen, m_bkgq + jnp.log(l_safe), 0.0)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _flash(q_bthe, k_bske, v_bske, q_segment_bt, kv_segment_bs, q_slot_bt, block_q, block_kv):
     return _flash_fwd(
@@ -231,34 +263,18 @@ def _flash_fwd(q_bthe, k_bske, v_bske, q_segment_bt, kv_segment_bs, q_slot_bt, b
         g, q = q_bqkge.shape[3], q_bqkge.shape[1]
 
         def update(j, carry):
-            o_bkgqe, m_bkgq, l_bkgq = carry
             s = _block_scores(q_bqkge, k_nbcke[j], scale)
             s = jnp.where(_block_mask(q_seg, q_slot, kvseg_nbc[j], j, block_kv), s, -jnp.inf)
-            m_new = jnp.maximum(m_bkgq, s.max(-1))
-            # -inf until some key was visible; 0 then keeps exp() finite (and every p zero).
-            m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-            p = jnp.exp(s - m_safe[..., None])
-            alpha = jnp.exp(m_bkgq - m_safe)
-            pv = jnp.einsum(
-                "bkgqc,bcke->bkgqe", p.astype(v_bske.dtype), v_nbcke[j],
-                preferred_element_type=jnp.float32,
-            )  # fmt: skip
-            return alpha[..., None] * o_bkgqe + pv, m_new, alpha * l_bkgq + p.sum(-1)
+            return _online_softmax_step(carry, s, v_nbcke[j])
 
         def body(j, carry):
             return jax.lax.cond(visible[i, j], functools.partial(update, j), lambda c: c, carry)
 
-        init = (
-            jnp.zeros((b, kh, g, q, e), jnp.float32),
-            jnp.full((b, kh, g, q), -jnp.inf, jnp.float32),
-            jnp.zeros((b, kh, g, q), jnp.float32),
+        init = _online_softmax_init((b, kh, g, q, e))
+        out_bkgqe, lse_bkgq = _online_softmax_finish(
+            *jax.lax.fori_loop(0, k_nbcke.shape[0], body, init)
         )
-        o_bkgqe, m_bkgq, l_bkgq = jax.lax.fori_loop(0, k_nbcke.shape[0], body, init)
-        seen = l_bkgq > 0
-        l_safe = jnp.where(seen, l_bkgq, 1.0)
-        out_bqkge = jnp.einsum("bkgqe->bqkge", o_bkgqe / l_safe[..., None])
-        # Rows that saw nothing get lse 0; the backward masks them to p = 0 anyway.
-        return out_bqkge.astype(q_bthe.dtype), jnp.where(seen, m_bkgq + jnp.log(l_safe), 0.0)
+        return jnp.einsum("bkgqe->bqkge", out_bkgqe).astype(q_bthe.dtype), lse_bkgq
 
     out_nbqkge, lse_nbkgq = jax.lax.map(q_block, jnp.arange(q_nbqkge.shape[0]))
     out_bthe = _unblocks(out_nbqkge).reshape(b, t, h, e)
@@ -382,6 +398,66 @@ def blockwise_attention(
 
 def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
+
+
+# --------------------------------------------------------------------------------------------
+# Decode: one query per row over a partly filled cache.
+
+
+def decode_attention(
+    q_bhe: jax.Array,
+    k_bke: jax.Array,
+    v_bke: jax.Array,
+    q_segment_b: jax.Array,
+    cache_k_lbske: jax.Array,
+    cache_v_lbske: jax.Array,
+    cache_segment_bs: jax.Array,
+    layer: jax.Array | int,
+    end: jax.Array | int,
+    *,
+    block: int = 256,
+) -> jax.Array:
+    """The decode step: each row's query at slot `end` attends to its own key / value
+    (`k_bke`, `v_bke`, not yet in the cache) and to the slots `[0, end)` of the cache's `layer`,
+    under `attention_mask`; equal to `xla_attention` over that layer with the new key at `end`.
+
+    Only the `ceil(end / block)` key blocks that hold slots below `end` are read (a while loop
+    with an online softmax), so a step costs what the filled length needs, not all `s` slots.
+    The stacked `[l, b, s, k, e]` cache and a layer index come in, not one layer's slice:
+    slicing a layer out inside the layer scan would copy all of its slots every step.
+    """
+    b, h, e = q_bhe.shape
+    kh = k_bke.shape[1]
+    s = cache_k_lbske.shape[2]
+    c = min(block, s)
+    scale = e**-0.5
+    q_b1kge = q_bhe.reshape(b, 1, kh, h // kh, e)
+    q_seg_b1 = q_segment_b[:, None]
+
+    # The query's own slot first: visible unless the query is padding (segment 0).
+    s_bkg11 = _block_scores(q_b1kge, k_bke[:, None], scale)
+    s_bkg11 = jnp.where((q_seg_b1 != 0)[:, None, None, None], s_bkg11, -jnp.inf)
+    init = _online_softmax_step(
+        _online_softmax_init((b, kh, h // kh, 1, e)), s_bkg11, v_bke[:, None]
+    )
+
+    def block_step(j, state):
+        # When c does not divide s the last block starts below j * c; those slots were seen.
+        start = jnp.minimum(j * c, s - c)
+        slot_c = start + jnp.arange(c)
+        k_bcke, v_bcke = (
+            jax.lax.dynamic_slice(x, (layer, 0, start, 0, 0), (1, b, c, kh, e))[0]
+            for x in (cache_k_lbske, cache_v_lbske)
+        )
+        seg_bc = jax.lax.dynamic_slice(cache_segment_bs, (0, start), (b, c))
+        mask_bc = (slot_c >= j * c) & (slot_c < end) & (seg_bc == q_seg_b1) & (seg_bc != 0)
+        s_bkg1c = _block_scores(q_b1kge, k_bcke, scale)
+        s_bkg1c = jnp.where(mask_bc[:, None, None, None], s_bkg1c, -jnp.inf)
+        return _online_softmax_step(state, s_bkg1c, v_bcke)
+
+    state = jax.lax.fori_loop(0, (end + c - 1) // c, block_step, init)
+    out_bkg1e, _ = _online_softmax_finish(*state)
+    return out_bkg1e.reshape(b, h, e).astype(q_bhe.dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -59,11 +59,15 @@ class Qwen3Config:
     logits_chunk_size: int = 1024
     # Attention backend of multi-token calls (training, scoring, prefill): "xla" (reference,
     # t x t scores), "blockwise" (portable flash attention), "splash" (TPU), "pallas_gpu".
-    # The one-token decode step always uses the simple XLA path. See models/attention.py.
+    # See models/attention.py.
     attention: str = "xla"
     # Query / key block sizes of "blockwise" (and the block of "splash", a multiple of 128).
     attention_block_q: int = 512
     attention_block_kv: int = 512
+    # The one-token decode step over a cache: "blockwise" reads the cache in blocks of
+    # `decode_block` slots up to the filled length only; "xla" (reference) reads every slot.
+    decode_attention: str = "blockwise"
+    decode_block: int = 256
     # Decoder layers per iteration of the layer scan. 1 compiles one layer whatever the depth
     # (large models); unrolling a few-layer model spares the loop's per-layer stacking of
     # activations (~10% of a CPU train step of the toy models).
@@ -80,6 +84,11 @@ class Qwen3Config:
         if self.attention not in attention_lib.BACKENDS:
             raise ValueError(
                 f"attention={self.attention!r}; choose one of {attention_lib.BACKENDS}."
+            )
+        if self.decode_attention not in attention_lib.DECODE_BACKENDS:
+            raise ValueError(
+                f"decode_attention={self.decode_attention!r}; choose one of "
+                f"{attention_lib.DECODE_BACKENDS}."
             )
         if self.scan_unroll < 1:
             raise ValueError(f"scan_unroll={self.scan_unroll} must be >= 1.")
@@ -110,7 +119,8 @@ class Qwen3Config:
 
 # Fields that change how, not what, the weights compute (free to differ between stages).
 NUMERICS = (
-    "param_dtype", "dtype", "remat_policy", "logits_chunk_size", "attention", "scan_unroll",
+    "param_dtype", "dtype", "remat_policy", "logits_chunk_size", "attention",
+    "decode_attention", "decode_block", "scan_unroll",
 )  # fmt: skip
 
 _REMAT_POLICIES = {
@@ -219,7 +229,9 @@ class Attention(nn.Module):
     config: Qwen3Config
 
     @nn.compact
-    def __call__(self, x_btd, positions_bt, segment_bt, cache_end, kv_segment_bs, layer_cache):
+    def __call__(self, x_btd, positions_bt, segment_bt, cache_end, kv_segment_bs, cache, layer):
+        """With a `cache` (all layers' `k`, `v`: read only here), also returns this call's
+        keys / values, which `Qwen3` writes at slots `[cache_end, cache_end + t)` of `layer`."""
         cfg = self.config
         dt = jnp.dtype(cfg.dtype)
         d, h, k, e = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -239,23 +251,32 @@ class Attention(nn.Module):
         v = _constrain(v, _ACT_KV_HEADS)
 
         t = x_btd.shape[1]
-        if layer_cache is None:
-            kv_segment_bs, k_all, v_all = segment_bt, kk, v
-            q_slot_bt = jnp.broadcast_to(jnp.arange(t), segment_bt.shape)
+        new_kv = None if cache is None else {"k": kk.astype(dt), "v": v.astype(dt)}
+        if cache is not None and t == 1 and cfg.decode_attention == "blockwise":
+            out_bhe = attention_lib.decode_attention(
+                q[:, 0], new_kv["k"][:, 0], new_kv["v"][:, 0], segment_bt[:, 0], cache["k"],
+                cache["v"], kv_segment_bs, layer, cache_end, block=cfg.decode_block,
+            )  # fmt: skip
+            out_bthe = out_bhe[:, None]
         else:
-            # Write this call's keys/values at slots [cache_end, cache_end + t).
-            start = (0, cache_end, 0, 0)
-            k_all = jax.lax.dynamic_update_slice(layer_cache["k"], kk.astype(dt), start)
-            v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(dt), start)
-            q_slot_bt = jnp.broadcast_to(cache_end + jnp.arange(t), segment_bt.shape)
-            layer_cache = {"k": k_all, "v": v_all}
-
-        out_bthe = attention_lib.attend(
-            q, k_all, v_all, segment_bt, kv_segment_bs, q_slot_bt, backend=cfg.attention,
-            block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv,
-        )  # fmt: skip
+            if cache is None:
+                kv_segment_bs, k_all, v_all = segment_bt, kk, v
+                q_slot_bt = jnp.broadcast_to(jnp.arange(t), segment_bt.shape)
+            else:  # this layer's slots with the call's keys / values at [cache_end, + t)
+                k_all, v_all = (
+                    jax.lax.dynamic_update_slice(
+                        jax.lax.dynamic_index_in_dim(cache[name], layer, keepdims=False),
+                        new_kv[name], (0, cache_end, 0, 0),
+                    )
+                    for name in ("k", "v")
+                )  # fmt: skip
+                q_slot_bt = jnp.broadcast_to(cache_end + jnp.arange(t), segment_bt.shape)
+            out_bthe = attention_lib.attend(
+                q, k_all, v_all, segment_bt, kv_segment_bs, q_slot_bt, backend=cfg.attention,
+                block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv,
+            )  # fmt: skip
         out_btd = jnp.einsum("bthe,hed->btd", out_bthe, wo.astype(dt))
-        return _constrain(out_btd, _ACT_EMBED), layer_cache
+        return _constrain(out_btd, _ACT_EMBED), new_kv
 
 
 class MLP(nn.Module):
@@ -279,19 +300,20 @@ class DecoderLayer(nn.Module):
     config: Qwen3Config
 
     @nn.compact
-    def __call__(self, x_btd, positions_bt, segment_bt, cache_end, kv_segment_bs, layer_cache):
+    def __call__(self, x_btd, positions_bt, segment_bt, cache_end, kv_segment_bs, cache, layer):
         cfg = self.config
-        attn_out, layer_cache = Attention(cfg, name="self_attn")(
+        attn_out, new_kv = Attention(cfg, name="self_attn")(
             RMSNorm(cfg, name="input_layernorm")(x_btd),
             positions_bt,
             segment_bt,
             cache_end,
             kv_segment_bs,
-            layer_cache,
+            cache,
+            layer,
         )
         x_btd = x_btd + attn_out
         x_btd = x_btd + MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attention_layernorm")(x_btd))
-        return _constrain(x_btd, _ACT_EMBED), layer_cache
+        return _constrain(x_btd, _ACT_EMBED), new_kv
 
 
 _ACT_EMBED = ("activation_batch", "activation_length", "activation_embed")
@@ -325,29 +347,30 @@ class Qwen3(nn.Module):
             layer_cls,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+            # The cache goes to every layer whole (each reads its own slots by index) and comes
+            # back as the layers' new keys / values only, written once below: scanning over it
+            # as per-layer slices would copy every slot of it at every decode step.
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
             length=cfg.num_layers,
             unroll=min(cfg.scan_unroll, cfg.num_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, name="layers")
 
         if cache is None:
-            x_btd, _ = layers(x_btd, positions_bt, segment_bt, 0, None, None)
+            x_btd, _ = layers(x_btd, positions_bt, segment_bt, 0, None, None, None)
             new_cache = None
         else:
             end = cache["end"]
             # Slots of this call become valid before attention so queries see themselves.
             segment_bs = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_bt, (0, end))
-            layer_caches = {"k": cache["k"], "v": cache["v"]}
-            x_btd, new_layers = layers(
-                x_btd, positions_bt, segment_bt, end, segment_bs, layer_caches
+            kv = {"k": cache["k"], "v": cache["v"]}
+            x_btd, new_kv = layers(
+                x_btd, positions_bt, segment_bt, end, segment_bs, kv, jnp.arange(cfg.num_layers)
             )
             new_cache = {
-                "k": new_layers["k"],
-                "v": new_layers["v"],
-                "segment_ids": segment_bs,
-                "end": end + tokens_bt.shape[1],
-            }
+                name: jax.lax.dynamic_update_slice(kv[name], new_kv[name], (0, 0, end, 0, 0))
+                for name in ("k", "v")
+            } | {"segment_ids": segment_bs, "end": end + tokens_bt.shape[1]}
         x_btd = RMSNorm(cfg, name="norm")(x_btd)
         if not cfg.tie_word_embeddings:
             _param(

@@ -83,6 +83,58 @@ def test_blockwise_continuing_a_cache():
     _assert_matches_xla(fn, q_seg, kv_seg, slot, t, s)
 
 
+@pytest.mark.parametrize(("block", "end"), [(8, 19), (5, 27), (8, 16), (64, 19), (8, 0)])
+def test_decode_attention_equals_xla_on_a_partly_filled_cache(block, end):
+    """One query per row at slot `end` of a 29-slot, 2-layer cache (layer 1): packed segments,
+    right and left padding, GQA; the slots from `end` on hold stale keys and segment ids that
+    must not count. Blocks of 5 do not divide 29 (the last block overlaps the one before); 64
+    exceeds the cache; end 0 sees only itself."""
+    s, layer = 29, 1
+    seg_bt = _segments(end + 1)  # the query continues row i's last segment (row 1: padding)
+    q_seg_b = seg_bt[:, end]
+    kv_seg_bs = jnp.concatenate([seg_bt, jnp.full((4, s - end - 1), 3, jnp.int32)], axis=1)
+    q_b1he, k_new_b1ke, v_new_b1ke = _qkv(1, 1, seed=1)
+    _, cache_k_bske, cache_v_bske = _qkv(1, s, seed=2)
+    cache_k_lbske, cache_v_lbske = (jnp.stack([-x, x]) for x in (cache_k_bske, cache_v_bske))
+
+    mask_b1s = attention.attention_mask(q_seg_b[:, None], kv_seg_bs, jnp.full((4, 1), end))
+    expected = attention.xla_attention(
+        q_b1he,
+        cache_k_bske.at[:, end].set(k_new_b1ke[:, 0]),
+        cache_v_bske.at[:, end].set(v_new_b1ke[:, 0]),
+        mask_b1s,
+    )[:, 0]
+
+    @jax.jit  # `end` and `layer` traced, as in the model
+    def decode(end, layer):
+        return attention.decode_attention(
+            q_b1he[:, 0], k_new_b1ke[:, 0], v_new_b1ke[:, 0], q_seg_b, cache_k_lbske,
+            cache_v_lbske, kv_seg_bs, layer, end, block=block,
+        )  # fmt: skip
+
+    seen_b11 = mask_b1s.any(-1)[:, :, None]
+    assert seen_b11.any() and not seen_b11[1].any()  # row 1: a padding query, never read
+    np.testing.assert_allclose(decode(end, layer) * seen_b11, expected * seen_b11, atol=2e-6)
+
+
+@pytest.mark.parametrize("decode", ["xla", "blockwise"])
+def test_only_xla_decode_compiles_a_full_length_layer_buffer(decode):
+    """The compiled decode step of `blockwise` holds no per-layer buffer as long as the cache
+    (it reads blocks of the stacked cache) and never copies the cache; the XLA reference
+    attends over a whole layer, so its program has such buffers (the check can fail)."""
+    s = 96  # no other dimension of the tiny model
+    config = qwen3.tiny_config(decode_attention=decode, decode_block=16)
+    cache = jax.eval_shape(lambda: qwen3.init_cache(config, 3, s))
+    token = jax.ShapeDtypeStruct((3, 1), jnp.int32)
+    step = jax.jit(qwen3.hidden_states, static_argnums=0, donate_argnums=5)
+    text = step.lower(config, qwen3.param_shapes(config), token, token, token, cache).compile()
+    text = text.as_text()
+    cache_shape = ",".join(map(str, cache["k"].shape))
+    shapes = set(re.findall(rf"f32\[[0-9,]*\b{s}\b[0-9,]*\]", text))
+    assert (shapes != {f"f32[{cache_shape}]"}) == (decode == "xla")
+    assert not re.search(rf"f32\[{cache_shape}\]\S* copy\(", text)
+
+
 def test_visible_blocks_skip_above_diagonal_and_disjoint_segments():
     # One row: segment 1 fills blocks 0-1, segment 2 blocks 2-3, block 4 is padding.
     seg = jnp.asarray([[1] * 16 + [2] * 16 + [0] * 8])

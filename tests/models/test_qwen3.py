@@ -47,8 +47,12 @@ def tiny():
     return config, qwen3.init_params(config, jax.random.key(0))
 
 
-def test_incremental_decoding_with_cache_matches_full_forward(tiny):
+@pytest.mark.parametrize("decode", ["xla", "blockwise"])
+def test_incremental_decoding_with_cache_matches_full_forward(tiny, decode):
+    """Blocks of 3 slots: the decode steps at slots 8-12 end inside a block, and 3 does not
+    divide the 16-slot cache."""
     config, params = tiny
+    config = config.replace(decode_attention=decode, decode_block=3)
     tokens, mask = ragged_batch(config.vocab_size, "left", seed=1)
     positions = logprobs.positions_from_mask(jnp.asarray(mask))
     full, _ = qwen3.forward(config, params, tokens, positions, mask)

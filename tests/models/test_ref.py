@@ -48,6 +48,14 @@ def test_hf_identity_tracks_architecture_and_weights_not_numerics(hf_tiny, tmp_p
     assert ref.named_model("Qwen/Qwen3-32B") == "name:Qwen/Qwen3-32B" != original
 
 
+def test_decode_settings_are_numerics_not_identity():
+    """They were added after identities were recorded: those must stay what they were."""
+    config = qwen3.tiny_config()
+    fields = ref.architecture_fields(config)
+    assert not {"decode_attention", "decode_block"} & set(fields)
+    assert ref.architecture_fields(config.replace(decode_attention="xla", decode_block=8)) == fields
+
+
 def test_weights_digest_is_exact_and_independent_of_sharding():
     config = qwen3.tiny_config()
     params = qwen3.init_params(config, jax.random.key(0))

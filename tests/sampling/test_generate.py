@@ -31,9 +31,12 @@ def _hf_greedy(model, prompt, max_new_tokens):
 
 @pytest.mark.parametrize("attention", ["xla", "blockwise"])
 def test_greedy_matches_hf_generate(hf_tiny, attention):
-    """Prefill runs on the configured attention backend (small blocks: several per prompt)."""
+    """Prefill runs on the configured attention backend (small blocks: several per prompt);
+    the decode steps read the cache in blocks of 4 slots (the last one partly filled)."""
     model, config, params = hf_tiny
-    config = config.replace(attention=attention, attention_block_q=4, attention_block_kv=4)
+    config = config.replace(
+        attention=attention, attention_block_q=4, attention_block_kv=4, decode_block=4
+    )
     out = lopd_jax.generate(config, params, PROMPTS, max_new_tokens=MAX_NEW)
     for prompt, tokens in zip(PROMPTS, out.tokens, strict=True):
         assert tokens == _hf_greedy(model, prompt, MAX_NEW)
