@@ -19,9 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 import pytest
-from stage_helpers import toy_rollout_config, toy_score_config, toy_sft_config
+from stage_helpers import toy_opd_config, toy_rollout_config, toy_score_config, toy_sft_config
 
-from lopd_jax.configs import opd as opd_config
 from lopd_jax.errors import LopdError
 from lopd_jax.models import ref
 from lopd_jax.sampling import Sampler
@@ -80,12 +79,7 @@ def _sft_config(p, d):
 
 
 def _opd_config(p, d):
-    c = opd_config.get_config()
-    c.workdir, c.model.path, c.store = str(d / "opd"), str(p["ckpt"]), str(p["store"])
-    c.data.seq_len, c.data.num_packing_bins = 64, 4
-    c.train.steps, c.train.batch_size, c.train.log_every = 2, 8, 1
-    c.checkpoint.save_every, c.checkpoint.async_save = 1, False
-    return c
+    return toy_opd_config(d / "opd", p["ckpt"], p["store"])
 
 
 def _rollout_copy(p, d):
