@@ -148,6 +148,28 @@ def mesh_config(section: ConfigDict):
     return mesh_lib.MeshConfig(**section)
 
 
+def sampling_params(config: ConfigDict, model, renderer):
+    """The `SamplingParams` of a sampling stage's fields (rollout, teacher-data), with its stop
+    ids (`stop_ids`)."""
+    from lopd_jax.sampling import SamplingParams
+
+    return SamplingParams(
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+        top_k=config.top_k, top_p=config.top_p, stop_ids=stop_ids(config, model, renderer),
+    )  # fmt: skip
+
+
+def stop_ids(config: ConfigDict, model, renderer) -> tuple[int, ...]:
+    """The configured `eos_ids`, else the model's (a `ModelRef`) generation_config.json and
+    the renderer's EOS (None: no renderer)."""
+    if config.eos_ids:
+        return tuple(config.eos_ids)
+    ids = model.stop_ids()
+    if renderer is not None and renderer.eos_id is not None:
+        ids.add(renderer.eos_id)
+    return tuple(sorted(ids))
+
+
 def require_positive(config: ConfigDict, *names: str) -> None:
     """Sizes that must be >= 1 (0 would make a run that silently produces nothing)."""
     for name in names:

@@ -131,7 +131,7 @@ STAGES = [
         lambda p, d: toy_rollout_config(p["ckpt"], p["prompts"], d / "rollouts.zarr"),
         lambda d: d / "rollouts.zarr", store_of, lambda p: p["store"],
         {
-            "setup": lambda: kill_on_call(Sampler, "__init__", lambda *a, **k: True),
+            "setup": lambda: kill_on_call(Sampler, "sample", lambda *a, **k: True),
             "mid-run": lambda: kill_on_call(
                 RolloutStore, "append_chunk", lambda self, *a, **k: len(self.chunks) == 1
             ),
