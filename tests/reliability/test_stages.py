@@ -104,8 +104,10 @@ def evaluation_of(path: Path) -> dict[str, np.ndarray]:
 
 
 def export_of(path: Path) -> dict[str, np.ndarray]:
-    files = {f.name: np.frombuffer(f.read_bytes(), np.uint8) for f in path.iterdir()
-             if f.name != artifacts.MANIFEST}  # fmt: skip
+    # The manifest is compared without its time; hidden files are caches (mtimes).
+    kept = [f for f in path.iterdir() if not f.name.startswith(".")]
+    files = {f.name: np.frombuffer(f.read_bytes(), np.uint8) for f in kept}
+    files.pop(artifacts.MANIFEST)
     return files | _manifest_of(path, "kind", "identity", "files_digest", "checkpoint")
 
 
@@ -368,7 +370,10 @@ def _damage(path: Path, kind: str) -> None:
 
 
 def _copy(p, d, key):
-    return shutil.copytree(p[key], d / key) if p[key].is_dir() else shutil.copy(p[key], d / key)
+    """A copy of input `key` in `d` (a file keeps its name: evaluate reads *.jsonl by suffix)."""
+    if p[key].is_dir():
+        return shutil.copytree(p[key], d / key)
+    return shutil.copy(p[key], d / p[key].name)
 
 
 def _first(path: Path, pattern: str) -> Path:
