@@ -498,6 +498,7 @@ BAD_INPUTS = [
     ("rollout", "chunk_rows=0", _set(chunk_rows=0)),
     ("rollout", "output is a file", _file_output("output")),
     ("rollout", "missing model.path", _set(**{"model.path": ""})),
+    ("rollout", "batch_size not a multiple of the mesh", _set(batch_size=3)),
     ("sft", "invalid UTF-8", _sft_data(b'{"prompt": "1+1=", "response": "\xff\xfe"}\n')),
     ("sft", "unknown model.preset", _set(**{"model.path": "", "model.preset": "qwen9"})),
     ("sft", "train.steps=0", _set(**{"train.steps": 0})),
