@@ -7,11 +7,16 @@ into the object the code uses, checking values that would otherwise fail deep in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ml_collections import ConfigDict
 
 from lopd_jax.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used: configs load without jax
+    from lopd_jax.data.sft import Renderer
+    from lopd_jax.models.ref import ModelRef
+    from lopd_jax.sampling import SamplingParams
 
 
 def model(path: str = "", *, preset: str = "tiny") -> ConfigDict:
@@ -148,7 +153,9 @@ def mesh_config(section: ConfigDict):
     return mesh_lib.MeshConfig(**section)
 
 
-def sampling_params(config: ConfigDict, model, renderer):
+def sampling_params(
+    config: ConfigDict, model: ModelRef, renderer: Renderer | None
+) -> SamplingParams:
     """The `SamplingParams` of a sampling stage's fields (rollout, teacher-data), with its stop
     ids (`stop_ids`)."""
     from lopd_jax.sampling import SamplingParams
@@ -159,9 +166,9 @@ def sampling_params(config: ConfigDict, model, renderer):
     )  # fmt: skip
 
 
-def stop_ids(config: ConfigDict, model, renderer) -> tuple[int, ...]:
-    """The configured `eos_ids`, else the model's (a `ModelRef`) generation_config.json and
-    the renderer's EOS (None: no renderer)."""
+def stop_ids(config: ConfigDict, model: ModelRef, renderer: Renderer | None) -> tuple[int, ...]:
+    """The configured `eos_ids`, else the model's generation_config.json and the renderer's
+    EOS."""
     if config.eos_ids:
         return tuple(config.eos_ids)
     ids = model.stop_ids()

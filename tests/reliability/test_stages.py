@@ -161,7 +161,7 @@ def _evaluate_config(p, d):
         shutil.copytree(p["ckpt"], d / "model")
     c = evaluate_config.get_config()
     c.model.path, c.dataset, c.workdir = str(d / "model"), str(p["dataset"]), str(d / "eval")
-    c.n, c.ks, c.max_new_tokens, c.batch_size = 2, (1, 2), 6, 8  # 2 batches of 4 problems
+    c.n, c.ks, c.max_new_tokens, c.batch_size = 2, (1, 2), 6, 8  # batches of 4 and 1 problems
     return c
 
 
@@ -308,7 +308,8 @@ def pipeline(toy_pipeline, tmp_path_factory):
     rollout_jsonl.write_lines(
         rollouts, export_rollouts.export_lines(RolloutStore.open(toy_pipeline["store"]))
     )
-    problems = addition.prompt_records(addition.sample_problems(6, split="eval", seed=0))
+    # Five lines: a truncated file ends mid-line, not on a line boundary (a valid, shorter file).
+    problems = addition.prompt_records(addition.sample_problems(5, split="eval", seed=0))
     dataset = d / "problems.jsonl"
     dataset.write_text("".join(json.dumps(r | {"grader": "addition"}) + "\n" for r in problems))
     return {**toy_pipeline, "rollouts_jsonl": rollouts, "dataset": dataset}
