@@ -41,8 +41,7 @@ from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
-from lopd_jax.sampling import FINISH_LENGTH, FINISH_STOP, multihost
-from lopd_jax.sampling.generate import check_batch_size
+from lopd_jax.sampling import FINISH_LENGTH, FINISH_STOP, check_batch_size, multihost
 
 MADE_BY = "teacher-data"
 
