@@ -492,6 +492,7 @@ def _foreign_output(field):
     return use
 
 
+_unfit_mesh = _set(**{"mesh.preset": "custom", "mesh.shape": (3, -1, 1)})  # 3 does not divide 8
 BAD_INPUTS = [
     ("rollout", "empty prompts file", _prompts(b"")),
     ("rollout", "non-string prompt", _prompts(b'{"prompt": 12}\n')),
@@ -520,6 +521,7 @@ BAD_INPUTS = [
     ("teacher-data", "output is a file", _file_output("output")),
     ("teacher-data", "output holds other files", _foreign_output("output")),
     ("teacher-data", "batch_size not a multiple of the mesh", _set(batch_size=3)),
+    ("teacher-data", "a mesh the devices cannot form", _unfit_mesh),
     ("import-sft", "missing input", _set(input="")),
     ("import-sft", "bad line", _input(b'{"prompt": "1+1=", "response": 2}\n')),
     ("import-sft", "teacher path that does not exist", _set(teacher="/no/such/teacher")),
@@ -534,6 +536,7 @@ BAD_INPUTS = [
     ("evaluate", "k above n", _set(ks=(1, 4))),
     ("evaluate", "missing model.path", _set(**{"model.path": ""})),
     ("evaluate", "batch_size not a multiple of the mesh", _set(batch_size=3)),
+    ("evaluate", "a mesh the devices cannot form", _unfit_mesh),
     ("export", "missing output", _set(output="")),
     ("export", "output is a file", _file_output("output")),
     ("export", "output holds other files", _foreign_output("output")),
