@@ -68,6 +68,15 @@ def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> dict
     return manifest
 
 
+def changed_fields(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`key: stored ..., now ...` for every field of two identities that differs."""
+    return [
+        f"{key}: stored {stored.get(key, '<absent>')!r}, now {now.get(key, '<absent>')!r}"
+        for key in sorted(set(stored) | set(now))
+        if stored.get(key) != now.get(key)
+    ]
+
+
 def fingerprint_file(path: str | os.PathLike) -> str:
     """Full-content sha256 of a (data) file."""
     h = hashlib.sha256()

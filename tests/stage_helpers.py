@@ -125,6 +125,17 @@ def toy_score_config(store: Path, teacher: Path, *, topk: int = 4) -> ConfigDict
     return c
 
 
+def toy_opd_config(workdir: Path, ckpt: Path, store: Path, *, steps: int = 2) -> ConfigDict:
+    from lopd_jax.configs import opd as opd_config
+
+    c = opd_config.get_config()
+    c.workdir, c.model.path, c.store = str(workdir), str(ckpt), str(store)
+    c.data.seq_len, c.data.num_packing_bins = 64, 4
+    c.train.steps, c.train.batch_size, c.train.log_every = steps, 8, 1
+    c.checkpoint.save_every, c.checkpoint.async_save = 1, False
+    return c
+
+
 def toy_prompts(path: Path, num: int, *, seed: int = 1) -> Path:
     """Addition prompts of 1-3 digit operands (prompt lengths differ)."""
     from lopd_jax.data import synthetic

@@ -7,11 +7,16 @@ into the object the code uses, checking values that would otherwise fail deep in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ml_collections import ConfigDict
 
 from lopd_jax.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used: configs load without jax
+    from lopd_jax.data.sft import Renderer
+    from lopd_jax.models.ref import ModelRef
+    from lopd_jax.sampling import SamplingParams
 
 
 def model(path: str = "", *, preset: str = "tiny") -> ConfigDict:
@@ -152,6 +157,30 @@ def mesh_config(section: ConfigDict):
     from lopd_jax.parallel import mesh as mesh_lib
 
     return mesh_lib.MeshConfig(**section)
+
+
+def sampling_params(
+    config: ConfigDict, model: ModelRef, renderer: Renderer | None
+) -> SamplingParams:
+    """The `SamplingParams` of a sampling stage's fields (rollout, teacher-data), with its stop
+    ids (`stop_ids`)."""
+    from lopd_jax.sampling import SamplingParams
+
+    return SamplingParams(
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+        top_k=config.top_k, top_p=config.top_p, stop_ids=stop_ids(config, model, renderer),
+    )  # fmt: skip
+
+
+def stop_ids(config: ConfigDict, model: ModelRef, renderer: Renderer | None) -> tuple[int, ...]:
+    """The configured `eos_ids`, else the model's generation_config.json and the renderer's
+    EOS."""
+    if config.eos_ids:
+        return tuple(config.eos_ids)
+    ids = model.stop_ids()
+    if renderer is not None and renderer.eos_id is not None:
+        ids.add(renderer.eos_id)
+    return tuple(sorted(ids))
 
 
 def require_positive(config: ConfigDict, *names: str) -> None:

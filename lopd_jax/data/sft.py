@@ -205,6 +205,22 @@ def write_sft_data(
     return resolve_source(directory)
 
 
+def response_record(prompt_row: dict[str, Any], response: str) -> dict[str, Any]:
+    """The SFT record of a prompt row (`prompt` or `messages`) answered by `response`; the
+    row's other fields (an `answer`, an `id`) stay out."""
+    if "messages" in prompt_row:
+        return {"messages": [*prompt_row["messages"], {"role": "assistant", "content": response}]}
+    return {"prompt": prompt_row["prompt"], "response": response}
+
+
+def response_text(renderer: Renderer, tokens: Sequence[int]) -> str:
+    """A sampled response's text as SFT data holds it (`tokens` without the stop token)."""
+    if isinstance(renderer, ByteRenderer):  # control ids are not text
+        data = bytes(t - renderer.OFFSET for t in tokens if t >= renderer.OFFSET)
+        return data.decode("utf-8", errors="replace")
+    return renderer.tokenizer.decode(tokens)
+
+
 def parse_record(record: Any) -> Messages:
     """A JSONL record -> messages ending with the assistant response (or SftDataError)."""
     if not isinstance(record, dict):

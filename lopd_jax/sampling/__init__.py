@@ -6,6 +6,7 @@ from lopd_jax.sampling.generate import (
     FINISH_STOP,
     Generation,
     Sampler,
+    check_batch_size,
     generate,
 )
 from lopd_jax.sampling.sample import SamplingParams, model_logprobs, sample_tokens
@@ -17,6 +18,7 @@ __all__ = [
     "Generation",
     "Sampler",
     "SamplingParams",
+    "check_batch_size",
     "generate",
     "generate_padded",
     "model_logprobs",

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from lopd_jax.errors import ConfigError
 from lopd_jax.models import qwen3
 from lopd_jax.parallel import rules
 from lopd_jax.sampling.decode import generate_padded
@@ -51,6 +52,14 @@ def data_parallel_size(mesh: Mesh | None) -> int:
     return math.prod(mesh.shape.get(a, 1) for a in rules.BATCH_AXES)
 
 
+def check_batch_size(batch_size: int, mesh: Mesh | None) -> None:
+    """A batch is split evenly over the mesh's data-parallel devices."""
+    if batch_size % (shards := data_parallel_size(mesh)):
+        raise ConfigError(
+            f"batch_size={batch_size} must be a multiple of the mesh's data-parallel size {shards}."
+        )
+
+
 class Sampler:
     """Samples from one model; holds its (placed) params, mesh and batching settings."""
 
@@ -63,12 +72,7 @@ class Sampler:
         batch_size: int = 64,
         min_prompt_bucket: int = 16,
     ):
-        shards = data_parallel_size(mesh)
-        if batch_size % shards:
-            raise ValueError(
-                f"batch_size={batch_size} must be a multiple of the mesh's data-parallel size "
-                f"{shards}."
-            )
+        check_batch_size(batch_size, mesh)
         self.config = config
         self.mesh = mesh
         self.batch_size = batch_size

@@ -30,7 +30,7 @@ from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref, scoring
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
-from lopd_jax.sampling import Sampler, SamplingParams
+from lopd_jax.sampling import Sampler, SamplingParams, check_batch_size
 from lopd_jax.training import metrics
 
 KIND = "evaluation"
@@ -85,10 +85,11 @@ def run(config: ConfigDict) -> dict[str, Any]:
         "seed": config.seed,
         "teacher": teacher.identity if teacher else None,
     }
+    mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
+    check_batch_size(config.batch_size, mesh)  # before the workdir is claimed
     workdir = Path(config.workdir).absolute()
     done = open_run(workdir, identity, config)
 
-    mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
     params = model.load(model_config.param_dtype, rules.param_shardings(model_config, mesh))
     sampler = Sampler(model_config, params, mesh=mesh, batch_size=config.batch_size)
     scorer = _teacher_scorer(teacher, config, mesh) if teacher else None

@@ -37,8 +37,7 @@ from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref, scoring
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
-from lopd_jax.stages import rollout
-from lopd_jax.store import RolloutStore
+from lopd_jax.store import RolloutStore, summarize
 
 
 def provenance(config: ConfigDict) -> tuple[ref.ModelRef | None, sft.Renderer | None, str | None]:
@@ -115,7 +114,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
             f"--config.seq_len={found.longest} or more (or 0: the longest row)."
         )
     if model is not None:  # the configured stop ids, else the model's and its tokenizer's
-        stop_ids = set(rollout.stop_ids(config, model, renderer))
+        stop_ids = set(sections.stop_ids(config, model, renderer))
     else:
         stop_ids = set(config.eos_ids) or {renderer.eos_id}
 
@@ -160,7 +159,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
             ],
         )  # fmt: skip
 
-    summary = rollout.summarize(store) | {"sampler_logprobs_computed": len(found.lacking_logprobs)}
+    summary = summarize(store) | {"sampler_logprobs_computed": len(found.lacking_logprobs)}
     store.update_manifest(complete=store.num_rows == found.rows, summary=summary)
     print(f"import-rollouts: wrote {output}")
     for key, value in summary.items():

@@ -24,28 +24,22 @@ tokens/s), metrics.png.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 from ml_collections import ConfigDict
 
 from lopd_jax import artifacts
 from lopd_jax import eval as eval_lib
 from lopd_jax.configs import sections
-from lopd_jax.data import pipeline, sft, synthetic
-from lopd_jax.data import prompts as prompts_lib
+from lopd_jax.data import pipeline, sft
 from lopd_jax.errors import ConfigError
-from lopd_jax.models import ref, scoring
+from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
-from lopd_jax.parallel import rules
-from lopd_jax.sampling import Sampler, SamplingParams
-from lopd_jax.sampling.generate import data_parallel_size
 from lopd_jax.stages import score
 from lopd_jax.store import RolloutStore, StoreError
-from lopd_jax.training import loop, losses
+from lopd_jax.training import loop, losses, online
 
 CHECKPOINT_KIND = "opd_checkpoint"
 MODES = ("lightning", "online")
@@ -107,97 +101,6 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
     return iterator, inputs
 
 
-class OnlineSource:
-    """Fresh rollouts from the current student, scored by the live teacher, as packed rows.
-
-    Every `reuse_steps` updates it samples `prompts_per_step x samples_per_prompt` responses
-    (prompts and sampling keys are functions of the seed and the step, so a resumed run
-    samples what an uninterrupted one would) and scores them with the teacher.
-    """
-
-    def __init__(self, config, model_config, teacher: ref.ModelRef, mesh, columns, stop_ids):
-        self.config, self.model_config, self.mesh = config, model_config, mesh
-        self.columns = [c for c in columns if c not in pipeline.FEATURES]
-        teacher_config = sections.model_config(config.model, teacher.config)
-        shardings = rules.param_shardings(teacher_config, mesh)
-        self.teacher_params = teacher.load(teacher_config.param_dtype, shardings)
-        self.topk = config.online.topk if "teacher_topk_ids" in columns else 0
-        topk = self.topk
-        self.teacher_forward = scoring.make_forward(teacher_config, shardings, mesh, topk=topk)
-        self.prompts = load_prompts(config.online.prompts, config.seed, model_config, teacher)
-        self.sampling = SamplingParams(
-            max_new_tokens=config.online.max_new_tokens, temperature=config.online.temperature,
-            top_p=config.online.top_p, stop_ids=stop_ids,
-        )  # fmt: skip
-        self.buffer: list[dict[str, np.ndarray]] = []
-        self.seconds, self.steps = {"sample_s": 0.0, "teacher_s": 0.0}, 0
-
-    def timing(self) -> dict[str, float]:
-        """Mean seconds per update spent sampling and scoring since the last call."""
-        out = {k: v / max(self.steps, 1) for k, v in self.seconds.items()}
-        self.seconds, self.steps = dict.fromkeys(self.seconds, 0.0), 0
-        return out
-
-    def __call__(self, state) -> dict[str, np.ndarray]:
-        self.steps += 1
-        step = int(state.step)
-        reuse = self.config.online.reuse_steps
-        if step % reuse == 0 or not self.buffer:  # a resumed run re-samples its buffer
-            self.buffer = self.sample_and_score(state.params, step - step % reuse)
-        return self.buffer[0]
-
-    def sample_and_score(self, params, step: int) -> list[dict[str, np.ndarray]]:
-        online = self.config.online
-        rng = np.random.default_rng([self.config.seed, step])
-        picked = rng.choice(len(self.prompts), online.prompts_per_step, replace=False)
-        prompts = [self.prompts[i] for i in picked for _ in range(online.samples_per_prompt)]
-        start = time.perf_counter()
-        # One sampling batch, rounded up to the mesh's data-parallel size (padded rows).
-        shards = data_parallel_size(self.mesh)
-        batch_size = -(-len(prompts) // shards) * shards
-        sampler = Sampler(self.model_config, params, mesh=self.mesh, batch_size=batch_size)
-        out = sampler.sample(prompts, self.sampling, seed=self.config.seed + step)
-        self.seconds["sample_s"] += time.perf_counter() - start
-        start = time.perf_counter()
-        chunk = scoring.flat_rows(prompts, out.tokens)
-        scored = scoring.score_chunk(
-            self.teacher_forward, self.teacher_params, self.mesh, chunk, topk=self.topk,
-            seq_len=self.config.data.seq_len, batch_size=self.config.train.batch_size,
-        )  # fmt: skip
-        self.seconds["teacher_s"] += time.perf_counter() - start
-        sampler_lp = [np.r_[np.full(len(p), np.nan), lp] for p, lp in zip(prompts, out.logprobs)]
-        flat = {"tokens": chunk["tokens"], **scored}
-        flat["sampler_logprobs"] = np.concatenate(sampler_lp).astype(np.float32)
-        seq_len, batch_size = self.config.data.seq_len, self.config.train.batch_size
-        rows = pipeline.FlatRows(
-            {k: flat[k] for k in ("tokens", *self.columns)}, chunk["offsets"],
-            chunk["prompt_len"], seq_len=seq_len, where="online rollouts",
-        )  # fmt: skip
-        packed = pipeline.rollout_rows(
-            rows, seq_len=seq_len, seed=step, shuffle=False, num_epochs=1,
-            packing=self.config.data.packing, num_packing_bins=self.config.data.num_packing_bins,
-        )  # fmt: skip
-        batches = list(
-            pipeline.fixed_batches(packed, batch_size, jax.process_index(), jax.process_count())
-        )
-        if len(batches) != 1:
-            raise ConfigError(
-                f"The {len(prompts)} sampled sequences of a step fill {len(batches)} batches of "
-                f"train.batch_size={batch_size} rows x data.seq_len={seq_len}; raise "
-                "train.batch_size (or seq_len, with packing) so one step's rollouts fit one batch."
-            )
-        return batches
-
-
-def load_prompts(path: str, seed: int, model_config, model: ref.ModelRef) -> list[list[int]]:
-    rows = prompts_lib.read_rows(path) if path else synthetic.addition_records(256, seed=seed + 1)
-    ids, _ = prompts_lib.tokenize(
-        rows, model.tokenizer_spec(), chat_template=True, vocab_size=model_config.vocab_size,
-        max_len=model_config.max_position_embeddings, where=path or "generated prompts",
-    )  # fmt: skip
-    return ids
-
-
 def run(config: ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) OPD; returns the final metrics."""
     if config.mode not in MODES:
@@ -228,7 +131,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         )  # fmt: skip
         stop_ids = tuple(sorted(pi_ref.stop_ids()))
         data_iterator = None  # batches are a function of the step: nothing to checkpoint
-        next_batch = OnlineSource(config, model_config, teacher, mesh, columns, stop_ids)
+        next_batch = online.OnlineSource(config, model_config, teacher, mesh, columns, stop_ids)
         inputs = {"teacher": teacher.identity, **inputs}
 
     trainer = loop.Trainer(
@@ -261,7 +164,7 @@ def _reported(summed: dict[str, float], source) -> dict[str, float]:
     """Means of the summed aux, and the online step's wall-time split so far."""
     out = {k: float(v) for k, v in losses.opd_metrics(summed).items()}
     out["loss"], out["grad_norm"] = summed["loss"], summed["grad_norm"]
-    if isinstance(source, OnlineSource):  # train_s = step_s - sample_s - teacher_s
+    if isinstance(source, online.OnlineSource):  # train_s = step_s - sample_s - teacher_s
         out |= source.timing()
     return out
 

@@ -38,7 +38,6 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 import tqdm
 
 from lopd_jax import artifacts
@@ -47,40 +46,10 @@ from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.data import sft, synthetic
 from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
-from lopd_jax.parallel import rules
-from lopd_jax.sampling import Generation, Sampler, SamplingParams
-from lopd_jax.store import FINISH_REASONS, RolloutStore
+from lopd_jax.sampling import multihost
+from lopd_jax.store import RolloutStore, summarize
 
 log = logging.getLogger(__name__)
-
-
-def gather_rows(out, num_rows: int, max_new_tokens: int):
-    """Every process's sampled rows (row `i` of the chunk sampled by process `i % count`), on
-    every process, in chunk order; padded to fixed shapes for the all-gather."""
-    count = jax.process_count()
-    if count == 1:
-        return out
-    from jax.experimental import multihost_utils
-
-    per_process = -(-num_rows // count)
-    tokens = np.zeros((per_process, max_new_tokens), np.int32)
-    lps = np.full((2, per_process, max_new_tokens), np.nan, np.float32)
-    lengths = np.full(per_process, -1, np.int32)
-    finish = np.zeros(per_process, np.int32)
-    for r, toks in enumerate(out.tokens):
-        n = len(toks)
-        tokens[r, :n], lengths[r] = toks, n
-        lps[0, r, :n], lps[1, r, :n] = out.logprobs[r], out.behavior_logprobs[r]
-        finish[r] = FINISH_REASONS.index(out.finish_reason[r])
-    gathered = multihost_utils.process_allgather((tokens, lps, lengths, finish))
-    tokens_g, lps_g, lengths_g, finish_g = (np.asarray(x) for x in gathered)
-    rows = [(p, r) for r in range(per_process) for p in range(count)][:num_rows]
-    return Generation(
-        tokens=[tokens_g[p, r, : lengths_g[p, r]].tolist() for p, r in rows],
-        logprobs=[lps_g[p, 0, r, : lengths_g[p, r]] for p, r in rows],
-        behavior_logprobs=[lps_g[p, 1, r, : lengths_g[p, r]] for p, r in rows],
-        finish_reason=[FINISH_REASONS[finish_g[p, r]] for p, r in rows],
-    )
 
 
 def load_prompts(config, model: ref.ModelRef) -> tuple[list[list[int]], sft.Renderer | None, str]:
@@ -118,44 +87,6 @@ def _check_tokenizer(model: ref.ModelRef, prompts_tokenizer: str) -> None:
         )
 
 
-def sampling_params(config, model: ref.ModelRef, renderer: sft.Renderer | None) -> SamplingParams:
-    """The sampling fields of a rollout-like config (rollout, teacher-data) and its stop ids."""
-    return SamplingParams(
-        max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-        top_k=config.top_k, top_p=config.top_p, stop_ids=stop_ids(config, model, renderer),
-    )  # fmt: skip
-
-
-def stop_ids(config, model: ref.ModelRef, renderer: sft.Renderer | None) -> tuple[int, ...]:
-    """The configured stop ids, else the model's generation_config.json and tokenizer EOS."""
-    if config.eos_ids:
-        return tuple(config.eos_ids)
-    ids = model.stop_ids()
-    if renderer is not None and renderer.eos_id is not None:
-        ids.add(renderer.eos_id)
-    return tuple(sorted(ids))
-
-
-def summarize(store: RolloutStore) -> dict[str, Any]:
-    """Lengths and finish reasons of every committed row."""
-    table = store.row_table()
-    n, prompt_len, finish = store.num_rows, table["prompt_len"], table["finish_reason"]
-    response_len = np.diff(table["offsets"]) - prompt_len
-    counts = {reason: int((finish == i).sum()) for i, reason in enumerate(FINISH_REASONS)}
-    return {
-        "rows": n,
-        "response_tokens": int(response_len.sum()),
-        "response_len_mean": float(response_len.mean()) if n else 0.0,
-        "response_len_p50": float(np.percentile(response_len, 50)) if n else 0.0,
-        "response_len_p90": float(np.percentile(response_len, 90)) if n else 0.0,
-        "response_len_max": int(response_len.max(initial=0)),
-        "prompt_len_mean": float(prompt_len.mean()) if n else 0.0,
-        "prompt_len_max": int(prompt_len.max(initial=0)),
-        "finish_reasons": counts,
-        "truncated": counts["length"],
-    }
-
-
 def run(config) -> dict[str, Any]:
     sections.require_positive(config, "n", "batch_size", "chunk_rows", "max_new_tokens")
     mesh_lib.maybe_initialize_distributed()
@@ -163,7 +94,7 @@ def run(config) -> dict[str, Any]:
     model = ref.resolve(path, sections.model_step(config.model))
     model_config = sections.model_config(config.model, model.config)
     prompts, renderer, prompts_source = load_prompts(config, model)
-    sampling = sampling_params(config, model, renderer)
+    sampling = sections.sampling_params(config, model, renderer)
     if not sampling.stop_ids:
         log.warning("No stop ids: every response runs to max_new_tokens.")
     tokenizer = renderer.name if renderer is not None else model.tokenizer_identity
@@ -191,15 +122,10 @@ def run(config) -> dict[str, Any]:
         "num_prompts": len(prompts),
         "config": config.to_dict(),
     }
-    # Each process samples on its own devices; the mesh first, so that each device reads only
-    # its shard of the weights. Loaded before the store is created: weights that fail to load
-    # leave nothing behind.
-    mesh = None
-    if jax.local_device_count() > 1:
-        mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh), devices=jax.local_devices())
-    params = model.load(
-        model_config.param_dtype, rules.param_shardings(model_config, mesh) if mesh else None
-    )
+    # Loaded before the store is created: weights that fail to load (or a batch size the mesh
+    # cannot split) leave nothing behind.
+    mesh = multihost.local_mesh(sections.mesh_config(config.mesh))
+    sampler = multihost.local_sampler(model, model_config, mesh, config.batch_size)
     writer = jax.process_index() == 0
     if writer:
         store = RolloutStore.open_or_create(config.output, identity, **metadata)
@@ -209,7 +135,6 @@ def run(config) -> dict[str, Any]:
     if store.num_rows and writer:
         print(f"rollout: resuming {config.output} after {store.num_rows} of {len(order)} rows")
 
-    sampler = Sampler(model_config, params, mesh=mesh, batch_size=config.batch_size)
     bar = tqdm.tqdm(total=len(order), initial=store.num_rows, unit="row", desc="rollout",
                     disable=not writer)  # fmt: skip
     start_time, new_tokens = time.perf_counter(), 0
@@ -222,16 +147,11 @@ def run(config) -> dict[str, Any]:
 
     for start in range(store.num_rows, len(order), config.chunk_rows):
         rows = order[start : start + config.chunk_rows]
-        mine = range(jax.process_index(), len(rows), jax.process_count())
-        out = sampler.sample(
-            [prompts[rows[k][0]] for k in mine],
-            sampling,
-            seed=config.seed,
-            row_ids=[start + k for k in mine],
-            progress=progress,
-        )
-        out = gather_rows(out, len(rows), config.max_new_tokens)
         chunk_prompts = [prompts[i] for i, _ in rows]
+        out = multihost.sample_shared(
+            sampler, chunk_prompts, sampling, seed=config.seed,
+            row_ids=range(start, start + len(rows)), progress=progress,
+        )  # fmt: skip
         if writer:
             store.append_chunk(
                 [p + t for p, t in zip(chunk_prompts, out.tokens, strict=True)],

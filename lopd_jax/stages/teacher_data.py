@@ -36,18 +36,14 @@ from ml_collections import ConfigDict
 
 from lopd_jax import artifacts
 from lopd_jax.configs import sections
+from lopd_jax.data import parts, sft
 from lopd_jax.data import prompts as prompts_lib
-from lopd_jax.data import sft
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
-from lopd_jax.parallel import rules
-from lopd_jax.sampling import FINISH_LENGTH, FINISH_STOP, Sampler
-from lopd_jax.stages import rollout
+from lopd_jax.sampling import FINISH_LENGTH, FINISH_STOP, check_batch_size, multihost
 
 MADE_BY = "teacher-data"
-STATE = ".lopd_teacher_data.json"  # the run's identity, written first: "this directory is ours"
-PARTS = "parts"
 
 
 def read_prompts(config: ConfigDict, teacher: ref.ModelRef):
@@ -79,64 +75,12 @@ def read_prompts(config: ConfigDict, teacher: ref.ModelRef):
     return rows, ids, renderer
 
 
-def response_text(renderer: sft.Renderer, tokens: list[int], finish_reason: str) -> str:
-    """The response as SFT data holds it: the text before the stop token."""
-    if finish_reason == FINISH_STOP:
-        tokens = tokens[:-1]
-    if isinstance(renderer, sft.ByteRenderer):  # control ids are not text
-        data = bytes(t - renderer.OFFSET for t in tokens if t >= renderer.OFFSET)
-        return data.decode("utf-8", errors="replace")
-    return renderer.tokenizer.decode(tokens)
-
-
-def record(row: dict[str, Any], response: str) -> dict[str, Any]:
-    """The SFT example of a prompt row and a response (other prompt fields stay out)."""
-    if "messages" in row:
-        return {"messages": [*row["messages"], {"role": "assistant", "content": response}]}
-    return {"prompt": row["prompt"], "response": response}
-
-
-def open_output(output: Path, identity: dict[str, Any]) -> None:
-    """Claims a new (or empty) output directory, or checks that a run of ours there was made
-    from the same inputs."""
-    state = output / STATE
-    if state.exists():
-        stored = json.loads(state.read_text())
-        changed = [
-            f"{key}: stored {stored.get(key, '<absent>')!r}, now {identity.get(key, '<absent>')!r}"
-            for key in sorted(set(stored) | set(identity))
-            if stored.get(key) != identity.get(key)
-        ]
-        if changed:
-            raise artifacts.ArtifactError(
-                f"{output} holds teacher data sampled from other inputs, so resuming would mix "
-                "two runs:\n  " + "\n  ".join(changed) + "\nUse a new output directory, or rerun "
-                f"with the inputs it was made from ({STATE} records them)."
-            )
-        return
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise artifacts.ArtifactError(
-            f"output={output} exists and was not written by `lopd teacher-data`; refusing to "
-            "write into it. Choose a new output directory."
-        )
-    artifacts.atomic_write_text(state, json.dumps(identity, indent=2))
-
-
-def part_path(output: Path, index: int) -> Path:
-    return output / PARTS / f"{index:06d}.jsonl"
-
-
-def write_part(output: Path, index: int, lines: list[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-    artifacts.atomic_write_text(part_path(output, index), text)
-
-
 def assemble(output: Path, rows: list[dict], num_parts: int, drop_truncated: bool):
     """The SFT records of every part in prompt order, and what was kept and dropped."""
     records = []
     counts = dict.fromkeys(("responses", "truncated", "dropped_truncated", "dropped_empty"), 0)
     for index in range(num_parts):
-        for line in map(json.loads, part_path(output, index).read_text().splitlines()):
+        for line in parts.read_part(output, index):
             counts["responses"] += 1
             truncated = line["finish_reason"] == FINISH_LENGTH
             counts["truncated"] += truncated
@@ -145,7 +89,7 @@ def assemble(output: Path, rows: list[dict], num_parts: int, drop_truncated: boo
             elif not line["response"].strip():
                 counts["dropped_empty"] += 1
             else:
-                records.append(record(rows[line["prompt_index"]], line["response"]))
+                records.append(sft.response_record(rows[line["prompt_index"]], line["response"]))
     return records, counts | {"examples": len(records)}
 
 
@@ -167,7 +111,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     teacher = ref.resolve(spec, sections.model_step(config.model))
     teacher_config = sections.model_config(config.model, teacher.config)
     rows, prompts, renderer = read_prompts(config, teacher)
-    sampling = rollout.sampling_params(config, teacher, renderer)
+    sampling = sections.sampling_params(config, teacher, renderer)
     # What decides every sample: a resume that changes any of it would mix two runs.
     identity = {
         "teacher": teacher.identity,
@@ -180,11 +124,13 @@ def run(config: ConfigDict) -> dict[str, Any]:
         "dtype": [teacher_config.param_dtype, teacher_config.dtype],
     }
     output = Path(sections.require_path(config.output, "output", "a new SFT data directory"))
-    open_output(output, identity)
+    mesh = multihost.local_mesh(sections.mesh_config(config.mesh))
+    check_batch_size(config.batch_size, mesh)  # before the output is claimed
+    parts.claim(output, identity, MADE_BY)
     num_parts = math.ceil(len(prompts) / config.chunk_prompts)
-    todo = [i for i in range(num_parts) if not part_path(output, i).exists()]
-    if todo:
-        sample_parts(config, teacher, teacher_config, prompts, renderer, sampling, output, todo)
+    if todo := parts.missing(output, num_parts):
+        sampler = multihost.local_sampler(teacher, teacher_config, mesh, config.batch_size)
+        sample_parts(config, sampler, prompts, renderer, sampling, output, todo)
 
     records, counts = assemble(output, rows, num_parts, config.drop_truncated)
     if not records:
@@ -206,15 +152,8 @@ def run(config: ConfigDict) -> dict[str, Any]:
     return counts
 
 
-def sample_parts(config, teacher, teacher_config, prompts, renderer, sampling, output, todo):
+def sample_parts(config, sampler, prompts, renderer, sampling, output, todo):
     """Samples the parts `todo` (indices) from the teacher, writing each as it finishes."""
-    mesh = None
-    if jax.device_count() > 1:  # the mesh first: each device reads only its shard
-        mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
-    params = teacher.load(
-        teacher_config.param_dtype, rules.param_shardings(teacher_config, mesh) if mesh else None
-    )
-    sampler = Sampler(teacher_config, params, mesh=mesh, batch_size=config.batch_size)
     n, size = config.n, config.chunk_prompts
     bar = tqdm.tqdm(total=sum(min(size, len(prompts) - i * size) * n for i in todo),
                     unit="response", desc="teacher-data")  # fmt: skip
@@ -225,9 +164,9 @@ def sample_parts(config, teacher, teacher_config, prompts, renderer, sampling, o
             [prompts[i] for i, _ in rows], sampling, seed=config.seed,
             row_ids=[i * n + j for i, j in rows], progress=lambda r, _: bar.update(r),
         )  # fmt: skip
-        write_part(output, index, [
+        parts.write_part(output, index, [
             {"prompt_index": i, "sample": j, "finish_reason": finish, "response_tokens": len(t),
-             "response": response_text(renderer, t, finish)}
+             "response": sft.response_text(renderer, t[:-1] if finish == FINISH_STOP else t)}
             for (i, j), t, finish in zip(rows, out.tokens, out.finish_reason, strict=True)
         ])  # fmt: skip
     bar.close()

@@ -226,12 +226,7 @@ class RolloutStore:
             return cls.create(path, identity=identity, **metadata)
         store = cls.open(path)
         stored = store.manifest.get("identity", {})
-        changed = [
-            f"{key}: stored {stored.get(key, '<absent>')!r}, now {identity.get(key, '<absent>')!r}"
-            for key in sorted(set(stored) | set(identity))
-            if stored.get(key) != identity.get(key)
-        ]
-        if changed:
+        if changed := artifacts.changed_fields(stored, identity):
             raise StoreError(
                 f"{path} holds rollouts made from other inputs, so resuming would mix two runs "
                 "in one store:\n  " + "\n  ".join(changed) + "\nUse a new output path, or "

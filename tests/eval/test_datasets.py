@@ -58,6 +58,9 @@ def test_jsonl_bad_lines_are_listed(tmp_path: Path) -> None:
         "answer_field=",
     ]:
         assert expected in message
+    path.write_bytes(path.read_bytes() + b'{"prompt": "\xff", "answer": "1"}\n')
+    with pytest.raises(datasets.EvalDataError, match="line 8: 'utf-8' codec can't decode"):
+        datasets.load_jsonl(path, id_field="id")
     with pytest.raises(datasets.EvalDataError, match="does not exist"):
         datasets.load_jsonl(tmp_path / "missing.jsonl")
     with pytest.raises(datasets.EvalDataError, match="holds no problems"):

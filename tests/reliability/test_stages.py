@@ -4,7 +4,8 @@ errors that leave nothing behind. A new stage joins by adding a `Stage` to STAGE
 damage and bad-input rows).
 
 The stages run on the session's tiny pipeline (`toy_pipeline` in tests/conftest.py), whose own
-outputs are the uninterrupted references (OPD's is made here, once, if an OPD case runs).
+outputs are the uninterrupted references; a stage the pipeline does not run is run here,
+uninterrupted, once, if one of its cases runs.
 """
 
 from __future__ import annotations
@@ -19,13 +20,31 @@ from typing import Any
 import jax
 import numpy as np
 import pytest
-from stage_helpers import toy_rollout_config, toy_score_config, toy_sft_config
+from stage_helpers import toy_opd_config, toy_rollout_config, toy_score_config, toy_sft_config
 
-from lopd_jax.configs import opd as opd_config
+from lopd_jax import artifacts
+from lopd_jax.configs import evaluate as evaluate_config
+from lopd_jax.configs import export as export_config
+from lopd_jax.configs import import_rollouts as import_rollouts_config
+from lopd_jax.configs import import_sft as import_sft_config
+from lopd_jax.configs import teacher_data as teacher_data_config
+from lopd_jax.data import parts, rollout_jsonl
+from lopd_jax.data.tasks import addition
 from lopd_jax.errors import LopdError
 from lopd_jax.models import ref
 from lopd_jax.sampling import Sampler
-from lopd_jax.stages import opd, rollout, score, sft
+from lopd_jax.stages import (
+    evaluate,
+    export,
+    export_rollouts,
+    import_rollouts,
+    import_sft,
+    opd,
+    rollout,
+    score,
+    sft,
+    teacher_data,
+)
 from lopd_jax.store import RolloutStore
 from lopd_jax.training import checkpoint, metrics
 
@@ -62,6 +81,36 @@ def store_of(path: Path, columns=("sampler_logprobs",)) -> dict[str, np.ndarray]
 TEACHER_COLUMNS = ("teacher_logprobs", "teacher_topk_ids", "teacher_topk_logprobs")
 
 
+def _texts(paths: dict[str, Path]) -> dict[str, np.ndarray]:
+    return {key: np.array(path.read_text()) for key, path in paths.items()}
+
+
+def _manifest_of(path: Path, *keys: str) -> dict[str, np.ndarray]:
+    """The manifest fields that a rerun must reproduce (not the time, nor the output paths)."""
+    manifest = json.loads((path / artifacts.MANIFEST).read_text())
+    return {f"manifest/{k}": np.array(json.dumps(manifest.get(k), sort_keys=True)) for k in keys}
+
+
+def sft_data_of(path: Path) -> dict[str, np.ndarray]:
+    texts = _texts({"data.jsonl": path / "data.jsonl"})
+    texts |= _texts({p.name: p for p in sorted((path / parts.PARTS).glob("*.jsonl"))})
+    return texts | _manifest_of(path, "teacher", "identity", "counts", "num_examples", "tokenizer")
+
+
+def evaluation_of(path: Path) -> dict[str, np.ndarray]:
+    summary = json.loads((path / "summary.json").read_text())
+    summary = {k: v for k, v in summary.items() if k not in ("model", "eval_s_this_run")}
+    return _texts({"results": path / evaluate.RESULTS}) | {"summary": np.array(str(summary))}
+
+
+def export_of(path: Path) -> dict[str, np.ndarray]:
+    # The manifest is compared without its time; hidden files are caches (mtimes).
+    kept = [f for f in path.iterdir() if not f.name.startswith(".")]
+    files = {f.name: np.frombuffer(f.read_bytes(), np.uint8) for f in kept}
+    files.pop(artifacts.MANIFEST)
+    return files | _manifest_of(path, "kind", "identity", "files_digest", "checkpoint")
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """How to run a stage into a fresh output, read back its artifacts, and kill it."""
@@ -71,7 +120,7 @@ class Stage:
     config: Callable[[dict, Path], Any]  # (pipeline, fresh dir) -> config
     output: Callable[[Path], Path]  # fresh dir -> the artifact
     artifacts: Callable[[Path], dict[str, np.ndarray]]
-    reference: Callable[[dict], Path]  # the uninterrupted run's artifact
+    reference: Callable[[dict], Path] | None  # the pipeline's artifact (None: run here)
     kills: dict[str, Callable[[], tuple]]  # point -> kill_on_call(...) args
 
 
@@ -80,11 +129,45 @@ def _sft_config(p, d):
 
 
 def _opd_config(p, d):
-    c = opd_config.get_config()
-    c.workdir, c.model.path, c.store = str(d / "opd"), str(p["ckpt"]), str(p["store"])
-    c.data.seq_len, c.data.num_packing_bins = 64, 4
-    c.train.steps, c.train.batch_size, c.train.log_every = 2, 8, 1
-    c.checkpoint.save_every, c.checkpoint.async_save = 1, False
+    return toy_opd_config(d / "opd", p["ckpt"], p["store"])
+
+
+def _teacher_data_config(p, d):
+    c = teacher_data_config.get_config()
+    c.teacher, c.prompts, c.output = str(p["teacher"]), str(p["prompts"]), str(d / "sft_data")
+    c.n, c.max_new_tokens, c.chunk_prompts, c.batch_size = 2, 8, 2, 8
+    c.temperature, c.eos_ids = 1.0, (2, 8, 9)  # as the pipeline's rollout: many lengths
+    c.drop_truncated = False
+    return c
+
+
+def _import_sft_config(p, d):
+    c = import_sft_config.get_config()
+    c.input, c.output = str(p["data"] / "data.jsonl"), str(d / "imported")
+    c.teacher = str(p["teacher"])
+    return c
+
+
+def _import_rollouts_config(p, d):
+    c = import_rollouts_config.get_config()
+    c.input, c.output = str(p["rollouts_jsonl"]), str(d / "rollouts.zarr")
+    c.model.path, c.chunk_rows = str(p["ckpt"]), 4
+    return c
+
+
+def _evaluate_config(p, d):
+    """The SFT checkpoint, copied: evaluate records its summary in the model's manifest."""
+    if not (d / "model").exists():
+        shutil.copytree(p["ckpt"], d / "model")
+    c = evaluate_config.get_config()
+    c.model.path, c.dataset, c.workdir = str(d / "model"), str(p["dataset"]), str(d / "eval")
+    c.n, c.ks, c.max_new_tokens, c.batch_size = 2, (1, 2), 6, 8  # batches of 4 and 1 problems
+    return c
+
+
+def _export_config(p, d):
+    c = export_config.get_config()
+    c.model.path, c.output = str(p["ckpt"]), str(d / "hf")
     return c
 
 
@@ -137,7 +220,7 @@ STAGES = [
         lambda p, d: toy_rollout_config(p["ckpt"], p["prompts"], d / "rollouts.zarr"),
         lambda d: d / "rollouts.zarr", store_of, lambda p: p["store"],
         {
-            "setup": lambda: kill_on_call(Sampler, "__init__", lambda *a, **k: True),
+            "setup": lambda: kill_on_call(Sampler, "sample", lambda *a, **k: True),
             "mid-run": lambda: kill_on_call(
                 RolloutStore, "append_chunk", lambda self, *a, **k: len(self.chunks) == 1
             ),
@@ -161,43 +244,113 @@ STAGES = [
         },
     ),
     Stage(
-        "opd", opd.run, _opd_config, lambda d: d / "opd", params_of,
-        lambda p: p["opd_reference"],
+        "opd", opd.run, _opd_config, lambda d: d / "opd", params_of, None,
         _train_kills(kill_on_call(opd, "_copy_generation_files", lambda *a: True)),
+    ),
+    Stage(
+        "teacher-data", teacher_data.run, _teacher_data_config, lambda d: d / "sft_data",
+        sft_data_of, None,
+        {
+            "setup": lambda: kill_on_call(Sampler, "sample", lambda *a, **k: True),
+            "mid-run": lambda: kill_on_call(parts, "write_part", lambda out, i, lines: i == 1),
+            "commit": lambda: kill_on_call(  # data.jsonl written, its manifest not
+                artifacts, "write_manifest", lambda *a, **k: True
+            ),
+        },
+    ),
+    Stage(
+        "import-sft", import_sft.run, _import_sft_config, lambda d: d / "imported",
+        sft_data_of, None,
+        {"commit": lambda: kill_on_call(artifacts, "write_manifest", lambda *a, **k: True)},
+    ),
+    Stage(
+        "import-rollouts", import_rollouts.run, _import_rollouts_config,
+        lambda d: d / "rollouts.zarr", store_of, None,
+        {
+            "setup": lambda: kill_on_call(RolloutStore, "append_chunk", lambda *a, **k: True),
+            "mid-run": lambda: kill_on_call(
+                RolloutStore, "append_chunk", lambda self, *a, **k: len(self.chunks) == 1
+            ),
+            "commit": lambda: kill_on_call(
+                RolloutStore, "_write_json", lambda self, key, v: key.endswith("rows/000001.json")
+            ),
+        },
+    ),
+    Stage(
+        "evaluate", evaluate.run, _evaluate_config, lambda d: d / "eval", evaluation_of, None,
+        {
+            "setup": lambda: kill_on_call(Sampler, "sample", lambda *a, **k: True),
+            "mid-run": lambda: kill_on_call(Sampler, "sample", lambda *a, **k: _second_call()),
+            "commit": lambda: kill_on_call(  # every problem graded, the summary not written
+                artifacts, "atomic_write_text", lambda path, text: path.name == "summary.json"
+            ),
+        },
+    ),
+    Stage(
+        "export", export.run, _export_config, lambda d: d / "hf", export_of, None,
+        {
+            "setup": lambda: kill_on_call(ref.ModelRef, "load", lambda *a, **k: True),
+            "commit": lambda: kill_on_call(  # the files written, the directory not renamed
+                artifacts, "write_manifest", lambda *a, **k: True
+            ),
+        },
     ),
 ]  # fmt: skip
 SLOW_KILLS = {"sft", "opd"}  # a training compile per run: minutes on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
-def opd_reference(toy_pipeline, tmp_path_factory):
-    """An uninterrupted OPD run (the pipeline has none)."""
-    d = tmp_path_factory.mktemp("opd_reference")
-    opd.run(_opd_config(toy_pipeline, d))
-    return d / "opd"
+def pipeline(toy_pipeline, tmp_path_factory):
+    """The toy pipeline and the inputs of the stages it does not run: the rollouts as JSONL
+    (import-rollouts) and addition problems (evaluate)."""
+    d = tmp_path_factory.mktemp("inputs")
+    rollouts = d / "rollouts.jsonl"
+    rollout_jsonl.write_lines(
+        rollouts, export_rollouts.export_lines(RolloutStore.open(toy_pipeline["store"]))
+    )
+    # Five lines: a truncated file ends mid-line, not on a line boundary (a valid, shorter file).
+    problems = addition.prompt_records(addition.sample_problems(5, split="eval", seed=0))
+    dataset = d / "problems.jsonl"
+    dataset.write_text("".join(json.dumps(r | {"grader": "addition"}) + "\n" for r in problems))
+    return {**toy_pipeline, "rollouts_jsonl": rollouts, "dataset": dataset}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(pipeline, tmp_path_factory):
+    """`uninterrupted(stage)`: the artifact of one uninterrupted run, made on first use."""
+    made = {}
+
+    def get(stage: Stage) -> Path:
+        if stage.reference is not None:
+            return stage.reference(pipeline)
+        if stage.name not in made:
+            d = tmp_path_factory.mktemp(f"{stage.name}_reference")
+            stage.run(stage.config(pipeline, d))
+            made[stage.name] = stage.output(d)
+        return made[stage.name]
+
+    return get
 
 
 KILL_CASES = [
     pytest.param(stage, point, id=f"{stage.name}-{point}",
                  marks=[pytest.mark.slow] if stage.name in SLOW_KILLS else [])
-    for stage in STAGES for point in ("setup", "mid-run", "commit")
+    for stage in STAGES for point in stage.kills
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("stage", "point"), KILL_CASES)
 def test_killed_then_rerun_equals_uninterrupted(
-    stage, point, toy_pipeline, tmp_path, request, monkeypatch
+    stage, point, pipeline, uninterrupted, tmp_path, monkeypatch
 ):
-    p = dict(toy_pipeline)
-    if stage.name == "opd":
-        p["opd_reference"] = request.getfixturevalue("opd_reference")
+    want = stage.artifacts(uninterrupted(stage))
     _calls.clear()
     with monkeypatch.context() as m:
         m.setattr(*stage.kills[point]())
         with pytest.raises(Killed):
-            stage.run(stage.config(p, tmp_path))
-    stage.run(stage.config(p, tmp_path))  # the same command again
-    got, want = stage.artifacts(stage.output(tmp_path)), stage.artifacts(stage.reference(p))
+            stage.run(stage.config(pipeline, tmp_path))
+    stage.run(stage.config(pipeline, tmp_path))  # the same command again
+    got = stage.artifacts(stage.output(tmp_path))
     assert sorted(got) == sorted(want)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
@@ -218,7 +371,10 @@ def _damage(path: Path, kind: str) -> None:
 
 
 def _copy(p, d, key):
-    return shutil.copytree(p[key], d / key) if p[key].is_dir() else shutil.copy(p[key], d / key)
+    """A copy of input `key` in `d` (a file keeps its name: evaluate reads *.jsonl by suffix)."""
+    if p[key].is_dir():
+        return shutil.copytree(p[key], d / key)
+    return shutil.copy(p[key], d / p[key].name)
 
 
 def _first(path: Path, pattern: str) -> Path:
@@ -228,6 +384,8 @@ def _first(path: Path, pattern: str) -> Path:
 # (stage, input key, file within the input, how the copied input is put into the config)
 _model = lambda c, x: setattr(c.model, "path", str(x))
 _store = lambda c, x: setattr(c, "store", str(x))
+_teacher = lambda c, x: setattr(c, "teacher", str(x))
+_input_file = lambda c, x: setattr(c, "input", str(x))
 DAMAGE = [
     ("sft", "data", "data.jsonl", lambda c, x: setattr(c.data, "path", str(x))),
     ("sft", "base", "model-00001-of-00001.safetensors", _model),
@@ -241,6 +399,21 @@ DAMAGE = [
     ("opd", "store", "teacher_logprobs/c/0", _store),
     ("opd", "store", "chunks/teacher_logprobs/000000.json", _store),
     ("opd", "ckpt", "2/params", _model),
+    ("teacher-data", "teacher", "model.safetensors", _teacher),
+    ("teacher-data", "teacher", "config.json", _teacher),
+    ("teacher-data", "teacher", "tokenizer.json", _teacher),
+    ("teacher-data", "prompts", "", lambda c, x: setattr(c, "prompts", str(x))),
+    ("import-sft", "data", "data.jsonl", lambda c, x: setattr(c, "input", str(x / "data.jsonl"))),
+    ("import-sft", "teacher", "model.safetensors", _teacher),
+    ("import-sft", "teacher", "config.json", _teacher),
+    ("import-rollouts", "rollouts_jsonl", "", _input_file),
+    ("import-rollouts", "ckpt", "manifest.json", _model),
+    ("evaluate", "ckpt", "2/params", _model),
+    ("evaluate", "ckpt", "manifest.json", _model),
+    ("evaluate", "dataset", "", lambda c, x: setattr(c, "dataset", str(x))),
+    ("export", "ckpt", "2/params", _model),
+    ("export", "ckpt", "manifest.json", _model),
+    ("export", "ckpt", "tokenizer.json", _model),
 ]  # fmt: skip
 STAGE = {s.name: s for s in STAGES}
 
@@ -249,15 +422,13 @@ STAGE = {s.name: s for s in STAGES}
 @pytest.mark.parametrize(
     ("stage", "key", "file", "use"), DAMAGE, ids=[f"{s}-{k}-{f or k}" for s, k, f, _ in DAMAGE]
 )
-def test_damaged_input_is_a_named_error(
-    stage, key, file, use, kind, toy_pipeline, tmp_path, request
-):
+def test_damaged_input_is_a_named_error(stage, key, file, use, kind, pipeline, tmp_path):
     if key == "store" and stage == "score":
-        config = _rollout_copy(toy_pipeline, tmp_path)
+        config = _rollout_copy(pipeline, tmp_path)
         target = Path(config.store)
     else:
-        config = STAGE[stage].config(toy_pipeline, tmp_path)
-        target = Path(_copy(toy_pipeline, tmp_path, key))
+        config = STAGE[stage].config(pipeline, tmp_path)
+        target = Path(_copy(pipeline, tmp_path, key))
         use(config, target)
     damaged = target / file if file else target
     if file == "2/params":  # an orbax step: damage every data file (OCDBT may leave some unread)
@@ -289,6 +460,14 @@ def _sft_data(text):
     return use
 
 
+def _input(text):
+    def use(c, d):
+        (d / "bad.jsonl").write_bytes(text)
+        c.input = str(d / "bad.jsonl")
+
+    return use
+
+
 def _set(**values):
     def use(c, d):
         c.update_from_flattened_dict(values)
@@ -304,6 +483,16 @@ def _file_output(field):
     return use
 
 
+def _foreign_output(field):
+    def use(c, d):
+        (d / "out").mkdir()
+        (d / "out" / "notes.txt").write_text("mine")
+        c.update_from_flattened_dict({field: str(d / "out")})
+
+    return use
+
+
+_unfit_mesh = _set(**{"mesh.preset": "custom", "mesh.shape": (3, -1, 1)})  # 3 does not divide 8
 BAD_INPUTS = [
     ("rollout", "empty prompts file", _prompts(b"")),
     ("rollout", "non-string prompt", _prompts(b'{"prompt": 12}\n')),
@@ -311,6 +500,7 @@ BAD_INPUTS = [
     ("rollout", "chunk_rows=0", _set(chunk_rows=0)),
     ("rollout", "output is a file", _file_output("output")),
     ("rollout", "missing model.path", _set(**{"model.path": ""})),
+    ("rollout", "batch_size not a multiple of the mesh", _set(batch_size=3)),
     ("sft", "invalid UTF-8", _sft_data(b'{"prompt": "1+1=", "response": "\xff\xfe"}\n')),
     ("sft", "unknown model.preset", _set(**{"model.path": "", "model.preset": "qwen9"})),
     ("sft", "train.steps=0", _set(**{"train.steps": 0})),
@@ -322,6 +512,34 @@ BAD_INPUTS = [
     ("opd", "missing model.path", _set(**{"model.path": ""})),
     ("opd", "store is a file", _file_output("store")),
     ("opd", "unknown loss", _set(**{"loss.loss": "forward_kl"})),
+    ("teacher-data", "missing teacher", _set(teacher="")),
+    ("teacher-data", "model.path set", _set(**{"model.path": "/some/model"})),
+    ("teacher-data", "n=0", _set(n=0)),
+    ("teacher-data", "chunk_prompts=0", _set(chunk_prompts=0)),
+    ("teacher-data", "prompt_ids only", _prompts(b'{"prompt_ids": [5, 6]}\n')),
+    ("teacher-data", "empty prompts file", _prompts(b"")),
+    ("teacher-data", "output is a file", _file_output("output")),
+    ("teacher-data", "output holds other files", _foreign_output("output")),
+    ("teacher-data", "batch_size not a multiple of the mesh", _set(batch_size=3)),
+    ("teacher-data", "a mesh the devices cannot form", _unfit_mesh),
+    ("import-sft", "missing input", _set(input="")),
+    ("import-sft", "bad line", _input(b'{"prompt": "1+1=", "response": 2}\n')),
+    ("import-sft", "teacher path that does not exist", _set(teacher="/no/such/teacher")),
+    ("import-sft", "output is a file", _file_output("output")),
+    ("import-sft", "output holds other files", _foreign_output("output")),
+    ("import-rollouts", "no model or tokenizer", _set(**{"model.path": "", "tokenizer": ""})),
+    ("import-rollouts", "bad line", _input(b'{"prompt_ids": [1], "response_ids": [99]}\n')),
+    ("import-rollouts", "chunk_rows=0", _set(chunk_rows=0)),
+    ("import-rollouts", "seq_len shorter than a row", _set(seq_len=2)),
+    ("import-rollouts", "output is a file", _file_output("output")),
+    ("evaluate", "missing dataset", _set(dataset="")),
+    ("evaluate", "k above n", _set(ks=(1, 4))),
+    ("evaluate", "missing model.path", _set(**{"model.path": ""})),
+    ("evaluate", "batch_size not a multiple of the mesh", _set(batch_size=3)),
+    ("evaluate", "a mesh the devices cannot form", _unfit_mesh),
+    ("export", "missing output", _set(output="")),
+    ("export", "output is a file", _file_output("output")),
+    ("export", "output holds other files", _foreign_output("output")),
 ]
 
 
@@ -332,13 +550,13 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize(
     ("stage", "what", "use"), BAD_INPUTS, ids=[f"{s}-{w}" for s, w, _ in BAD_INPUTS]
 )
-def test_bad_input_is_a_named_error_that_leaves_nothing(stage, what, use, toy_pipeline, tmp_path):
-
-    config = STAGE[stage].config(toy_pipeline, tmp_path)
+def test_bad_input_is_a_named_error_that_leaves_nothing(stage, what, use, pipeline, tmp_path):
+    config = STAGE[stage].config(pipeline, tmp_path)
     use(config, tmp_path)
-    before, inputs = _snapshot(tmp_path), _snapshot(toy_pipeline["root"])
+    inputs = lambda: _snapshot(pipeline["root"]) | _snapshot(pipeline["dataset"].parent)
+    before, inputs_before = _snapshot(tmp_path), inputs()
     with pytest.raises(LopdError) as e:
         STAGE[stage].run(config)
     assert "Traceback" not in str(e.value) and len(str(e.value)) > 20
     assert _snapshot(tmp_path) == before, "the failed run created or changed files"
-    assert _snapshot(toy_pipeline["root"]) == inputs, "the failed run changed its inputs"
+    assert inputs() == inputs_before, "the failed run changed its inputs"

@@ -1,36 +1,29 @@
 """`lopd opd`: lightning never loads the teacher, refuses a wrong store, resumes exactly, shards
-exactly; online samples and scores live; both modes give the same gradient at pi_ref."""
+exactly; online samples and scores live (tests/training/test_online.py: both modes give the
+same gradient at pi_ref)."""
 
 import math
 import shutil
-import types
 
 import jax
 import numpy as np
 import pytest
+from stage_helpers import toy_opd_config
 
 from lopd_jax import artifacts
-from lopd_jax.configs import opd as opd_config
-from lopd_jax.configs import sections
-from lopd_jax.data import pipeline
 from lopd_jax.models import ref
-from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.stages import opd
 from lopd_jax.store import RolloutStore, StoreError
-from lopd_jax.training import losses, metrics
+from lopd_jax.training import metrics
 
 MISSING_TEACHER = "/nonexistent/teacher"
 STEPS = 3
 
 
 def config(p, workdir, **overrides):
-    c = opd_config.get_config()
-    c.workdir, c.model.path, c.store = str(workdir), str(p["ckpt"]), str(p["store"])
+    c = toy_opd_config(workdir, p["ckpt"], p["store"], steps=STEPS)
     c.teacher = MISSING_TEACHER  # lightning must never look at it
-    c.data.seq_len, c.data.num_packing_bins = 64, 4
-    c.train.steps, c.train.batch_size, c.train.log_every = STEPS, 8, 1
     c.optimizer.learning_rate = 1e-2  # visible updates in a few steps
-    c.checkpoint.save_every, c.checkpoint.async_save = 1, False
     c.update_from_flattened_dict(overrides)
     return c
 
@@ -150,55 +143,3 @@ def test_online_runs_and_records_its_time_split(toy_pipeline, tmp_path):
         assert m["train/sample_s"] > 0 and m["train/teacher_s"] > 0
         assert m["train/step_s"] >= m["train/sample_s"] + m["train/teacher_s"]
         assert math.isfinite(m["train/loss"])
-
-
-def test_lightning_and_online_gradients_agree_at_pi_ref(toy_pipeline, monkeypatch):
-    """The same rollouts, through the store (lightning) and through the online path (live
-    teacher scoring, FlatRows): one batch each, the same gradient of `opd_loss_fn`."""
-    p = toy_pipeline
-    c = config(p, "unused", mode="online", teacher=str(p["teacher"]))
-    store = RolloutStore.open(p["store"])
-    rows = store.read_rows(0, store.num_rows, ("sampler_logprobs",))
-    prompts = [t[:n].tolist() for t, n in zip(rows["tokens"], rows["prompt_len"], strict=True)]
-    answers = {}
-    for prompt, tokens, lp in zip(prompts, rows["tokens"], rows["sampler_logprobs"], strict=True):
-        answers.setdefault(tuple(prompt), []).append((tokens[len(prompt) :], lp[len(prompt) :]))
-
-    class StoredSampler:  # "samples" the stored responses
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def sample(self, batch_prompts, sampling, seed):
-            picked = [answers[tuple(q)].pop() for q in batch_prompts]
-            return types.SimpleNamespace(tokens=[t.tolist() for t, _ in picked],
-                                         logprobs=[lp for _, lp in picked])  # fmt: skip
-
-    monkeypatch.setattr(opd, "Sampler", StoredSampler)
-    c.online.update(prompts_per_step=len(prompts), samples_per_prompt=1)
-    pi_ref = ref.resolve(c.model.path)
-    model_config = sections.model_config(c.model, pi_ref.config)
-    mesh = mesh_lib.make_mesh(sections.mesh_config(c.mesh))
-    opd_cfg = opd.loss_config(c)
-    columns = losses.required_columns(opd_cfg)
-    source = opd.OnlineSource(c, model_config, ref.resolve(c.teacher), mesh, columns, ())
-    source.prompts = prompts
-    params = pi_ref.load()
-    (online,) = source.sample_and_score(params, 0)
-
-    packed = pipeline.rollout_rows(store, [k for k in columns if k not in pipeline.FEATURES],
-                                   seq_len=c.data.seq_len, seed=0, num_epochs=1)  # fmt: skip
-    (lightning,) = list(pipeline.fixed_batches(packed, c.train.batch_size))
-    assert (online["loss_mask"].sum(), (online["segment_ids"].max(1)).sum()) == (
-        lightning["loss_mask"].sum(),
-        (lightning["segment_ids"].max(1)).sum(),
-    )  # same rows
-
-    loss_fn = losses.opd_loss_fn(model_config, opd_cfg)
-
-    @jax.jit
-    def grad(batch):
-        return jax.grad(lambda w: losses.normalize(*loss_fn(w, batch, jax.random.key(0))))(params)
-
-    got, want = grad(online), grad(lightning)
-    assert max(float(np.abs(x).max()) for x in jax.tree.leaves(want)) > 1e-3  # not trivial
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4), got, want)

@@ -10,8 +10,8 @@ from stage_helpers import save_byte_model
 import lopd_jax
 from lopd_jax import artifacts
 from lopd_jax.configs import teacher_data as teacher_data_config
+from lopd_jax.data import parts, sft
 from lopd_jax.data import prompts as prompts_lib
-from lopd_jax.data import sft
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref
 from lopd_jax.parallel.mesh import MeshConfig, make_mesh
@@ -105,18 +105,18 @@ def test_rows_are_what_the_teacher_generates(inputs, reference):
 def test_resume_equals_uninterrupted_and_other_inputs_are_refused(inputs, reference, monkeypatch):
     root = inputs[0]
     output = root / "crashed"
-    write = teacher_data.write_part
+    write = parts.write_part
 
     def crash_on_second_part(out, index, lines):
         if index == 1:
             raise KeyboardInterrupt("preempted")
         write(out, index, lines)
 
-    monkeypatch.setattr(teacher_data, "write_part", crash_on_second_part)
+    monkeypatch.setattr(parts, "write_part", crash_on_second_part)
     with pytest.raises(KeyboardInterrupt):
         teacher_data.run(_config(root, output))
     monkeypatch.undo()
-    assert [p.name for p in (output / teacher_data.PARTS).iterdir()] == ["000000.jsonl"]
+    assert [p.name for p in (output / parts.PARTS).iterdir()] == ["000000.jsonl"]
     assert not (output / artifacts.MANIFEST).exists()
 
     other = _config(root, output, teacher=str(root / "other_teacher"))
