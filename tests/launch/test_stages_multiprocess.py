@@ -35,9 +35,13 @@ PROGRAM = Path(__file__).parent / "stages_program.py"
 KILL = (1, 2)  # process 1 kills itself at step 2's metrics: step 1 is checkpointed, 2 is not
 
 
-def launch(*args, timeout=560) -> subprocess.CompletedProcess:
-    """launch/local.sh, 2 processes x 4 devices, running this worktree's lopd_jax."""
+def launch(*args, timeout=560, cache: Path | None = None) -> subprocess.CompletedProcess:
+    """launch/local.sh, 2 processes x 4 devices, running this worktree's lopd_jax (`cache`: a
+    persistent compilation cache, so that a re-run does not compile its programs again)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if cache is not None:
+        env |= {"JAX_COMPILATION_CACHE_DIR": str(cache),
+                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # fmt: skip
     return subprocess.run(
         [str(ROOT / "launch/local.sh"), "--processes", "2", "--devices-per-process", "4",
          "--timeout", str(timeout - 60), "--", *map(str, args)],
@@ -49,7 +53,7 @@ def run_stages(plan_path: Path, plan: list) -> subprocess.CompletedProcess:
     import pickle
 
     plan_path.write_bytes(pickle.dumps(plan))
-    result = launch(sys.executable, PROGRAM, plan_path)
+    result = launch(sys.executable, PROGRAM, plan_path, cache=plan_path.parent / "jax_cache")
     plan_path.with_suffix(".log").write_text(result.stdout + result.stderr)  # for a post-mortem
     return result
 
@@ -131,7 +135,9 @@ def test_rollout_store_and_teacher_columns_match_one_process(two, toy_pipeline):
         RolloutStore.open(two["root"] / "rollouts.zarr"),
         RolloutStore.open(toy_pipeline["store"]),
     )
-    assert got_store.chunks == want_store.chunks
+    assert got_store.chunks == want_store.chunks  # the same rows in the same chunks
+    assert got_store.manifest["identity"] == want_store.manifest["identity"]
+    assert got_store.manifest["scoring"]["teacher"] == want_store.manifest["scoring"]["teacher"]
     assert sorted(got_store.manifest["token_columns"]) == sorted(
         want_store.manifest["token_columns"]
     )
