@@ -9,6 +9,7 @@ made here with the same configs.
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -50,8 +51,6 @@ def launch(*args, timeout=560, cache: Path | None = None) -> subprocess.Complete
 
 
 def run_stages(plan_path: Path, plan: list) -> subprocess.CompletedProcess:
-    import pickle
-
     plan_path.write_bytes(pickle.dumps(plan))
     result = launch(sys.executable, PROGRAM, plan_path, cache=plan_path.parent / "jax_cache")
     plan_path.with_suffix(".log").write_text(result.stdout + result.stderr)  # for a post-mortem
@@ -95,7 +94,7 @@ def two(toy_pipeline, tmp_path_factory):
         ("evaluate", eval_run_config(model, dataset, root / "eval", p["teacher"]), None),
         ("opd", opd_run_config(p, root / "opd"), KILL),
     ]
-    killed = run_stages(root / "plan.pkl", plan)
+    killed = run_stages(root / "killed.pkl", plan)
     resumed = run_stages(root / "rerun.pkl", [("opd", opd_run_config(p, root / "opd"), None)])
     return dict(root=root, dataset=dataset, model=model, killed=killed, resumed=resumed)
 
@@ -198,6 +197,7 @@ def test_opd_on_two_processes_matches_one_process(two, opd_reference, toy_pipeli
 def test_killed_two_process_opd_resumes_to_the_uninterrupted_result(
     two, opd_reference, toy_pipeline
 ):
+    assert f"killing process 1 at step {KILL[1]}" in two["killed"].stdout  # it was killed
     workdir = two["root"] / "opd"
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [1, 2]
