@@ -98,7 +98,7 @@ def score_chunk(
     with rules.activation_sharding(mesh):
         for batch, index in packed_batches(offsets, tokens, seq_len, batch_size):
             placed = jax.device_put(batch, rules.batch_sharding(mesh))
-            lp, ids, top = jax.device_get(forward(params, placed))
+            lp, ids, top = rules.to_host(forward(params, placed))  # every process: all rows
             real = index >= 0
             out["teacher_logprobs"][index[real]] = lp[real]
             out["teacher_topk_ids"][index[real]] = ids[real]

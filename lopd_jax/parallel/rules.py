@@ -19,6 +19,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lopd_jax.errors import ConfigError
@@ -273,3 +274,18 @@ def global_batch(mesh: Mesh, local_batch: Any) -> Any:
         lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x),
         local_batch,
     )
+
+
+def to_host(tree: Any) -> Any:
+    """Arrays -> numpy on every process (the inverse of `global_batch` for outputs): an array
+    split over several processes' devices is all-gathered (a collective: every process calls
+    this with the same arrays), the rest fetched."""
+
+    def fetch(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(fetch, tree)

@@ -112,7 +112,8 @@ class Sampler:
                 sampling=sampling,
                 mesh=self.mesh,
             )
-        return jax.tree.map(lambda x: np.asarray(x)[: len(prompts)], out)
+        # On a mesh over several processes' devices every process gets every row.
+        return jax.tree.map(lambda x: x[: len(prompts)], rules.to_host(out))
 
     def sample(
         self,

@@ -47,7 +47,7 @@ def open_run(workdir: Path, identity: dict[str, Any], config) -> dict[str, dict]
                 f"{workdir} holds an evaluation with a different {', '.join(changed)}; use a new "
                 "workdir or the original settings."
             )
-    else:
+    elif jax.process_index() == 0:  # one writer; the others checked a manifest, if any
         artifacts.write_manifest(workdir, KIND, identity=identity, config=config.to_dict())
     return {row["id"]: row for row in metrics.read_jsonl(workdir / RESULTS)}
 
@@ -124,6 +124,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
                 f.write("".join(lines))
         print(f"evaluate: {first + len(picked)}/{len(todo)} problems")
 
+    mesh_lib.sync_processes("lopd evaluate: results written")  # every process reads them all
     results = metrics.read_jsonl(workdir / RESULTS)
     summary = eval_lib.summarize(results, ks=tuple(config.ks))
     if teacher:

@@ -17,7 +17,8 @@ given are stored as NaN (unknown); a `finish_reason` not given is inferred from 
 ("stop" when the response ends with one, else "length").
 
 Rows are written in chunks of `chunk_rows`; a re-run with the same inputs resumes after the
-last complete chunk, one with other inputs is refused naming what differs.
+last complete chunk, one with other inputs is refused naming what differs. It runs as one
+process (a multi-process job is refused).
 """
 
 from __future__ import annotations
@@ -95,6 +96,14 @@ def finish_reason(row: rollout_jsonl.Row, stop_ids: set[int]) -> str:
 
 def run(config: ConfigDict) -> dict[str, Any]:
     sections.require_positive(config, "chunk_rows", "batch_size")
+    mesh_lib.maybe_initialize_distributed()
+    # Not multi-process: a store has one writer, and orbax (which loads a checkpoint model)
+    # waits for every process of the job, so process 0 cannot load one alone.
+    if jax.process_count() > 1:
+        raise ConfigError(
+            f"lopd import-rollouts is single-host, but this job has {jax.process_count()} "
+            "processes; run it as one process (no launcher), then the later stages on many."
+        )
     source = Path(sections.require_path(config.input, "input", "a rollouts JSONL file"))
     output = sections.require_path(config.output, "output", "a new rollout store path")
     model, renderer, tokenizer = provenance(config)

@@ -162,7 +162,11 @@ def run(config) -> dict[str, Any]:
                 behavior_logprobs=out.behavior_logprobs,
             )
     bar.close()
+    # The others return once process 0 has marked the store complete (a next stage in the same
+    # job reads it).
+    done = "lopd rollout: store complete"
     if not writer:
+        mesh_lib.sync_processes(done)
         return {}
 
     summary = summarize(store)
@@ -171,6 +175,7 @@ def run(config) -> dict[str, Any]:
     elif "tokens_per_s" in store.manifest.get("summary", {}):
         summary["tokens_per_s"] = store.manifest["summary"]["tokens_per_s"]
     store.update_manifest(complete=summary["rows"] == len(order), summary=summary)
+    mesh_lib.sync_processes(done)
     print(f"rollout: wrote {config.output}")
     for key, value in summary.items():
         print(f"  {key:<24} {value}")

@@ -112,22 +112,44 @@ def run(config: ConfigDict) -> dict[str, Any]:
         store = RolloutStore.open(config.store)  # the manifest process 0 wrote
 
     done = set.intersection(*(set(store.complete_chunks(c)) for c in columns))
-    mine = [
-        c.index
-        for c in store.chunks
-        if c.index % jax.process_count() == jax.process_index() and c.index not in done
-    ]
-    if not mine:
+    todo = [c.index for c in store.chunks if c.index not in done]
+    if not todo:  # the same answer on every process: they read the same markers
         print(f"score: {config.store} is already scored by this teacher.")
         return store.manifest.get("scoring_summary", {})
+    mine = [i for i in todo if i % jax.process_count() == jax.process_index()]
+    start = time.perf_counter()
+    scored = score_chunks(config, store, teacher, teacher_config, mesh, columns, mine)
+    # Every process's chunks are written before the summary (and before a next stage in the
+    # same job reads the columns).
+    mesh_lib.sync_processes("lopd score: chunks scored")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
 
+        scored = int(np.sum(multihost_utils.process_allgather(np.int64(scored))))
+    summary = {
+        "tokens_scored": scored,
+        "tokens_per_s": scored / (time.perf_counter() - start),
+        "bytes_per_token": 4 + 8 * config.topk,  # float32 log-prob + k (int32 id, float32 lp)
+        "complete": all(store.column_complete(c) for c in columns),
+    }
+    if jax.process_index() == 0:
+        store.update_manifest(scoring_summary=summary)
+    print(f"score: {config.store}: {summary}")
+    return summary
+
+
+def score_chunks(config, store, teacher, teacher_config, mesh, columns, chunks) -> int:
+    """Scores and writes the store chunks `chunks` (indices) on this process's devices; returns
+    how many tokens were scored. Loads the teacher only when there is a chunk to score."""
+    if not chunks:
+        return 0
     param_shardings = rules.param_shardings(teacher_config, mesh)
     params = teacher.load(teacher_config.param_dtype, param_shardings)
     forward = scoring.make_forward(teacher_config, param_shardings, mesh, topk=config.topk)
-    total = sum(store.chunks[i].token_stop - store.chunks[i].token_start for i in mine)
+    total = sum(store.chunks[i].token_stop - store.chunks[i].token_start for i in chunks)
     bar = tqdm.tqdm(total=total, unit="tok", unit_scale=True, desc="score")
     start, scored = time.perf_counter(), 0
-    for index in mine:
+    for index in chunks:
         chunk = store.read_chunk(index, ["tokens"])
         out = scoring.score_chunk(
             forward, params, mesh, chunk,
@@ -139,14 +161,4 @@ def run(config: ConfigDict) -> dict[str, Any]:
         bar.update(len(chunk["tokens"]))
         bar.set_postfix(tok_per_s=f"{scored / (time.perf_counter() - start):.0f}")
     bar.close()
-
-    summary = {
-        "tokens_scored": scored,
-        "tokens_per_s": scored / (time.perf_counter() - start),
-        "bytes_per_token": 4 + 8 * config.topk,  # float32 log-prob + k (int32 id, float32 lp)
-        "complete": all(store.column_complete(c) for c in columns),
-    }
-    if jax.process_index() == 0:
-        store.update_manifest(scoring_summary=summary)
-    print(f"score: {config.store}: {summary}")
-    return summary
+    return scored

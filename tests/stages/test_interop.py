@@ -3,6 +3,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from stage_helpers import save_byte_model
@@ -282,3 +283,12 @@ def test_import_without_a_model_records_unknowns_and_resumes_only_the_same_input
         _import(tmp_path / "lacking.jsonl", tmp_path / "other")
     with pytest.raises(ConfigError, match=r"Set model\.path"):
         _import(source, tmp_path / "other", tokenizer="")
+
+
+def test_import_rollouts_refuses_a_multi_process_job(tmp_path, monkeypatch):
+    """Single-host by design (tests/launch/test_stages_multiprocess.py launches the real job)."""
+    source = _write_jsonl(tmp_path / "in.jsonl", _rollout_lines(2, seed=4))
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"import-rollouts is single-host.* 2 processes; run it"):
+        _import(source, tmp_path / "store")
+    assert not (tmp_path / "store").exists()

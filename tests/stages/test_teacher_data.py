@@ -3,6 +3,7 @@ the same seed and row keys), names the teacher, resumes exactly, and refuses oth
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from stage_helpers import save_byte_model
@@ -165,3 +166,11 @@ def test_unusable_inputs_are_refused(inputs, tmp_path):
         teacher_data.run(c)
     with pytest.raises(ConfigError, match="no tokenizer files"):
         teacher_data.run(_config(root, tmp_path / "out", tokenizer=""))
+
+
+def test_a_multi_process_job_is_refused(inputs, tmp_path, monkeypatch):
+    """Single-host for now (tests/launch/test_stages_multiprocess.py launches the real job)."""
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"teacher-data is single-host.* 2 processes\. Run it"):
+        teacher_data.run(_config(inputs[0], tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
