@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-from hf_reference import HF_TINY_CONFIGS, make_hf_model  # noqa: E402
+from hf_reference import HF_TINY_CONFIGS, HF_TINY_MOE_CONFIGS, make_hf_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +36,7 @@ def hf_tiny(tmp_path_factory):
 
     def get(name: str):
         if name not in built:
-            model = make_hf_model(**HF_TINY_CONFIGS[name])
+            model = make_hf_model(**(HF_TINY_CONFIGS | HF_TINY_MOE_CONFIGS)[name])
             path = tmp_path_factory.mktemp(name)
             model.save_pretrained(path)
             built[name] = (model, path)

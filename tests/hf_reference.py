@@ -26,18 +26,45 @@ HF_TINY_CONFIGS = {
 }  # fmt: skip
 
 
+# Qwen3-MoE: expert counts and top-k (8/2, 4/1, 6/3), norm_topk_prob both ways, and mixed
+# dense / sparse layers through mlp_only_layers and decoder_sparse_step.
+HF_TINY_MOE_CONFIGS = {
+    "qwen3_moe_e8k2_norm": dict(
+        model_type="qwen3_moe", vocab_size=256, hidden_size=48, intermediate_size=80,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        rope_theta=1e6, tie_word_embeddings=False, num_experts=8, num_experts_per_tok=2,
+        moe_intermediate_size=24, norm_topk_prob=True,
+    ),
+    "qwen3_moe_e4k1_mixed": dict(
+        model_type="qwen3_moe", vocab_size=320, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+        rope_theta=1e7, tie_word_embeddings=True, num_experts=4, num_experts_per_tok=1,
+        moe_intermediate_size=16, norm_topk_prob=False, mlp_only_layers=[0],
+    ),
+    "qwen3_moe_e6k3_sparse_step2": dict(
+        model_type="qwen3_moe", vocab_size=256, hidden_size=48, intermediate_size=96,
+        num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2, head_dim=8,
+        rope_theta=1e6, tie_word_embeddings=False, num_experts=6, num_experts_per_tok=3,
+        moe_intermediate_size=20, norm_topk_prob=False, decoder_sparse_step=2,
+    ),
+}  # fmt: skip
+
+
 def make_hf_model(model_type: str, rope_theta: float, seed: int = 0, **kwargs):
     """A random `transformers` causal LM whose weights (norms included) are all non-trivial,
     so that a wrong mapping or transpose cannot go unnoticed."""
     import torch
     import transformers
 
-    cls = {"qwen3": "Qwen3", "llama": "Llama"}[model_type]
+    cls = {"qwen3": "Qwen3", "llama": "Llama", "qwen3_moe": "Qwen3Moe"}[model_type]
     config = getattr(transformers, f"{cls}Config")(
         rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
         rms_norm_eps=1e-6, max_position_embeddings=512, **kwargs,
     )  # fmt: skip
     torch.manual_seed(seed)
+    if model_type == "qwen3_moe":
+        # The per-expert loop: a grouped kernel could stand in silently for the reference.
+        config._experts_implementation = "eager"
     model = getattr(transformers, f"{cls}ForCausalLM")(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():

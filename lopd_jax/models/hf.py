@@ -28,7 +28,7 @@ from lopd_jax import artifacts, io
 from lopd_jax.errors import LopdError
 from lopd_jax.models import qwen3
 
-SUPPORTED_MODEL_TYPES = {"qwen3": True, "llama": False}  # model_type -> qk_norm
+SUPPORTED_MODEL_TYPES = {"qwen3": True, "qwen3_moe": True, "llama": False}  # -> qk_norm
 _LAYER = "model.layers.{i}."
 # Tensors HF checkpoints may carry that hold no parameter of ours.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -41,14 +41,29 @@ class CheckpointError(LopdError, ValueError):
 @dataclasses.dataclass(frozen=True)
 class _Tensor:
     path: tuple[str, ...]  # path in our params pytree
-    hf_name: str  # `{i}` stands for the layer index of stacked (per-layer) params
+    # `{i}` stands for the layer index of stacked (per-layer) params, `{e}` for the expert
+    # index of stacked experts (stored one tensor per expert, as transformers saves them).
+    hf_name: str
     # HF stores linear weights as [out, in]; ours are [in..., out...]. `split` is how many of
     # our leading axes form HF's `in` axis; 0 means the tensor is stored as is.
     split: int = 0
+    layers: range = range(0)  # the model layers a per-layer param stacks (its layer group)
 
     @property
     def per_layer(self) -> bool:
         return "{i}" in self.hf_name
+
+    def stored(self, config: qwen3.Qwen3Config) -> list[tuple[tuple[int, ...], str]]:
+        """`(index into our stacked array, HF name)` of every stored tensor of this param."""
+        if not self.per_layer:
+            return [((), self.hf_name)]
+        if "{e}" not in self.hf_name:
+            return [((j,), self.hf_name.format(i=i)) for j, i in enumerate(self.layers)]
+        return [
+            ((j, e), self.hf_name.format(i=i, e=e))
+            for j, i in enumerate(self.layers)
+            for e in range(config.num_experts)
+        ]
 
 
 def _table(config: qwen3.Qwen3Config) -> list[_Tensor]:
@@ -76,7 +91,35 @@ def _table(config: qwen3.Qwen3Config) -> list[_Tensor]:
         ]
     if not config.tie_word_embeddings:
         table.append(_Tensor(("lm_head",), "lm_head.weight", split=1))
-    return table
+    return _by_layer_group(config, table)
+
+
+def _moe_table(mlp: tuple[str, ...]) -> list[_Tensor]:
+    """The sparse block of one layer group: on disk the router `[e, d]` and each expert's
+    SwiGLU projections; ours stacked over experts (`[e, d, f]`, `[e, f, d]`)."""
+    experts = _LAYER + "mlp.experts.{e}."
+    return [
+        _Tensor((*mlp, "router"), _LAYER + "mlp.gate.weight", split=1),
+        _Tensor((*mlp, "gate_proj"), experts + "gate_proj.weight", split=1),
+        _Tensor((*mlp, "up_proj"), experts + "up_proj.weight", split=1),
+        _Tensor((*mlp, "down_proj"), experts + "down_proj.weight", split=1),
+    ]
+
+
+def _by_layer_group(config: qwen3.Qwen3Config, table: list[_Tensor]) -> list[_Tensor]:
+    """The per-layer entries (written for `layers`) once per layer group of the model
+    (`qwen3.layer_groups`), with the sparse block's entries in place of the dense MLP's in
+    MoE groups."""
+    out = [entry for entry in table if entry.path[0] != "layers"]
+    for group in qwen3.layer_groups(config):
+        for entry in table:
+            if entry.path[0] == "layers" and not (group.moe and entry.path[1] == "mlp"):
+                path = (group.name, *entry.path[1:])
+                out.append(dataclasses.replace(entry, path=path, layers=group.layers))
+        if group.moe:
+            moe = _moe_table((group.name, "mlp"))
+            out += [dataclasses.replace(entry, layers=group.layers) for entry in moe]
+    return out
 
 
 def _to_ours(hf: np.ndarray, entry: _Tensor, shape: tuple[int, ...]) -> np.ndarray:
@@ -118,7 +161,7 @@ def config_from_hf(hf_config: dict[str, Any], *, dtype: str = "float32") -> qwen
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(
             f"Unsupported architecture: model_type={model_type!r} "
-            f"(architectures={hf_config.get('architectures')}). lopd_jax loads dense "
+            f"(architectures={hf_config.get('architectures')}). lopd_jax loads "
             f"{sorted(SUPPORTED_MODEL_TYPES)} checkpoints."
         )
     rope = hf_config.get("rope_parameters") or {}
@@ -131,6 +174,12 @@ def config_from_hf(hf_config: dict[str, Any], *, dtype: str = "float32") -> qwen
     if hf_config.get("attention_bias") or hf_config.get("mlp_bias"):
         raise CheckpointError("Unsupported checkpoint: attention/MLP biases are not implemented.")
     heads = hf_config["num_attention_heads"]
+    moe = {}
+    if model_type == "qwen3_moe":
+        # transformers 5 writes num_experts as num_local_experts (its attribute map).
+        hf_config = {"num_experts": hf_config.get("num_local_experts")} | hf_config
+        moe = {name: hf_config[name] for name in _MOE_FIELDS if hf_config.get(name) is not None}
+        moe["mlp_only_layers"] = tuple(moe.get("mlp_only_layers") or ())
     return qwen3.Qwen3Config(
         vocab_size=hf_config["vocab_size"],
         hidden_size=hf_config["hidden_size"],
@@ -146,11 +195,19 @@ def config_from_hf(hf_config: dict[str, Any], *, dtype: str = "float32") -> qwen
         max_position_embeddings=hf_config.get("max_position_embeddings", 40_960),
         param_dtype=dtype,
         dtype=dtype,
+        **moe,
     )
 
 
+# Qwen3MoeConfig's fields that are ours too (same names, same meanings).
+_MOE_FIELDS = (
+    "num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
+    "decoder_sparse_step", "mlp_only_layers", "router_aux_loss_coef", "output_router_logits",
+)  # fmt: skip
+
+
 def config_to_hf(config: qwen3.Qwen3Config, **extra: Any):
-    """A `transformers` config object (Qwen3Config or LlamaConfig) for our config."""
+    """A `transformers` config object (Qwen3Config, Qwen3MoeConfig or LlamaConfig) for ours."""
     import transformers
 
     common = dict(
@@ -170,8 +227,13 @@ def config_to_hf(config: qwen3.Qwen3Config, **extra: Any):
         dtype=config.param_dtype,
         **extra,
     )
-    cls = transformers.Qwen3Config if config.qk_norm else transformers.LlamaConfig
-    hf_config = cls(**common)
+    if config.is_moe:
+        moe = {name: getattr(config, name) for name in _MOE_FIELDS}
+        moe["mlp_only_layers"] = list(config.mlp_only_layers)
+        hf_config = transformers.Qwen3MoeConfig(**common, **moe)
+    else:
+        cls = transformers.Qwen3Config if config.qk_norm else transformers.LlamaConfig
+        hf_config = cls(**common)
     hf_config.architectures = [config.architecture]
     return hf_config
 
@@ -239,10 +301,7 @@ class _SafetensorsDir:
 
 def _expected_names(config: qwen3.Qwen3Config, table: list[_Tensor]) -> Iterator[str]:
     for entry in table:
-        if entry.per_layer:
-            yield from (entry.hf_name.format(i=i) for i in range(config.num_layers))
-        else:
-            yield entry.hf_name
+        yield from (name for _, name in entry.stored(config))
 
 
 def _check_names(config, table, store: _SafetensorsDir, path: Path) -> None:
@@ -294,14 +353,10 @@ def load_hf(
     params: dict = {}
     for entry in table:
         our_shape = _get(shapes, entry.path).shape
-        layer_shape = our_shape[1:] if entry.per_layer else our_shape
+        stored = entry.stored(config)
+        layer_shape = our_shape[len(stored[0][0]) :]  # one stored tensor's, in our layout
         want = _hf_shape(entry, layer_shape)
-        names = (
-            [entry.hf_name.format(i=i) for i in range(config.num_layers)]
-            if entry.per_layer
-            else [entry.hf_name]
-        )
-        for name in names:
+        for _, name in stored:
             if store.shape(name) != want:
                 raise CheckpointError(
                     f"{path}: tensor {name} has shape {store.shape(name)}, expected {want} "
@@ -311,10 +366,8 @@ def load_hf(
         # One parameter (all its layers) at a time on the host: each stored tensor is read
         # once, and each device receives only its slice of it.
         host = np.empty(our_shape, np_dtype)
-        for i, name in enumerate(names):
-            host[i if entry.per_layer else ...] = _to_ours(
-                store.read(name, np_dtype), entry, layer_shape
-            )
+        for index, name in stored:
+            host[index] = _to_ours(store.read(name, np_dtype), entry, layer_shape)
         sharding = _get(shardings, entry.path) if shardings is not None else default
         _set(
             params, entry.path, jax.make_array_from_callback(our_shape, sharding, host.__getitem__)
@@ -339,11 +392,8 @@ def _hf_tensors(config, params) -> Iterator[tuple[str, np.ndarray]]:
     """(HF name, array) pairs, one parameter on the host at a time."""
     for entry in _table(config):
         ours = _host_array(_get(params, entry.path))
-        if entry.per_layer:
-            for i in range(config.num_layers):
-                yield entry.hf_name.format(i=i), np.ascontiguousarray(_to_hf(ours[i], entry))
-        else:
-            yield entry.hf_name, np.ascontiguousarray(_to_hf(ours, entry))
+        for index, name in entry.stored(config):
+            yield name, np.ascontiguousarray(_to_hf(ours[index], entry))
 
 
 def save_hf(

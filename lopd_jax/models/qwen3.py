@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from lopd_jax.models import attention as attention_lib
+from lopd_jax.models import moe as moe_lib
 
 Params = dict[str, Any]
 Cache = dict[str, jax.Array]
@@ -72,8 +73,25 @@ class Qwen3Config:
     # (large models); unrolling a few-layer model spares the loop's per-layer stacking of
     # activations (~10% of a CPU train step of the toy models).
     scan_unroll: int = 1
+    # Mixture of experts (Qwen3-MoE; `num_experts=0` is a dense model). The field names and
+    # meanings are transformers' `Qwen3MoeConfig`'s; see models/moe.py for the block.
+    num_experts: int = 0
+    num_experts_per_tok: int = 8
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False  # the class default; the 30B-A3B checkpoints set True
+    decoder_sparse_step: int = 1
+    mlp_only_layers: tuple[int, ...] = ()
+    # The load-balancing loss is added (times the coefficient) only with output_router_logits,
+    # as in transformers; both released 30B-A3B configs (and the paper) leave it off.
+    router_aux_loss_coef: float = 0.001
+    output_router_logits: bool = False
+    # Expert computation: "ragged" (dropless grouped matmuls, `jax.lax.ragged_dot`) or "dense"
+    # (every token through every expert; the reference of the tests and benchmarks).
+    moe_implementation: str = "ragged"
 
     def __post_init__(self):
+        # A JSON manifest gives a list; the config must stay hashable (a static jit argument).
+        object.__setattr__(self, "mlp_only_layers", tuple(self.mlp_only_layers))
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads="
@@ -96,10 +114,26 @@ class Qwen3Config:
             raise ValueError(
                 f"remat_policy={self.remat_policy!r}; choose one of {sorted(_REMAT_POLICIES)}."
             )
+        if self.num_experts:
+            moe_lib.check_config(self)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """transformers' Qwen3MoeDecoderLayer rule for which layers have the sparse block."""
+        return (
+            layer not in self.mlp_only_layers
+            and self.num_experts > 0
+            and (layer + 1) % self.decoder_sparse_step == 0
+        )
 
     @property
     def architecture(self) -> str:
         """The Hugging Face class this config corresponds to."""
+        if self.is_moe:
+            return "Qwen3MoeForCausalLM"
         return "Qwen3ForCausalLM" if self.qk_norm else "LlamaForCausalLM"
 
     def replace(self, **changes: Any) -> Qwen3Config:
@@ -110,17 +144,32 @@ class Qwen3Config:
         d, f, v, L = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_layers
         q = self.num_heads * self.head_dim
         kv = self.num_kv_heads * self.head_dim
-        per_layer = d * (2 * q + 2 * kv) + 3 * d * f + 2 * d
+        per_layer = d * (2 * q + 2 * kv) + 2 * d
         if self.qk_norm:
             per_layer += 2 * self.head_dim
+        moe_layers = sum(map(self.is_moe_layer, range(L)))
+        mlps = (L - moe_layers) * 3 * d * f
+        mlps += moe_layers * self.num_experts * (3 * d * self.moe_intermediate_size + d)
         head = 0 if self.tie_word_embeddings else d * v
-        return v * d + L * per_layer + d + head
+        return v * d + L * per_layer + mlps + d + head
+
+    @property
+    def num_active_params(self) -> int:
+        """Parameters a token goes through (the "A3B" of Qwen3-30B-A3B)."""
+        if not self.is_moe:
+            return self.num_params
+        inactive = self.num_experts - self.num_experts_per_tok
+        moe_layers = sum(map(self.is_moe_layer, range(self.num_layers)))
+        return (
+            self.num_params
+            - moe_layers * inactive * 3 * self.hidden_size * self.moe_intermediate_size
+        )
 
 
 # Fields that change how, not what, the weights compute (free to differ between stages).
 NUMERICS = (
     "param_dtype", "dtype", "remat_policy", "logits_chunk_size", "attention",
-    "decode_attention", "decode_block", "scan_unroll",
+    "decode_attention", "decode_block", "scan_unroll", "moe_implementation",
 )  # fmt: skip
 
 _REMAT_POLICIES = {
@@ -151,6 +200,19 @@ PRESETS: dict[str, Qwen3Config] = {
     "qwen3-8b": _qwen3(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32),
     "qwen3-14b": _qwen3(hidden_size=5120, intermediate_size=17408, num_layers=40, num_heads=40),
     "qwen3-32b": _qwen3(hidden_size=5120, intermediate_size=25600, num_layers=64, num_heads=64),
+    # Qwen3-30B-A3B (Base and Thinking-2507 share the architecture; their rope_theta, 1e6 and
+    # 1e7, and max positions differ: configs/qwen3_30b_a3b.py sets them per model).
+    "qwen3-30b-a3b": Qwen3Config(
+        vocab_size=151_936, hidden_size=2048, intermediate_size=6144, num_layers=48,
+        num_heads=32, num_kv_heads=4, head_dim=128, num_experts=128, num_experts_per_tok=8,
+        moe_intermediate_size=768, norm_topk_prob=True,
+    ),
+    # A random-init MoE for tests and CPU benchmarks: 8 experts, 2 per token.
+    "tiny-moe": Qwen3Config(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+        num_kv_heads=2, head_dim=32, max_position_embeddings=2048, num_experts=8,
+        num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
+    ),
     # The CPU demo's toy models (lopd_jax/assets/toy): the toy tokenizer's 24 entries rounded
     # up to 32; a teacher that learns the addition task to ~99% and a student that stays short.
     "toy-teacher": Qwen3Config(
@@ -296,8 +358,32 @@ class MLP(nn.Module):
         return _constrain(jnp.einsum("btf,fd->btd", hidden, w_down.astype(dt)), _ACT_EMBED)
 
 
+class MoeBlock(nn.Module):
+    """Qwen3-MoE sparse block: router `[d, e]` and stacked experts `[e, ...]` (models/moe.py)."""
+
+    config: Qwen3Config
+
+    @nn.compact
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        cfg = self.config
+        d, f, e = cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts
+        router = _param(self, "router", (d, e), ("embed", None), _dense_init)
+        w_gate = _param(self, "gate_proj", (e, d, f), ("expert", "embed", "mlp"), _dense_init)
+        w_up = _param(self, "up_proj", (e, d, f), ("expert", "embed", "mlp"), _dense_init)
+        w_down = _param(self, "down_proj", (e, f, d), ("expert", "mlp", "embed"), _dense_init)
+        x_td = x_btd.reshape(-1, d)
+        weights_tk, experts_tk, _ = moe_lib.route(
+            x_td, router, cfg.num_experts_per_tok, cfg.norm_topk_prob
+        )
+        y_td = moe_lib.EXPERTS[cfg.moe_implementation](
+            x_td, weights_tk, experts_tk, w_gate, w_up, w_down
+        )
+        return _constrain(y_td.reshape(x_btd.shape), _ACT_EMBED)
+
+
 class DecoderLayer(nn.Module):
     config: Qwen3Config
+    moe: bool = False  # the sparse block instead of the dense MLP
 
     @nn.compact
     def __call__(self, x_btd, positions_bt, segment_bt, cache_end, kv_segment_bs, cache, layer):
@@ -312,7 +398,8 @@ class DecoderLayer(nn.Module):
             layer,
         )
         x_btd = x_btd + attn_out
-        x_btd = x_btd + MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attention_layernorm")(x_btd))
+        mlp = MoeBlock(cfg, name="mlp") if self.moe else MLP(cfg, name="mlp")
+        x_btd = x_btd + mlp(RMSNorm(cfg, name="post_attention_layernorm")(x_btd))
         return _constrain(x_btd, _ACT_EMBED), new_kv
 
 
@@ -322,6 +409,36 @@ _ACT_KV_HEADS = (
     "activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim",
 )  # fmt: skip
 _ACT_MLP = ("activation_batch", "activation_length", "activation_mlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerGroup:
+    """Consecutive decoder layers of one kind (dense MLP or sparse MoE), scanned as one."""
+
+    name: str  # the params subtree of the group's stacked layers
+    layers: range  # their indices in the model
+    moe: bool
+
+
+@functools.lru_cache(maxsize=64)
+def layer_groups(config: Qwen3Config) -> tuple[LayerGroup, ...]:
+    """The decoder's layers as maximal runs of one kind, each one `nn.scan`.
+
+    Why runs: the layers are scanned so that one layer is compiled whatever the depth, and a
+    scan needs one params structure. A dense model and every released Qwen3-MoE (sparse step
+    1, no mlp-only layers) are one run, named `layers` as before; a mixed model
+    (`mlp_only_layers`, `decoder_sparse_step > 1`) compiles one layer per run, not per layer,
+    and keeps each run's stacked params under `layers_<first index>`. Simpler than a scan over
+    periodic groups (which `mlp_only_layers` breaks) and than carrying both kinds of MLP.
+    """
+    kinds = [config.is_moe_layer(i) for i in range(config.num_layers)]
+    starts = [i for i in range(config.num_layers) if i == 0 or kinds[i] != kinds[i - 1]]
+    ends = [*starts[1:], config.num_layers]
+    if len(starts) == 1:
+        return (LayerGroup("layers", range(config.num_layers), kinds[0]),)
+    return tuple(
+        LayerGroup(f"layers_{a}", range(a, b), kinds[a]) for a, b in zip(starts, ends, strict=True)
+    )
 
 
 class Qwen3(nn.Module):
@@ -343,30 +460,39 @@ class Qwen3(nn.Module):
         policy = _REMAT_POLICIES[cfg.remat_policy]
         if cfg.remat_policy != "none":
             layer_cls = nn.remat(layer_cls, policy=policy, prevent_cse=False)
-        layers = nn.scan(
-            layer_cls,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            # The cache goes to every layer whole (each reads its own slots by index) and comes
-            # back as the layers' new keys / values only, written once below: scanning over it
-            # as per-layer slices would copy every slot of it at every decode step.
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
-            length=cfg.num_layers,
-            unroll=min(cfg.scan_unroll, cfg.num_layers),
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(cfg, name="layers")
+
+        def scan(group: LayerGroup):
+            return nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                # The cache goes to every layer whole (each reads its own slots by index) and
+                # comes back as the layers' new keys / values only, written once below:
+                # scanning over it as per-layer slices would copy every slot of it at every
+                # decode step.
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+                length=len(group.layers),
+                unroll=min(cfg.scan_unroll, len(group.layers)),
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, group.moe, name=group.name)
 
         if cache is None:
-            x_btd, _ = layers(x_btd, positions_bt, segment_bt, 0, None, None, None)
+            for group in layer_groups(cfg):
+                x_btd, _ = scan(group)(x_btd, positions_bt, segment_bt, 0, None, None, None)
             new_cache = None
         else:
             end = cache["end"]
             # Slots of this call become valid before attention so queries see themselves.
             segment_bs = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_bt, (0, end))
             kv = {"k": cache["k"], "v": cache["v"]}
-            x_btd, new_kv = layers(
-                x_btd, positions_bt, segment_bt, end, segment_bs, kv, jnp.arange(cfg.num_layers)
-            )
+            new_kvs = []
+            for group in layer_groups(cfg):
+                ids = jnp.arange(group.layers.start, group.layers.stop)
+                x_btd, new_kv = scan(group)(
+                    x_btd, positions_bt, segment_bt, end, segment_bs, kv, ids
+                )
+                new_kvs.append(new_kv)
+            new_kv = jax.tree.map(lambda *parts: jnp.concatenate(parts), *new_kvs)
             new_cache = {
                 name: jax.lax.dynamic_update_slice(kv[name], new_kv[name], (0, 0, end, 0, 0))
                 for name in ("k", "v")

@@ -37,6 +37,11 @@ RULES: AxisRules = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("mlp", "tensor"),
+    # MoE experts `[e, d, f]`: split over the FSDP axis by expert (whole experts per device,
+    # as MaxText's expert axis), rather than a fourth mesh axis that every preset would carry.
+    # Taking fsdp first leaves `embed` unsplit there; when fsdp does not divide the expert
+    # count, the rule drops and `embed` takes fsdp as in a dense layer.
+    ("expert", "fsdp"),
     ("layers", None),
     # Activations: batch over every data-parallel axis, features over the tensor axis.
     ("activation_batch", BATCH_AXES),
