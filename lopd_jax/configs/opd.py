@@ -39,6 +39,10 @@ def get_config() -> ConfigDict:
     # > 0: weight the sampled-token loss by min(exp(log pi_theta - log pi_ref), cap): the
     # importance-weighted offline variant (ablation); 0 = the paper's w = 1.
     c.loss.importance_weight_cap = 0.0
+    # > 0: PPO's clipped surrogate instead of -A_t s_t, ratio exp(log pi_theta - log pi_ref)
+    # clipped to 1 +- ratio_clip (a token stops being pushed once it moved that far; no extra
+    # stored column). Not with importance_weight_cap.
+    c.loss.ratio_clip = 0.0
     c.loss.kl_ref_coef = 0.0  # > 0: add coef * KL(pi_theta || pi_ref) (k3, sampled token)
 
     c.data = ConfigDict()

@@ -63,7 +63,8 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
             "checkpoint that sampled its rollouts: point model.path at it, or re-run rollout."
         )
     scoring = store.manifest.get("scoring")
-    columns = losses.required_columns(opd)
+    topk_stored = all(store.column_complete(c) for c in losses.TOPK_COLUMNS)
+    columns = losses.batch_columns(opd, topk_available=topk_stored)
     incomplete = [c for c in columns if c in score.COLUMNS and not store.column_complete(c)]
     if scoring is None or incomplete:
         topk_hint = " with --config.topk > 0" if "teacher_topk_ids" in columns else ""
@@ -114,7 +115,6 @@ def run(config: ConfigDict) -> dict[str, Any]:
         sections.model_step(config.model),
     )
     model_config = sections.model_config(config.model, pi_ref.config)
-    columns = losses.required_columns(opd)
 
     if config.mode == "lightning":  # never touches config.teacher
         data_iterator, inputs = lightning_source(config, pi_ref, opd)
@@ -131,6 +131,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         )  # fmt: skip
         stop_ids = tuple(sorted(pi_ref.stop_ids()))
         data_iterator = None  # batches are a function of the step: nothing to checkpoint
+        columns = losses.batch_columns(opd, topk_available=config.online.topk > 0)
         next_batch = online.OnlineSource(config, model_config, teacher, mesh, columns, stop_ids)
         inputs = {"teacher": teacher.identity, **inputs}
 
@@ -143,7 +144,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         },
         summarize=lambda m: _reported(m, next_batch),
         plots=("train/loss", "train/advantage_mean", "train/w_mean", "train/w_std",
-               "train/kl_k3", "train/student_rest_mass"),
+               "train/kl_k3", "train/kl_to_ref", "train/student_rest_mass"),
     )  # fmt: skip
     if config.eval.dataset:
         trainer.add_hook(

@@ -111,6 +111,35 @@ def kl_k3(logp: jax.Array, logq: jax.Array) -> jax.Array:
     return jnp.expm1(log_r) - log_r
 
 
+def kl_to_ref_at_ref_samples(logp: jax.Array, log_ref: jax.Array) -> jax.Array:
+    """Estimate of `KL(p || ref)` at a token drawn from `ref` (not from `p`): `w log w - w + 1`,
+    `w = p / ref`.
+
+    It is `w * k3(p || ref)`, k3 importance-weighted to the sampling distribution: unbiased
+    (`E_ref[w] = 1`, so the mean is `E_ref[w log w] = KL(p || ref)`), never negative, and exactly 0
+    where `p = ref`. Plain k3 would assume tokens drawn from `p`: the rollouts are `ref`'s.
+    """
+    log_w = logp - log_ref
+    w = jnp.exp(log_w)
+    return w * log_w - jnp.expm1(log_w)
+
+
+def ratio_clip_loss(
+    advantage_t: jax.Array, student_logprobs: jax.Array, ref_logprobs: jax.Array, eps: float
+) -> jax.Array:
+    """PPO's clipped surrogate for the sampled token: `-min(r A, clip(r, 1 - eps, 1 + eps) A)`,
+    `r = exp(s_t - ref_t)` (gradient through `s_t`, none through `ref_t`).
+
+    At `r = 1` its gradient is the sampled-token loss's `-A grad s_t`; once the token has moved
+    `eps` from `pi_ref` in the direction `A` pushes it (`r > 1 + eps` with `A > 0`, `r < 1 - eps`
+    with `A < 0`) the clipped branch is the minimum and the gradient is 0: the token stops being
+    pushed away from the distribution that sampled it.
+    """
+    ratio = jnp.exp(student_logprobs - jax.lax.stop_gradient(ref_logprobs))
+    clipped = jnp.clip(ratio, 1.0 - eps, 1.0 + eps)
+    return -jnp.minimum(ratio * advantage_t, clipped * advantage_t)
+
+
 def importance_weight(
     student_logprobs: jax.Array, ref_logprobs: jax.Array, cap: float | None = None
 ) -> jax.Array:
@@ -243,8 +272,10 @@ class OpdLossConfig:
     teacher's top-k columns). `adv_clip` clips `A_t`; `center_advantage` subtracts each
     sequence's mean advantage; `importance_weight_cap > 0` weights each token of the
     sampled-token loss by `min(exp(s_t - sampler_t), cap)` (the importance-weighted offline
-    ablation, `pi_ref` = the sampler); `kl_ref_coef` adds `coef * k3(pi_theta || pi_ref)` at the
-    sampled token.
+    ablation, `pi_ref` = the sampler); `ratio_clip > 0` replaces the sampled-token surrogate by
+    PPO's clipped one with ratio `exp(s_t - sampler_t)` clipped to `1 +- ratio_clip`
+    (`ratio_clip_loss`: a token stops being pushed once it has moved that far from the sampler);
+    `kl_ref_coef` adds `coef * k3(pi_theta || pi_ref)` at the sampled token.
     """
 
     loss: OpdLoss = "sampled_token"
@@ -252,6 +283,7 @@ class OpdLossConfig:
     reduction: Reduction = "seq_mean_token_mean"
     center_advantage: bool = False
     importance_weight_cap: float = 0.0
+    ratio_clip: float = 0.0
     kl_ref_coef: float = 0.0
 
     def __post_init__(self) -> None:
@@ -261,21 +293,40 @@ class OpdLossConfig:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}.")
         if not self.adv_clip > 0:
             raise ValueError(f"adv_clip must be > 0, got {self.adv_clip}.")
-        if self.importance_weight_cap < 0 or self.kl_ref_coef < 0:
-            raise ValueError("importance_weight_cap and kl_ref_coef must be >= 0 (0 = off).")
-        if self.loss == "topk_reverse_kl" and (self.center_advantage or self.importance_weight_cap):
+        if min(self.importance_weight_cap, self.kl_ref_coef, self.ratio_clip) < 0:
             raise ValueError(
-                "center_advantage and importance_weight_cap act on the sampled-token advantage; "
-                "set them only with loss='sampled_token'."
+                "importance_weight_cap, ratio_clip and kl_ref_coef must be >= 0 (0 = off)."
             )
+        if self.loss == "topk_reverse_kl" and (
+            self.center_advantage or self.importance_weight_cap or self.ratio_clip
+        ):
+            raise ValueError(
+                "center_advantage, importance_weight_cap and ratio_clip act on the sampled-token "
+                "advantage; set them only with loss='sampled_token'."
+            )
+        if self.importance_weight_cap and self.ratio_clip:
+            raise ValueError(
+                "importance_weight_cap and ratio_clip are two corrections of the same ratio; "
+                "set one of them."
+            )
+
+
+TOPK_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
 
 
 def required_columns(opd: OpdLossConfig) -> tuple[str, ...]:
     base = ("tokens", "positions", "segment_ids", "loss_mask", "teacher_logprobs")
     base += ("sampler_logprobs",)
     if opd.loss == "topk_reverse_kl":
-        base += ("teacher_topk_ids", "teacher_topk_logprobs")
+        base += TOPK_COLUMNS
     return base
+
+
+def batch_columns(opd: OpdLossConfig, *, topk_available: bool) -> tuple[str, ...]:
+    """The columns to feed: the loss's, plus the teacher's top-k wherever it exists, so the rest
+    mass monitors (`student_rest_mass` vs `teacher_rest_mass`) run for every loss."""
+    base = required_columns(opd)
+    return base + tuple(c for c in TOPK_COLUMNS if topk_available and c not in base)
 
 
 def _student_topk_chunk(logits_bcv: jax.Array, target_bc: jax.Array, topk_ids_bck: jax.Array):
@@ -297,8 +348,10 @@ def opd_token_terms(
     Inputs outside the mask are replaced by 0 before any arithmetic, so whatever they hold
     (and the student's own log-probs at prompt tokens) cannot make a value or gradient
     non-finite. Keys: `loss`, `advantage` (clipped, before centering), `clipped`, `kl_k1`,
-    `kl_k3` (student vs teacher at the sampled token), `w` (`exp(s_t - sampler_t)`), and with
-    top-k columns `student_rest` / `teacher_rest` (masses outside the teacher's top-k).
+    `kl_k3` (student vs teacher at the sampled token), `w` (`exp(s_t - sampler_t)`), `log_w`,
+    `kl_to_ref` (`KL(pi_theta || sampler)` by `kl_to_ref_at_ref_samples`: the drift from the
+    distribution that sampled the batch, `pi_ref` offline), and with top-k columns (whatever the
+    loss) `student_rest` / `teacher_rest` (masses outside the teacher's top-k).
     """
     missing = [k for k in required_columns(opd) if k not in batch]
     if missing:
@@ -332,11 +385,16 @@ def opd_token_terms(
         "kl_k1": kl_k1(student_bt, teacher_bt),
         "kl_k3": kl_k3(student_bt, teacher_bt),
         "w": importance_weight(student_bt, sampler_bt),
+        "log_w": student_bt - sampler_bt,
+        "kl_to_ref": kl_to_ref_at_ref_samples(student_bt, sampler_bt),
     }
     if opd.loss == "sampled_token":
         if opd.center_advantage:
             adv_bt = center_per_sequence(adv_bt, mask_bt, batch["segment_ids"])
-        loss_bt = sampled_token_loss(adv_bt, student_bt)
+        if opd.ratio_clip:
+            loss_bt = ratio_clip_loss(adv_bt, student_bt, sampler_bt, opd.ratio_clip)
+        else:
+            loss_bt = sampled_token_loss(adv_bt, student_bt)
         if opd.importance_weight_cap:
             loss_bt *= importance_weight(student_bt, sampler_bt, opd.importance_weight_cap)
     else:
@@ -372,7 +430,12 @@ def opd_loss_fn(config: qwen3.Qwen3Config, opd: OpdLossConfig) -> LossFn:
         aux = {"weight": weight, "num_tokens": jnp.sum(mask_bt, dtype=jnp.float32)}
         aux["num_sequences"] = num_sequences
         aux |= {f"{k}_sum": jnp.sum(v, dtype=jnp.float32) for k, v in terms.items()}
-        aux["w_sq_sum"] = jnp.sum(jnp.square(terms["w"]))
+        # Spreads from sums of squares of deviations from 1 (w) and 0 (log w), where the values
+        # sit: E[w^2] - E[w]^2 around 1 would cancel to float32 rounding (std ~ sqrt(eps)).
+        w_dev_bt = jnp.where(mask_bt, terms["w"] - 1.0, 0.0)
+        aux["w_dev_sum"] = jnp.sum(w_dev_bt)
+        aux["w_dev_sq_sum"] = jnp.sum(jnp.square(w_dev_bt))
+        aux["log_w_sq_sum"] = jnp.sum(jnp.square(terms["log_w"]))
         return loss_sum, aux
 
     return loss_fn
@@ -382,18 +445,24 @@ def opd_metrics(aux: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Reported means from `opd_loss_fn`'s summed aux (over any number of microbatches).
 
     Per response token: `advantage_mean`, `clip_fraction`, `kl_k1`, `kl_k3` (reverse KL to the
-    teacher), `w_mean` / `w_std` (`exp(s_t - sampler_t)`, the paper's Fig. 3a monitor), and
+    teacher), `kl_to_ref` (KL to the sampler, `pi_ref` offline), `w_mean` / `w_std`
+    (`exp(s_t - sampler_t)`, the paper's Fig. 3a monitor; exactly 0 std at `pi_theta =
+    sampler`), `log_w_mean` / `log_w_std` (a band `exp(mean +- std)` that stays above 0), and
     with top-k columns `student_rest_mass` / `teacher_rest_mass`; plus the counts.
     """
     n = jnp.maximum(aux["num_tokens"], 1.0)
-    w_mean = aux["w_sum"] / n
+    w_dev_mean = aux["w_dev_sum"] / n
+    log_w_mean = aux["log_w_sum"] / n
     out = {
         "advantage_mean": aux["advantage_sum"] / n,
         "clip_fraction": aux["clipped_sum"] / n,
         "kl_k1": aux["kl_k1_sum"] / n,
         "kl_k3": aux["kl_k3_sum"] / n,
-        "w_mean": w_mean,
-        "w_std": jnp.sqrt(jnp.maximum(aux["w_sq_sum"] / n - jnp.square(w_mean), 0.0)),
+        "kl_to_ref": aux["kl_to_ref_sum"] / n,
+        "w_mean": aux["w_sum"] / n,
+        "w_std": _std(aux["w_dev_sq_sum"] / n, w_dev_mean),
+        "log_w_mean": log_w_mean,
+        "log_w_std": _std(aux["log_w_sq_sum"] / n, log_w_mean),
         "num_tokens": aux["num_tokens"],
         "num_sequences": aux["num_sequences"],
     }
@@ -401,6 +470,12 @@ def opd_metrics(aux: dict[str, jax.Array]) -> dict[str, jax.Array]:
         out["student_rest_mass"] = aux["student_rest_sum"] / n
         out["teacher_rest_mass"] = aux["teacher_rest_sum"] / n
     return out
+
+
+def _std(mean_sq: jax.Array, mean: jax.Array) -> jax.Array:
+    """Standard deviation from the mean square and mean of values centred near 0 (see
+    `opd_loss_fn`): exactly 0 when every value is the same."""
+    return jnp.sqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -232,7 +232,7 @@ def test_reductions_and_centering_by_hand():
 def torch_reference(model, examples, opd, *, reduction="seq_mean_token_mean"):
     """The OPD loss over separate (unpacked) sequences from transformers' logits, float64, with
     the hand-written formulas, and its token-mean metrics. Differentiable in `model`."""
-    per_seq, cols = [], {k: [] for k in ("adv", "clip", "k1", "k3", "w", "r_p", "r_q")}
+    per_seq, cols = [], {k: [] for k in ("adv", "clip", "k1", "k3", "w", "kl_ref", "r_p", "r_q")}
     for ex in examples:
         p = ex["prompt_len"]
         logp = torch.log_softmax(model(torch.tensor(ex["tokens"][None])).logits[0].double(), -1)
@@ -240,15 +240,19 @@ def torch_reference(model, examples, opd, *, reduction="seq_mean_token_mean"):
         s = logp.gather(-1, torch.tensor(ex["tokens"][p:, None]))[:, 0]
         t, sampler = (torch.tensor(ex[k][p:]) for k in ("teacher_logprobs", "sampler_logprobs"))
         adv = (t - s.detach()).clamp(-opd.adv_clip, opd.adv_clip)
+        # Top-k columns are in every example: the rest masses are monitored for both losses.
+        lp_k = logp.gather(-1, torch.tensor(ex["teacher_topk_ids"][p:]).long())
+        lq_k = torch.tensor(ex["teacher_topk_logprobs"][p:])
+        r_p, r_q = 1 - lp_k.exp().sum(-1), 1 - lq_k.exp().sum(-1)
         if opd.loss == "sampled_token":
             loss = -adv * s
         else:
-            lp_k = logp.gather(-1, torch.tensor(ex["teacher_topk_ids"][p:]).long())
-            lq_k = torch.tensor(ex["teacher_topk_logprobs"][p:])
-            r_p, r_q = 1 - lp_k.exp().sum(-1), 1 - lq_k.exp().sum(-1)
             loss = (lp_k.exp() * (lp_k - lq_k)).sum(-1) + r_p * (r_p.log() - r_q.log())
-            cols["r_p"].append(r_p.detach())
-            cols["r_q"].append(r_q)
+        cols["r_p"].append(r_p.detach())
+        cols["r_q"].append(r_q)
+        w = torch.exp(s - sampler).detach()
+        # KL(pi_theta || sampler) at the sampler's tokens: E_sampler[w log w] = E[w log w - w + 1].
+        cols["kl_ref"].append(w * w.log() - w + 1)
         per_seq.append(loss)
         cols["adv"].append(adv)
         cols["clip"].append(((t - s).abs() > opd.adv_clip).double())
@@ -264,6 +268,8 @@ def torch_reference(model, examples, opd, *, reduction="seq_mean_token_mean"):
         "advantage_mean": tokens["adv"].mean(), "clip_fraction": tokens["clip"].mean(),
         "kl_k1": tokens["k1"].mean(), "kl_k3": tokens["k3"].mean(),
         "w_mean": tokens["w"].mean(), "w_std": tokens["w"].std(),
+        "log_w_mean": np.log(tokens["w"]).mean(), "log_w_std": np.log(tokens["w"]).std(),
+        "kl_to_ref": tokens["kl_ref"].mean(),
     }  # fmt: skip
     if "r_p" in tokens:
         metrics |= {
@@ -294,6 +300,7 @@ def test_opd_loss_matches_transformers_packed(hf_tiny, loss):
     want.backward()
     np.testing.assert_allclose(value, want.item(), rtol=1e-5)
     assert 0 < metrics["clip_fraction"] < 1 and metrics["num_sequences"] == 3
+    assert set(want_metrics) >= {"kl_to_ref", "student_rest_mass", "teacher_rest_mass"}
     for name, v in want_metrics.items():
         np.testing.assert_allclose(metrics[name], v, rtol=1e-4, atol=1e-6, err_msg=name)
     torch_grads = {
@@ -385,3 +392,55 @@ def test_opd_loss_refuses_missing_columns_and_bad_configs():
         losses.OpdLossConfig(loss="forward_kl")
     with pytest.raises(ValueError, match="only with loss='sampled_token'"):
         losses.OpdLossConfig(loss="topk_reverse_kl", center_advantage=True)
+
+
+def test_w_std_is_exact_where_a_raw_second_moment_would_round():
+    """w ~ 1 (the student at its sampler): the std of 1 + 1e-6 z is 1e-6 std(z), and exactly 0
+    for w = 1, not the sqrt(float32 eps) ~ 3e-4 that E[w^2] - E[w]^2 leaves."""
+    z = np.random.default_rng(0).normal(size=4096)
+    for w, want in [(np.ones(4096), 0.0), (1 + 1e-6 * z, 1e-6 * z.std())]:
+        log_w = np.log(w)
+        terms = {"advantage": 0 * w, "clipped": 0 * w, "kl_k1": 0 * w, "kl_k3": 0 * w, "w": w,
+                 "log_w": log_w, "kl_to_ref": w * log_w - w + 1}  # fmt: skip
+        aux = {f"{k}_sum": jnp.sum(jnp.asarray(v, jnp.float32)) for k, v in terms.items()}
+        w32 = jnp.asarray(w, jnp.float32)
+        aux |= {"num_tokens": jnp.float32(w.size), "num_sequences": jnp.float32(1),
+                "w_dev_sum": jnp.sum(w32 - 1), "w_dev_sq_sum": jnp.sum((w32 - 1) ** 2),
+                "log_w_sq_sum": jnp.sum(jnp.asarray(log_w, jnp.float32) ** 2)}  # fmt: skip
+        got = losses.opd_metrics(aux)
+        np.testing.assert_allclose(got["w_std"], want, rtol=0.05, atol=0)
+        assert float(got["kl_to_ref"]) >= 0
+
+
+def test_ratio_clip_gradient_vanishes_outside_the_clip_range_as_ppo():
+    """d/ds of -min(r A, clip(r) A), r = exp(s - ref): -A r inside [1 - eps, 1 + eps]; 0 once r
+    left the range in the direction A pushes; -A r (unclipped) when it left the other way."""
+    eps = 0.2
+    ratios = np.array([0.5, 0.9, 1.0, 1.1, 1.5, 0.5, 0.9, 1.0, 1.1, 1.5])
+    adv = np.array([1.0] * 5 + [-1.0] * 5)
+    ref = np.full(10, -1.0)
+    s = ref + np.log(ratios)
+    grad = jax.grad(
+        lambda s: losses.ratio_clip_loss(jnp.asarray(adv), s, jnp.asarray(ref), eps).sum()
+    )(jnp.asarray(s))
+    outside_in_push_direction = ((adv > 0) & (ratios > 1 + eps)) | ((adv < 0) & (ratios < 1 - eps))
+    np.testing.assert_allclose(grad, np.where(outside_in_push_direction, 0.0, -adv * ratios),
+                               rtol=1e-6)  # fmt: skip
+    assert outside_in_push_direction.sum() == 2
+
+
+def test_ratio_clip_at_the_sampler_is_the_sampled_token_loss():
+    """At pi_theta = sampler (r = 1) the clipped surrogate has the paper loss's gradient."""
+    batch = opd_batch(np.random.default_rng(5), 4, LAYOUT)
+    student = losses.logprobs_lib.next_token_logprobs(
+        OPD_CONFIG, OPD_PARAMS, batch["tokens"], batch["positions"], batch["segment_ids"]
+    )
+    batch["sampler_logprobs"] = student
+    plain = losses.OpdLossConfig(reduction="token_mean")
+    clipped = losses.OpdLossConfig(reduction="token_mean", ratio_clip=0.2)
+    grads_plain, _, aux = opd_accumulate(plain, 1, batch)
+    grads_clip, _, _ = opd_accumulate(clipped, 1, batch)
+    assert float(losses.opd_metrics(aux)["kl_to_ref"]) < 1e-6
+    assert_trees_close(grads_plain, grads_clip, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="ratio_clip"):
+        losses.OpdLossConfig(loss="topk_reverse_kl", ratio_clip=0.2)

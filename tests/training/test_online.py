@@ -5,11 +5,12 @@ import types
 
 import jax
 import numpy as np
+import scipy.special
 from stage_helpers import toy_opd_config
 
 from lopd_jax.configs import sections
 from lopd_jax.data import pipeline
-from lopd_jax.models import ref
+from lopd_jax.models import qwen3, ref
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.store import RolloutStore
 from lopd_jax.training import losses, online
@@ -43,7 +44,9 @@ def test_lightning_and_online_gradients_agree_at_pi_ref(toy_pipeline, monkeypatc
     model_config = sections.model_config(c.model, pi_ref.config)
     mesh = mesh_lib.make_mesh(sections.mesh_config(c.mesh))
     opd_cfg = losses.OpdLossConfig(**c.loss)
-    columns = losses.required_columns(opd_cfg)
+    assert opd_cfg.loss == "sampled_token"  # top-k columns for the monitors only
+    columns = losses.batch_columns(opd_cfg, topk_available=True)
+    c.online.topk = store.manifest["scoring"]["topk"]
     source = online.OnlineSource(c, model_config, ref.resolve(c.teacher), mesh, columns, ())
     source.prompts = prompts
     params = pi_ref.load()
@@ -63,6 +66,35 @@ def test_lightning_and_online_gradients_agree_at_pi_ref(toy_pipeline, monkeypatc
     def grad(batch):
         return jax.grad(lambda w: losses.normalize(*loss_fn(w, batch, jax.random.key(0))))(params)
 
+    for batch in (fresh, lightning):  # online, then Lightning: the monitors by hand
+        _, aux = jax.jit(loss_fn)(params, batch, jax.random.key(0))
+        got_metrics = losses.opd_metrics(aux)
+        for name, value in hand_monitors(model_config, params, batch).items():
+            np.testing.assert_allclose(got_metrics[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+
     got, want = grad(fresh), grad(lightning)
     assert max(float(np.abs(x).max()) for x in jax.tree.leaves(want)) > 1e-3  # not trivial
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4), got, want)
+
+
+def hand_monitors(model_config, params, batch):
+    """kl_to_ref, w and the rest masses from the full logits, in float64 numpy."""
+    logits, _ = qwen3.forward(
+        model_config, params, batch["tokens"], batch["positions"], batch["segment_ids"]
+    )
+    logits = np.asarray(logits, np.float64)[:, :-1]
+    logp = logits - scipy.special.logsumexp(logits, axis=-1, keepdims=True)
+    mask = np.asarray(batch["loss_mask"])[:, 1:] > 0
+    s = np.take_along_axis(logp, np.asarray(batch["tokens"])[:, 1:, None], -1)[..., 0][mask]
+    sampler = np.asarray(batch["sampler_logprobs"], np.float64)[:, 1:][mask]
+    ids = np.asarray(batch["teacher_topk_ids"])[:, 1:][mask]
+    student_rest = 1 - np.exp(np.take_along_axis(logp[mask], ids, -1)).sum(-1)
+    teacher_rest = 1 - np.exp(
+        np.asarray(batch["teacher_topk_logprobs"], np.float64)[:, 1:][mask]
+    ).sum(-1)
+    w = np.exp(s - sampler)
+    return {
+        "kl_to_ref": np.mean(w * np.log(w) - w + 1), "w_mean": w.mean(), "w_std": w.std(),
+        "student_rest_mass": student_rest.mean(),
+        "teacher_rest_mass": np.maximum(teacher_rest, np.finfo(np.float32).eps).mean(),
+    }  # fmt: skip
