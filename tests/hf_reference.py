@@ -57,3 +57,18 @@ def make_hf_model(model_type: str, rope_theta: float, seed: int = 0, **kwargs):
             else:
                 p.normal_(0.0, 0.08)
     return model
+
+
+def tiny_gguf(path, layers=2, width=8) -> bytes:
+    """A header-only GGUF file (what check_header reads), padded so it splits into parts."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "qwen2")
+    writer.add_block_count(layers)
+    writer.add_embedding_length(width)
+    writer.add_string("padding", "x" * 300)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.read_bytes()
