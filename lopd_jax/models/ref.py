@@ -41,9 +41,18 @@ EXPORT_KIND = "hf_export"
 _log = logging.getLogger(__name__)
 
 
+# Architecture switches added after identities were first recorded, with the value every
+# earlier model had: left out at that value, so an existing model keeps its identity.
+_LATER_SWITCHES = {"qkv_bias": False}
+
+
 def architecture_fields(config: qwen3.Qwen3Config) -> dict[str, Any]:
     fields = dataclasses.asdict(config)
-    return {k: v for k, v in fields.items() if k not in qwen3.NUMERICS}
+    return {
+        k: v
+        for k, v in fields.items()
+        if k not in qwen3.NUMERICS and not (k in _LATER_SWITCHES and v == _LATER_SWITCHES[k])
+    }
 
 
 def named_model(name: str) -> str:

@@ -22,7 +22,11 @@ def torch_logits(model, tokens):
         return model(torch.tensor(tokens)).logits.numpy()
 
 
-@pytest.mark.parametrize("name", ["qwen3_tied_gqa2", "qwen3_untied_gqa4", "llama_tied_gqa3"])
+@pytest.mark.parametrize(
+    "name",
+    ["qwen3_tied_gqa2", "qwen3_untied_gqa4", "llama_tied_gqa3", "qwen2_tied_gqa2",
+     "qwen2_untied_gqa7"],
+)  # fmt: skip
 def test_round_trip_through_transformers(hf_tiny, tmp_path, name):
     torch_model, path = hf_tiny(name)
     config, params = lopd_jax.load_hf(path)
@@ -154,6 +158,7 @@ def test_sharded_index_pointing_to_missing_file(broken_copy):
         ({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}, "Unsupported architecture"),
         ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling 'yarn'"),
         ({"attention_bias": True}, "biases"),
+        ({"use_sliding_window": True}, "sliding-window"),
     ],
 )
 def test_unsupported_configs(broken_copy, change, message):

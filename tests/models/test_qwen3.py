@@ -1,4 +1,4 @@
-"""Qwen3 / Llama forward: parity with transformers, cache, packing, remat, dtypes."""
+"""Qwen3 / Qwen2 / Llama forward: parity with transformers, cache, packing, remat, dtypes."""
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,7 @@ def test_logits_match_transformers(hf_tiny, name, padding):
     torch_model, path = hf_tiny(name)
     config, params = hf.load_hf(path)
     assert config.qk_norm == (HF_TINY_CONFIGS[name]["model_type"] == "qwen3")
+    assert config.qkv_bias == (HF_TINY_CONFIGS[name]["model_type"] == "qwen2")
     tokens, mask = ragged_batch(config.vocab_size, padding)
     with torch.no_grad():
         expected = torch_model(torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits
@@ -117,7 +118,11 @@ def test_bf16_compute_with_fp32_params_stays_close(tiny):
 
 
 def test_every_param_has_logical_axes_for_every_dim():
-    for config in (qwen3.tiny_config(), qwen3.tiny_config(tie_word_embeddings=True)):
+    for config in (
+        qwen3.tiny_config(),
+        qwen3.tiny_config(tie_word_embeddings=True),
+        qwen3.tiny_config(qk_norm=False, qkv_bias=True),
+    ):
         axes = qwen3.param_logical_axes(config)
         shapes = qwen3.param_shapes(config)
         flat_axes = jax.tree.leaves(
@@ -127,7 +132,12 @@ def test_every_param_has_logical_axes_for_every_dim():
         assert len(flat_axes) == len(flat_shapes)
         for spec, shape in zip(flat_axes, flat_shapes):
             assert len(spec) == len(shape.shape) and all(spec), (spec, shape)
-    assert sum(x.size for x in jax.tree.leaves(shapes)) == config.num_params
+        assert sum(x.size for x in jax.tree.leaves(shapes)) == config.num_params
+
+
+def test_qk_norm_and_qkv_bias_together_are_refused():
+    with pytest.raises(ValueError, match="no supported architecture"):
+        qwen3.tiny_config(qkv_bias=True)
 
 
 def test_presets_count_the_published_sizes():

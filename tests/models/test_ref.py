@@ -56,6 +56,13 @@ def test_decode_settings_are_numerics_not_identity():
     assert ref.architecture_fields(config.replace(decode_attention="xla", decode_block=8)) == fields
 
 
+def test_qkv_bias_is_identity_only_when_set():
+    """Added after identities were recorded: a model without biases keeps its identity."""
+    config = qwen3.tiny_config(qk_norm=False)
+    assert "qkv_bias" not in ref.architecture_fields(config)
+    assert ref.model_identity(config.replace(qkv_bias=True), "w") != ref.model_identity(config, "w")
+
+
 def test_weights_digest_is_exact_and_independent_of_sharding():
     config = qwen3.tiny_config()
     params = qwen3.init_params(config, jax.random.key(0))

@@ -1,5 +1,5 @@
-"""End-to-end sampling on a tiny random Qwen3: parity with transformers and a teacher-forced
-forward, stopping, determinism and sharding."""
+"""End-to-end sampling on a tiny random Qwen3 (and Qwen2): parity with transformers and a
+teacher-forced forward, stopping, determinism and sharding."""
 
 import jax
 import numpy as np
@@ -42,6 +42,14 @@ def test_greedy_matches_hf_generate(hf_tiny, attention):
         assert tokens == _hf_greedy(model, prompt, MAX_NEW)
     assert out.finish_reason == [FINISH_LENGTH] * len(PROMPTS)
     assert all(lp == 0.0 for row in out.behavior_logprobs for lp in row)  # greedy: point mass
+
+
+def test_greedy_matches_hf_generate_qwen2(hf_tiny_qwen2):
+    model, config, params = hf_tiny_qwen2
+    assert config.qkv_bias and not config.qk_norm
+    out = lopd_jax.generate(config, params, PROMPTS, max_new_tokens=MAX_NEW)
+    for prompt, tokens in zip(PROMPTS, out.tokens, strict=True):
+        assert tokens == _hf_greedy(model, prompt, MAX_NEW)
 
 
 @pytest.fixture(scope="module")
