@@ -117,18 +117,19 @@ def abstract_params(config: qwen3.Qwen3Config, mesh):
     )
 
 
-def compile_opd_step(config: qwen3.Qwen3Config, mesh, seq_len: int):
-    """The OPD train step (the paper's sampled-token loss, AdamW as the recipe) for one row of
-    `seq_len` tokens per device."""
+def compile_opd_step(config: qwen3.Qwen3Config, mesh, seq_len: int, microbatches: int = 1):
+    """The OPD train step (the paper's sampled-token loss, AdamW as the recipe) over
+    `microbatches` microbatches of one row of `seq_len` tokens per device. From 2 on, the
+    gradient accumulator is live beside each microbatch's gradients (any count costs the same
+    but for the batch itself: the recipe's 32 is compiled as 2)."""
     recipe = paper.recipe("opd", student="tiny", teacher="tiny", root="/abstract").optimizer
     opt = optimizer.make_optimizer(optimizer.OptimizerConfig.from_dict({**recipe}))
     shardings = state.state_shardings(config, opt, mesh)
     loss_fn = losses.opd_loss_fn(config, losses.OpdLossConfig())
-    train_step = step.make_train_step(loss_fn, opt, shardings, mesh)
-    batch = batch_shapes(mesh, mesh.size, seq_len)
-    floats = jax.ShapeDtypeStruct(
-        (mesh.size, seq_len), jnp.float32, sharding=batch["tokens"].sharding
-    )
+    train_step = step.make_train_step(loss_fn, opt, shardings, mesh, num_microbatches=microbatches)
+    rows = mesh.size * microbatches
+    batch = batch_shapes(mesh, rows, seq_len)
+    floats = jax.ShapeDtypeStruct((rows, seq_len), jnp.float32, sharding=batch["tokens"].sharding)
     batch |= {"teacher_logprobs": floats, "sampler_logprobs": floats}
     return train_step.lower(state.abstract_state(config, opt, shardings), batch).compile()
 
@@ -213,8 +214,10 @@ def per_device_bytes(tree) -> int:
     )
 
 
-# What CUDA reports as the memory of an 80 GB H100 and a 141 GB H200 (nvidia-smi's MiB).
+# What CUDA reports as the memory of an 80 GB H100 and a 141 GB H200 (nvidia-smi's MiB), and
+# the share of it jax may allocate under launch/common.sh (XLA_PYTHON_CLIENT_MEM_FRACTION).
 DEVICES_GIB = {"80 GB": 81_559 / 1024, "141 GB": 143_771 / 1024}
+MEM_FRACTION = 0.9
 
 
 def opd_memory(args, mesh) -> list[str]:
@@ -227,7 +230,12 @@ def opd_memory(args, mesh) -> list[str]:
     sampler = qwen3.PRESETS[args.opd].replace(**bf16)
     teacher = qwen3.PRESETS[args.teacher].replace(**bf16)
     programs = {
-        "student OPD train step": (student, lambda c: compile_opd_step(c, mesh, seq_len)),
+        "student OPD train step, 1 microbatch": (
+            student, lambda c: compile_opd_step(c, mesh, seq_len)
+        ),
+        "student OPD train step, accumulating microbatches (the recipe's)": (
+            student, lambda c: compile_opd_step(c, mesh, seq_len, microbatches=2)
+        ),
         "teacher scoring forward": (teacher, lambda c: compile_scoring(c, mesh, seq_len)),
         "sampler decode step": (
             sampler, lambda c: compile_decode_step(c, mesh, args.rollouts, args.cache_slots)
@@ -256,7 +264,7 @@ def opd_memory(args, mesh) -> list[str]:
             rules.shardings_for(qwen3.CACHE_LOGICAL_AXES, cache, mesh),
         )
     )
-    train, score, decode = (measured[name]["peak"] for name in programs)
+    single, train, score, decode = (measured[name]["peak"] for name in programs)
     lightning = train
     phases = {
         "train": train + teacher_params + sampler_params + cache_bytes,
@@ -264,12 +272,19 @@ def opd_memory(args, mesh) -> list[str]:
         "sample": student_state + teacher_params + decode,
     }
     online = max(phases.values())
+    online_single = max(phases["teacher"], phases["sample"], single + phases["train"] - train)
 
     def fits(peak: int) -> str:
-        return " / ".join(
-            f"{'fits' if peak / GIB <= gib else '**OOM**'} ({name}: {gib:.1f} GiB)"
-            for name, gib in DEVICES_GIB.items()
-        )
+        """Against each device's jax share, and (when that fails) its whole memory."""
+        verdicts = []
+        for gib in DEVICES_GIB.values():
+            if peak / GIB <= MEM_FRACTION * gib:
+                verdicts.append("fits")
+            elif peak / GIB <= gib:
+                verdicts.append(f"over {MEM_FRACTION:.0%}, under 100%")
+            else:
+                verdicts.append("**OOM**")
+        return " | ".join(verdicts)
 
     return [
         "",
@@ -295,12 +310,21 @@ def opd_memory(args, mesh) -> list[str]:
         f"(peak with everything else resident): train {phases['train'] / GIB:.2f} GiB, teacher "
         f"{phases['teacher'] / GIB:.2f} GiB, sampling {phases['sample'] / GIB:.2f} GiB.",
         "",
-        "| method | peak per device | 8 x H100 80 GB / 8 x H200 141 GB (CUDA's total) |",
-        "|---|---:|---|",
+        f"Devices: 8 x H100 80 GB ({DEVICES_GIB['80 GB']:.1f} GiB as CUDA reports it, "
+        f"{MEM_FRACTION * DEVICES_GIB['80 GB']:.1f} GiB for jax at the launchers' "
+        f"XLA_PYTHON_CLIENT_MEM_FRACTION={MEM_FRACTION}) and 8 x H200 141 GB "
+        f"({DEVICES_GIB['141 GB']:.1f} / {MEM_FRACTION * DEVICES_GIB['141 GB']:.1f} GiB).",
+        "",
+        "| method | peak per device | 8 x H100 80 GB | 8 x H200 141 GB |",
+        "|---|---:|---|---|",
         f"| Lightning OPD (student train step only) | {lightning / GIB:.2f} GiB "
         f"| {fits(lightning)} |",
         f"| online OPD (train + live teacher + sampler and its KV cache) | {online / GIB:.2f} GiB "
         f"| {fits(online)} |",
+        f"| Lightning OPD, 1 microbatch per update (no accumulator) | {single / GIB:.2f} GiB "
+        f"| {fits(single)} |",
+        f"| online OPD, 1 microbatch per update | {online_single / GIB:.2f} GiB "
+        f"| {fits(online_single)} |",
     ]
 
 

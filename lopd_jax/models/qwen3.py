@@ -6,9 +6,9 @@ logical axis metadata); there are no mutable collections, and the KV cache is an
 input and output.
 
 Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`,
-`mlp`, `layers`); activations are constrained by logical names too. Which mesh axes those
-names map to is decided in one place, `lopd_jax.parallel.rules`; this file never names a mesh
-axis.
+`mlp`, `expert`, `layers`); activations are constrained by logical names too. Which mesh axes
+those names map to is decided in one place, `lopd_jax.parallel.rules`; this file never names a
+mesh axis. Qwen3-MoE's sparse block (`num_experts > 0`) is `MoeBlock`, its math models/moe.py.
 
 Shape suffixes: b batch, t query length, s key length (cache slots), d model width,
 h query heads, k kv heads, g query heads per kv head, e head dim, f mlp width, v vocab, l layers.
