@@ -276,3 +276,17 @@ def test_router_loss_in_the_losses_matches_transformers(hf_tiny):
     opd_on = losses.normalize(*losses.opd_loss_fn(on, opd)(params, batch, key))
     opd_off = losses.normalize(*losses.opd_loss_fn(config, opd)(params, batch, key))
     np.testing.assert_allclose(opd_on - opd_off, coef * float(want.aux_loss), rtol=1e-4)
+
+
+def test_a_missing_expert_tensor_is_named(hf_tiny, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    _, path = hf_tiny("qwen3_moe_e8k2_norm")
+    copy = shutil.copytree(path, tmp_path / "ckpt")
+    tensors = load_file(copy / "model.safetensors")
+    del tensors["model.layers.1.mlp.experts.5.up_proj.weight"]
+    save_file(tensors, copy / "model.safetensors")
+    with pytest.raises(hf.CheckpointError, match=r"model.layers.1.mlp.experts.5.up_proj.weight"):
+        lopd_jax.load_hf(copy)
