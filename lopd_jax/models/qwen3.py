@@ -166,6 +166,13 @@ class Qwen3Config:
         )
 
 
+# The MoE architecture fields, named as in transformers' Qwen3MoeConfig (models/hf.py maps them
+# one to one); a dense model's identity leaves them out (models/ref.py).
+MOE_FIELDS = (
+    "num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
+    "decoder_sparse_step", "mlp_only_layers", "router_aux_loss_coef", "output_router_logits",
+)  # fmt: skip
+
 # Fields that change how, not what, the weights compute (free to differ between stages).
 NUMERICS = (
     "param_dtype", "dtype", "remat_policy", "logits_chunk_size", "attention",

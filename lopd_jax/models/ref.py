@@ -42,8 +42,9 @@ _log = logging.getLogger(__name__)
 
 
 def architecture_fields(config: qwen3.Qwen3Config) -> dict[str, Any]:
-    fields = dataclasses.asdict(config)
-    return {k: v for k, v in fields.items() if k not in qwen3.NUMERICS}
+    # A dense model's identity is what it was before the MoE fields existed.
+    left_out = qwen3.NUMERICS + (() if config.is_moe else qwen3.MOE_FIELDS)
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in left_out}
 
 
 def named_model(name: str) -> str:

@@ -290,3 +290,19 @@ def test_a_missing_expert_tensor_is_named(hf_tiny, tmp_path):
     save_file(tensors, copy / "model.safetensors")
     with pytest.raises(hf.CheckpointError, match=r"model.layers.1.mlp.experts.5.up_proj.weight"):
         lopd_jax.load_hf(copy)
+
+
+def test_identity_counts_moe_fields_of_moe_models_only():
+    """Dense models keep the identity they had before the MoE fields existed (stored
+    artifacts still match); every MoE field is part of a MoE model's identity."""
+    from lopd_jax.models import ref
+
+    dense = qwen3.tiny_config()
+    assert not set(qwen3.MOE_FIELDS) & set(ref.architecture_fields(dense))
+    sparse = qwen3.PRESETS["tiny-moe"]
+    assert set(qwen3.MOE_FIELDS) <= set(ref.architecture_fields(sparse))
+    changed = sparse.replace(norm_topk_prob=False)
+    assert ref.model_identity(sparse, "params:x") != ref.model_identity(changed, "params:x")
+    assert ref.model_identity(sparse, "params:x") == ref.model_identity(
+        sparse.replace(moe_implementation="dense"), "params:x"
+    )
