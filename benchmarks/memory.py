@@ -31,9 +31,12 @@ benchmarks/RESULTS.md.
 `--opd STUDENT --teacher TEACHER` compiles what Lightning and online OPD hold per device, with
 the paper's recipe (`lopd_jax/configs/paper.py`: rows of 1,024 + 4,096 tokens, one per device
 per microbatch, float32 master params and AdamW, bfloat16 compute, remat full, blockwise
-attention) and compares it to 80 GB and 141 GB devices:
+attention) and compares it to 80 GB and 141 GB devices (their whole memory and the 90% that
+jax may take under launch/common.sh):
 - Lightning OPD: the student's OPD train step (sampled-token loss) and nothing else; the
-  teacher scored the rollouts in an earlier job;
+  teacher scored the rollouts in an earlier job. Compiled as the recipe runs it (gradients
+  accumulated over microbatches: a float32 accumulator beside each microbatch's gradients)
+  and with one microbatch per update (no accumulator);
 - online OPD: the same train step while the live teacher (bfloat16) and the sampler (a
   bfloat16 copy of the student, as a colocated inference engine keeps, and the KV cache of
   `--rollouts` (64 x 4) rows of `--cache-slots` tokens) stay resident. Its peak is the largest
