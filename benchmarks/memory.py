@@ -44,8 +44,9 @@ jax may take under launch/common.sh):
   scoring forward's peak (a microbatch) + student state + sampler + cache; one decode step's
   peak (sampler params + cache + temporaries) + student state + teacher.
 MoE experts: XLA:CPU lowers `jax.lax.ragged_dot` to a masked product over every expert
-(`[e, n, d]` temporaries), which no accelerator kernel allocates (TPU megablox, GPU grouped
-GEMM: `[n, d]` in, `[n, f]` out). For the accounting, `ragged_dot` is traced as a shape twin:
+(`[e, n, d]` temporaries), which a grouped kernel does not allocate (`[n, d]` in, `[n, f]`
+out: TPU's megablox, a GPU grouped GEMM; whether XLA:GPU's own lowering of `ragged_dot` is one
+was not checked, no GPU being at hand). For the accounting, `ragged_dot` is traced as a shape twin:
 `einsum("nd,edf->nf")`, the same operands (all experts' weights, gathered by the FSDP layout as
 the grouped kernel needs them), the same result and gradient shapes.
 """
