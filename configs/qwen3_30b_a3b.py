@@ -20,6 +20,12 @@ STUDENT, TEACHER = "qwen3-30b-a3b", "qwen3-30b-a3b-thinking-2507"
 
 def get_config(stage: str = "sft"):
     # 4 kv heads: tensor parallelism of the teacher beyond 4 would replicate its k/v weights.
-    return paper.recipe(
+    c = paper.recipe(
         stage, student=STUDENT, teacher=TEACHER, root="/runs/qwen3_30b_a3b", teacher_tensor=4
     )
+    if stage in ("rollout", "evaluate"):
+        # The recipe's data-parallel sampling replicates the weights: 57 GiB of bf16 per device
+        # here, and evaluate's 64 rows of 32k tokens add 24 GiB of KV cache per device. FSDP
+        # holds 7 GiB of weights per device and splits the rows the same way.
+        c.mesh.preset = "fsdp"
+    return c
