@@ -23,6 +23,12 @@ Both sides run in this process on the same random-weight Qwen3 (lopd_jax's param
   rollout), for each `decode_attention` ("xla" reads every cache slot). The reference column
   is the floor: each step reads every weight and the filled slots' keys / values once, at the
   bandwidth of a large array copy measured in the same run; ratio = the fraction reached.
+- MoE train step and scoring (`moe`): the same SFT step and scoring forward on the preset's
+  Qwen3-MoE, lopd_jax's grouped experts (`moe_implementation="ragged"`: dropless
+  `jax.lax.ragged_dot` over the tokens sorted by expert) in the lopd_jax column against its
+  dense reference (every token through every expert, `"dense"`) in the reference column;
+  transformers is not timed there (its eager experts loop in Python; the kernels it can use
+  instead are not on this machine). FLOPs count the active parameters (k of e experts).
 - Lightning vs online OPD: `lopd opd` in both modes for the same number of updates of the same
   batch shape on the tests' tiny teacher -> SFT -> rollout -> score chain
   (tests/stage_helpers.py); steps per hour from the median `train/step_s` after the first
@@ -100,6 +106,7 @@ class Preset:
     decode_batches: tuple[int, ...] = (64, 256)
     decode_slots: int = 2048
     decode_end: int = 256
+    moe_model: str = "small-moe-cpu"  # the MoE workload's model (a key of MODELS)
 
 
 MODELS = {
@@ -108,6 +115,19 @@ MODELS = {
     "small-cpu": qwen3.tiny_config(
         vocab_size=4096, hidden_size=128, intermediate_size=384, tie_word_embeddings=True
     ),
+    # Its MoE counterpart: 16 experts, 4 per token, each a quarter of the dense MLP's width.
+    "small-moe-cpu": qwen3.tiny_config(
+        vocab_size=4096,
+        hidden_size=128,
+        intermediate_size=384,
+        tie_word_embeddings=True,
+        num_experts=16,
+        num_experts_per_tok=4,
+        moe_intermediate_size=96,
+        norm_topk_prob=True,
+    ),
+    # Qwen3-30B-A3B's layer at 4 layers of depth: one accelerator holds its train state.
+    "qwen3-30b-a3b-4l": qwen3.PRESETS["qwen3-30b-a3b"].replace(num_layers=4),
 }
 PRESETS = {
     "tiny": Preset(
@@ -119,6 +139,7 @@ PRESETS = {
         dtype="bfloat16", sft_model="qwen3-0.6b", sft_shape=(4, 2048), score_model="qwen3-1.7b",
         score_shape=(8, 2048), sample_model="qwen3-0.6b", prompt_len=128, new_tokens=512,
         sample_batches=(64, 256), opd_steps=10, warmup=2, steps=10,
+        moe_model="qwen3-30b-a3b-4l",
     ),
 }  # fmt: skip
 
@@ -455,6 +476,41 @@ def opd_workload(p: Preset, tmp: Path, peak: float | None) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# MoE: grouped experts (ragged_dot) vs the dense reference.
+
+
+def moe_workload(p: Preset, tmp: Path, peak: float | None) -> list[dict]:
+    rows = []
+    config = model_config(p, p.moe_model, param_dtype="float32")
+    tokens_bt = random_tokens(config, *p.sft_shape, seed=3)
+    train = {
+        impl: lopd_sft_seconds(config.replace(moe_implementation=impl), tokens_bt, tmp / "moe", p)
+        for impl in ("ragged", "dense")
+    }
+    rows.append(row(
+        "MoE train step, ragged_dot vs dense experts", _shape(p.moe_model, p.sft_shape),
+        "tok/s", tokens_bt.size / train["ragged"], tokens_bt.size / train["dense"],
+        3 * forward_flops_per_token(config, p.sft_shape[1] / 2), peak,
+        f"{p.dtype} compute, float32 master, AdamW; reference = every token through every expert",
+    ))  # fmt: skip
+    config = model_config(p, p.moe_model, param_dtype=p.dtype)
+    tokens_bt = random_tokens(config, *p.score_shape, seed=4)
+    score = {
+        impl: lopd_score_seconds(
+            config.replace(moe_implementation=impl), tokens_bt, tmp / "moe_score", p
+        )
+        for impl in ("ragged", "dense")
+    }
+    rows.append(row(
+        "MoE scoring, ragged_dot vs dense experts", _shape(p.moe_model, p.score_shape), "tok/s",
+        tokens_bt.size / score["ragged"], tokens_bt.size / score["dense"],
+        forward_flops_per_token(config, p.score_shape[1] / 2), peak,
+        f"{p.dtype} weights, log-probs + top-{p.topk}; reference = dense experts",
+    ))  # fmt: skip
+    return rows
+
+
 def _shape(model: str, shape: tuple[int, int]) -> str:
     return f"{model} ({MODELS[model].num_params / 1e6:,.1f}M), {shape[0]} x {shape[1]}"
 
@@ -467,7 +523,7 @@ def workloads(p: Preset) -> dict[str, Callable[[Preset, Path, float | None], lis
     decodes = {f"decode{b}": partial(decode_workload, batch=b) for b in p.decode_batches}
     return {
         "sft": one(sft_workload), "score": one(score_workload), **samples, **decodes,
-        "opd": one(opd_workload),
+        "moe": moe_workload, "opd": one(opd_workload),
     }  # fmt: skip
 
 

@@ -70,10 +70,10 @@ def model_config(preset: str, dtype: str, param_dtype: str, remat: str) -> qwen3
 
 
 def matmul_params(config: qwen3.Qwen3Config) -> int:
-    """Parameters used in matmuls: all but the input-embedding lookup (a tied embedding counts
-    once, as the output head)."""
+    """Parameters used in matmuls per token: all but the input-embedding lookup (a tied
+    embedding counts once, as the output head) and, in a MoE, the experts a token skips."""
     embedding = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
-    return config.num_params - embedding
+    return config.num_active_params - embedding
 
 
 def flops_per_token(config: qwen3.Qwen3Config, seq_len: int) -> float:

@@ -64,6 +64,14 @@ TEACHER_HF = dict(
     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
     rope_theta=10_000.0, tie_word_embeddings=False,
 )  # fmt: skip
+# The same pipeline on Qwen3-MoE models: a teacher of 4 experts (2 per token) and a student
+# whose first layer is dense (two layer groups), so every stage meets both kinds of layer.
+MOE_TEACHER_HF = TEACHER_HF | dict(
+    model_type="qwen3_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+    norm_topk_prob=True,
+)  # fmt: skip
+MOE_STUDENT = dict(num_layers=3, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                   norm_topk_prob=True, mlp_only_layers=(0,))  # fmt: skip
 
 
 def toy_tokenizer():
@@ -72,24 +80,27 @@ def toy_tokenizer():
     return AutoTokenizer.from_pretrained(TOY_TOKENIZER)
 
 
-def write_hf_teacher(path: Path, seed: int = 0):
-    """A random tiny `transformers` Qwen3 with the toy tokenizer: (torch model, its dir)."""
+def write_hf_teacher(path: Path, seed: int = 0, *, moe: bool = False):
+    """A random tiny `transformers` Qwen3 (or Qwen3-MoE) with the toy tokenizer: (torch model,
+    its dir)."""
     from hf_reference import make_hf_model
 
-    model = make_hf_model(**TEACHER_HF, seed=seed)
+    model = make_hf_model(**(MOE_TEACHER_HF if moe else TEACHER_HF), seed=seed)
     model.save_pretrained(path)
     toy_tokenizer().save_pretrained(path)
     return model, path
 
 
-def write_hf_student_base(path: Path, seed: int = 1) -> Path:
-    """A random lopd_jax tiny Qwen3 as a HF directory with the toy tokenizer (SFT's base)."""
+def write_hf_student_base(path: Path, seed: int = 1, *, moe: bool = False) -> Path:
+    """A random lopd_jax tiny Qwen3 (or Qwen3-MoE) as a HF directory with the toy tokenizer
+    (SFT's base)."""
     import jax
 
     from lopd_jax.models import hf, qwen3
 
     config = qwen3.tiny_config(vocab_size=TOY_VOCAB, hidden_size=32, intermediate_size=64,
-                               num_heads=2, num_kv_heads=1, head_dim=16)  # fmt: skip
+                               num_heads=2, num_kv_heads=1, head_dim=16,
+                               **(MOE_STUDENT if moe else {}))  # fmt: skip
     params = qwen3.init_params(config, jax.random.key(seed))
     return hf.save_hf(config, params, path, tokenizer=toy_tokenizer())
 
@@ -148,17 +159,18 @@ def toy_prompts(path: Path, num: int, *, seed: int = 1) -> Path:
     return path
 
 
-def build_toy_pipeline(root: Path) -> dict:
+def build_toy_pipeline(root: Path, *, moe: bool = False) -> dict:
     """teacher (HF) -> SFT data it "wrote" -> SFT (2 steps) -> rollout (3 chunks) -> score.
 
-    Every path and config of the chain, so each test can re-run a stage elsewhere."""
+    Every path and config of the chain, so each test can re-run a stage elsewhere. `moe`: the
+    teacher and the student are Qwen3-MoE models."""
     from lopd_jax.data import sft, synthetic
     from lopd_jax.models import ref
     from lopd_jax.stages import rollout, score
     from lopd_jax.stages import sft as sft_stage
 
-    teacher_model, teacher = write_hf_teacher(root / "teacher")
-    base = write_hf_student_base(root / "base")
+    teacher_model, teacher = write_hf_teacher(root / "teacher", moe=moe)
+    base = write_hf_student_base(root / "base", moe=moe)
     data = root / "sft_data"
     records = synthetic.addition_records(48, seed=0, max_digits=2)
     sft.write_sft_data(data, records, teacher=ref.resolve(teacher).identity)

@@ -2,7 +2,7 @@
 
 `recipe(stage, student=..., teacher=..., root=...)` returns the shipped config of `stage` with
 the paper's hyper-parameters (docs/method.md) and mesh presets for one 8-GPU node; the
-repository's configs/qwen3_*_from_*.py call it, e.g.
+repository's configs/qwen3_*.py call it, e.g.
 `lopd sft --config=configs/qwen3_8b_from_32b.py:sft --config.model.path=/models/Qwen3-8B-Base`.
 Where the paper is silent (the SFT batch, the teacher's sampling for the SFT data), the choice
 is commented.

@@ -47,6 +47,9 @@ def model(path: str = "", *, preset: str = "tiny") -> ConfigDict:
     # Decoder layers per iteration of the layer scan: 1 for large models (compile time), the
     # layer count for a few-layer model (a faster step).
     c.scan_unroll = 1
+    # Experts of a Qwen3-MoE model: "ragged" (dropless grouped matmuls) or "dense" (every
+    # token through every expert: the reference, for tests and benchmarks).
+    c.moe_implementation = "ragged"
     return c
 
 

@@ -204,7 +204,9 @@ def config_from_hf(hf_config: dict[str, Any], *, dtype: str = "float32") -> qwen
     if model_type == "qwen3_moe":
         # transformers 5 writes num_experts as num_local_experts (its attribute map).
         hf_config = {"num_experts": hf_config.get("num_local_experts")} | hf_config
-        moe = {name: hf_config[name] for name in _MOE_FIELDS if hf_config.get(name) is not None}
+        moe = {
+            name: hf_config[name] for name in qwen3.MOE_FIELDS if hf_config.get(name) is not None
+        }
         moe["mlp_only_layers"] = tuple(moe.get("mlp_only_layers") or ())
     return qwen3.Qwen3Config(
         vocab_size=hf_config["vocab_size"],
@@ -223,13 +225,6 @@ def config_from_hf(hf_config: dict[str, Any], *, dtype: str = "float32") -> qwen
         dtype=dtype,
         **moe,
     )
-
-
-# Qwen3MoeConfig's fields that are ours too (same names, same meanings).
-_MOE_FIELDS = (
-    "num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
-    "decoder_sparse_step", "mlp_only_layers", "router_aux_loss_coef", "output_router_logits",
-)  # fmt: skip
 
 
 def config_to_hf(config: qwen3.Qwen3Config, **extra: Any):
@@ -254,7 +249,7 @@ def config_to_hf(config: qwen3.Qwen3Config, **extra: Any):
         **extra,
     )
     if config.is_moe:
-        moe = {name: getattr(config, name) for name in _MOE_FIELDS}
+        moe = {name: getattr(config, name) for name in qwen3.MOE_FIELDS}
         moe["mlp_only_layers"] = list(config.mlp_only_layers)
         hf_config = transformers.Qwen3MoeConfig(**common, **moe)
     elif config.qkv_bias:  # Qwen2's biases are built in, not a flag

@@ -60,6 +60,8 @@ def map_next_token_logits(
     positions_bt: jax.Array,
     segment_ids_bt: jax.Array,
     per_token: tuple[jax.Array, ...] = (),
+    *,
+    with_router_stats: bool = False,
 ) -> Any:
     """`fn(logits_bcv_f32, targets_bc, *per_token_chunks)` over the logits that predict each token.
 
@@ -67,8 +69,12 @@ def map_next_token_logits(
     `p(. | tokens[:, :t])` within its segment, with `targets = tokens[:, t]` and the per-token
     arrays' entry `[:, t]`. Outputs (a pytree of `[b, t, ...]` arrays) are 0 where `t` starts a
     segment or is padding (segment id 0): nothing predicts it there. Packed rows work.
+    `with_router_stats`: also return the MoE router statistics of the same forward, as
+    `(outputs, stats)` (see `qwen3.hidden_states_and_router_stats`; None for a dense model).
     """
-    h_btd, _ = qwen3.hidden_states(config, params, tokens_bt, positions_bt, segment_ids_bt)
+    h_btd, _, stats = qwen3.hidden_states_and_router_stats(
+        config, params, tokens_bt, positions_bt, segment_ids_bt
+    )
     out = map_logit_chunks(
         fn,
         h_btd[:, :-1],
@@ -83,7 +89,8 @@ def map_next_token_logits(
         y = jnp.pad(y, [(0, 0), (1, 0)] + [(0, 0)] * (y.ndim - 2))
         return jnp.where(scored_bt.reshape(scored_bt.shape + (1,) * (y.ndim - 2)), y, 0)
 
-    return jax.tree.map(align, out)
+    out = jax.tree.map(align, out)
+    return (out, stats) if with_router_stats else out
 
 
 def target_logprob(logits_bcv: jax.Array, target_bc: jax.Array) -> jax.Array:

@@ -10,9 +10,9 @@ logical axis metadata); there are no mutable collections, and the KV cache is an
 input and output.
 
 Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`,
-`mlp`, `layers`); activations are constrained by logical names too. Which mesh axes those
-names map to is decided in one place, `lopd_jax.parallel.rules`; this file never names a mesh
-axis.
+`mlp`, `expert`, `layers`); activations are constrained by logical names too. Which mesh axes
+those names map to is decided in one place, `lopd_jax.parallel.rules`; this file never names a
+mesh axis. Qwen3-MoE's sparse block (`num_experts > 0`) is `MoeBlock`, its math models/moe.py.
 
 Shape suffixes: b batch, t query length, s key length (cache slots), d model width,
 h query heads, k kv heads, g query heads per kv head, e head dim, f mlp width, v vocab, l layers.
@@ -181,6 +181,13 @@ class Qwen3Config:
         )
 
 
+# The MoE architecture fields, named as in transformers' Qwen3MoeConfig (models/hf.py maps them
+# one to one); a dense model's identity leaves them out (models/ref.py).
+MOE_FIELDS = (
+    "num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
+    "decoder_sparse_step", "mlp_only_layers", "router_aux_loss_coef", "output_router_logits",
+)  # fmt: skip
+
 # Fields that change how, not what, the weights compute (free to differ between stages).
 NUMERICS = (
     "param_dtype", "dtype", "remat_policy", "logits_chunk_size", "attention",
@@ -198,7 +205,15 @@ def _qwen3(**kw: Any) -> Qwen3Config:
     return Qwen3Config(vocab_size=151_936, head_dim=128, num_kv_heads=8, **kw)
 
 
-# Released Qwen3 dense sizes (from their config.json files).
+def _qwen3_30b_a3b(**kw: Any) -> Qwen3Config:
+    return Qwen3Config(
+        vocab_size=151_936, hidden_size=2048, intermediate_size=6144, num_layers=48,
+        num_heads=32, num_kv_heads=4, head_dim=128, num_experts=128, num_experts_per_tok=8,
+        moe_intermediate_size=768, norm_topk_prob=True, **kw,
+    )  # fmt: skip
+
+
+# Released Qwen3 sizes (from their config.json files).
 PRESETS: dict[str, Qwen3Config] = {
     "qwen3-0.6b": _qwen3(
         hidden_size=1024, intermediate_size=3072, num_layers=28, num_heads=16,
@@ -215,12 +230,12 @@ PRESETS: dict[str, Qwen3Config] = {
     "qwen3-8b": _qwen3(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32),
     "qwen3-14b": _qwen3(hidden_size=5120, intermediate_size=17408, num_layers=40, num_heads=40),
     "qwen3-32b": _qwen3(hidden_size=5120, intermediate_size=25600, num_layers=64, num_heads=64),
-    # Qwen3-30B-A3B (Base and Thinking-2507 share the architecture; their rope_theta, 1e6 and
-    # 1e7, and max positions differ: configs/qwen3_30b_a3b.py sets them per model).
-    "qwen3-30b-a3b": Qwen3Config(
-        vocab_size=151_936, hidden_size=2048, intermediate_size=6144, num_layers=48,
-        num_heads=32, num_kv_heads=4, head_dim=128, num_experts=128, num_experts_per_tok=8,
-        moe_intermediate_size=768, norm_topk_prob=True,
+    # Qwen3-30B-A3B: the Base student and the Thinking-2507 teacher of the paper's MoE pair
+    # share the architecture (128 experts, 8 per token, top-k renormalised) but not rope_theta
+    # (1e6 / 1e7) nor the context (32k / 256k), as their config.json files say.
+    "qwen3-30b-a3b": _qwen3_30b_a3b(rope_theta=1e6, max_position_embeddings=32_768),
+    "qwen3-30b-a3b-thinking-2507": _qwen3_30b_a3b(
+        rope_theta=1e7, max_position_embeddings=262_144
     ),
     # A random-init MoE for tests and CPU benchmarks: 8 experts, 2 per token.
     "tiny-moe": Qwen3Config(
@@ -384,7 +399,8 @@ class MoeBlock(nn.Module):
     config: Qwen3Config
 
     @nn.compact
-    def __call__(self, x_btd: jax.Array) -> jax.Array:
+    def __call__(self, x_btd: jax.Array, segment_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The block's output and its router statistics over the non-padding tokens."""
         cfg = self.config
         d, f, e = cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts
         router = _param(self, "router", (d, e), ("embed", None), _dense_init)
@@ -392,13 +408,14 @@ class MoeBlock(nn.Module):
         w_up = _param(self, "up_proj", (e, d, f), ("expert", "embed", "mlp"), _dense_init)
         w_down = _param(self, "down_proj", (e, f, d), ("expert", "mlp", "embed"), _dense_init)
         x_td = x_btd.reshape(-1, d)
-        weights_tk, experts_tk, _ = moe_lib.route(
+        weights_tk, experts_tk, probs_te = moe_lib.route(
             x_td, router, cfg.num_experts_per_tok, cfg.norm_topk_prob
         )
         y_td = moe_lib.EXPERTS[cfg.moe_implementation](
             x_td, weights_tk, experts_tk, w_gate, w_up, w_down
         )
-        return _constrain(y_td.reshape(x_btd.shape), _ACT_EMBED)
+        stats_3e = moe_lib.router_stats(probs_te, experts_tk, segment_bt.reshape(-1) != 0)
+        return _constrain(y_td.reshape(x_btd.shape), _ACT_EMBED), stats_3e
 
 
 class DecoderLayer(nn.Module):
@@ -418,9 +435,13 @@ class DecoderLayer(nn.Module):
             layer,
         )
         x_btd = x_btd + attn_out
-        mlp = MoeBlock(cfg, name="mlp") if self.moe else MLP(cfg, name="mlp")
-        x_btd = x_btd + mlp(RMSNorm(cfg, name="post_attention_layernorm")(x_btd))
-        return _constrain(x_btd, _ACT_EMBED), new_kv
+        h_btd = RMSNorm(cfg, name="post_attention_layernorm")(x_btd)
+        router_stats = None
+        if self.moe:
+            mlp_out, router_stats = MoeBlock(cfg, name="mlp")(h_btd, segment_bt)
+        else:
+            mlp_out = MLP(cfg, name="mlp")(h_btd)
+        return _constrain(x_btd + mlp_out, _ACT_EMBED), (new_kv, router_stats)
 
 
 _ACT_EMBED = ("activation_batch", "activation_length", "activation_embed")
@@ -462,8 +483,9 @@ def layer_groups(config: Qwen3Config) -> tuple[LayerGroup, ...]:
 
 
 class Qwen3(nn.Module):
-    """Token ids -> final hidden states (+ updated cache). Unembedding lives outside so
-    log-probs can be computed chunk by chunk without materialising `[B, T, vocab]` logits."""
+    """Token ids -> final hidden states (+ updated cache, + the MoE router statistics summed
+    over layers, None for a dense model). Unembedding lives outside so log-probs can be
+    computed chunk by chunk without materialising `[B, T, vocab]` logits."""
 
     config: Qwen3Config
 
@@ -496,9 +518,13 @@ class Qwen3(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg, group.moe, name=group.name)
 
+        router_stats = []  # per MoE group: [layers, 3, experts]
         if cache is None:
             for group in layer_groups(cfg):
-                x_btd, _ = scan(group)(x_btd, positions_bt, segment_bt, 0, None, None, None)
+                x_btd, (_, stats) = scan(group)(
+                    x_btd, positions_bt, segment_bt, 0, None, None, None
+                )
+                router_stats.append(stats)
             new_cache = None
         else:
             end = cache["end"]
@@ -508,10 +534,11 @@ class Qwen3(nn.Module):
             new_kvs = []
             for group in layer_groups(cfg):
                 ids = jnp.arange(group.layers.start, group.layers.stop)
-                x_btd, new_kv = scan(group)(
+                x_btd, (new_kv, stats) = scan(group)(
                     x_btd, positions_bt, segment_bt, end, segment_bs, kv, ids
                 )
                 new_kvs.append(new_kv)
+                router_stats.append(stats)
             new_kv = jax.tree.map(lambda *parts: jnp.concatenate(parts), *new_kvs)
             new_cache = {
                 name: jax.lax.dynamic_update_slice(kv[name], new_kv[name], (0, 0, end, 0, 0))
@@ -523,7 +550,8 @@ class Qwen3(nn.Module):
                 self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
                 _dense_init,
             )  # fmt: skip
-        return x_btd, new_cache
+        router_stats = [jnp.sum(s, axis=0) for s in router_stats if s is not None]
+        return x_btd, new_cache, sum(router_stats) if router_stats else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -559,6 +587,28 @@ def unembedding(config: Qwen3Config, params: Params) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnums=0)
+def hidden_states_and_router_stats(
+    config: Qwen3Config,
+    params: Params,
+    tokens_bt: jax.Array,
+    positions_bt: jax.Array | None = None,
+    segment_ids_bt: jax.Array | None = None,
+    cache: Cache | None = None,
+) -> tuple[jax.Array, Cache | None, jax.Array | None]:
+    """`hidden_states` and, for a MoE model, its router statistics `[3, experts]` summed over
+    the MoE layers and the non-padding tokens (`models.moe.load_balancing_loss` of them is
+    transformers' `aux_loss`); None for a dense model."""
+    tokens_bt = jnp.asarray(tokens_bt, jnp.int32)
+    if positions_bt is None:
+        positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
+    if segment_ids_bt is None:
+        segment_ids_bt = jnp.ones_like(tokens_bt)
+    return Qwen3(config).apply(
+        {"params": params}, tokens_bt, positions_bt, jnp.asarray(segment_ids_bt, jnp.int32), cache
+    )
+
+
+@functools.partial(jax.jit, static_argnums=0)
 def hidden_states(
     config: Qwen3Config,
     params: Params,
@@ -573,14 +623,10 @@ def hidden_states(
     default: one segment). With a cache, the tokens are written at slots
     `[cache["end"], cache["end"] + t)` and attend to every valid earlier slot.
     """
-    tokens_bt = jnp.asarray(tokens_bt, jnp.int32)
-    if positions_bt is None:
-        positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
-    if segment_ids_bt is None:
-        segment_ids_bt = jnp.ones_like(tokens_bt)
-    return Qwen3(config).apply(
-        {"params": params}, tokens_bt, positions_bt, jnp.asarray(segment_ids_bt, jnp.int32), cache
+    h_btd, cache, _ = hidden_states_and_router_stats(
+        config, params, tokens_bt, positions_bt, segment_ids_bt, cache
     )
+    return h_btd, cache
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -47,11 +47,12 @@ _LATER_SWITCHES = {"qkv_bias": False}
 
 
 def architecture_fields(config: qwen3.Qwen3Config) -> dict[str, Any]:
-    fields = dataclasses.asdict(config)
+    # A dense model's identity is what it was before the MoE fields existed.
+    left_out = qwen3.NUMERICS + (() if config.is_moe else qwen3.MOE_FIELDS)
     return {
         k: v
-        for k, v in fields.items()
-        if k not in qwen3.NUMERICS and not (k in _LATER_SWITCHES and v == _LATER_SWITCHES[k])
+        for k, v in dataclasses.asdict(config).items()
+        if k not in left_out and not (k in _LATER_SWITCHES and v == _LATER_SWITCHES[k])
     }
 
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from lopd_jax.models import logprobs as logprobs_lib
-from lopd_jax.models import qwen3
+from lopd_jax.models import moe, qwen3
 
 Batch = dict[str, jax.Array]
 LossFn = Callable[[qwen3.Params, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
@@ -56,13 +56,27 @@ def sft_loss_fn(config: qwen3.Qwen3Config) -> LossFn:
 
     def loss_fn(params: qwen3.Params, batch: Batch, rng: jax.Array):
         del rng  # deterministic objective
-        logprobs_bt = logprobs_lib.next_token_logprobs(
-            config, params, batch["tokens"], batch["positions"], batch["segment_ids"]
-        )
+        logprobs_bt, stats = logprobs_lib.map_next_token_logits(
+            logprobs_lib.target_logprob, config, params, batch["tokens"], batch["positions"],
+            batch["segment_ids"], with_router_stats=True,
+        )  # fmt: skip
         loss_sum, num_tokens = token_cross_entropy(logprobs_bt, batch["loss_mask"])
-        return loss_sum, {"weight": num_tokens}
+        return with_router_loss(config, stats, loss_sum, {"weight": num_tokens})
 
     return loss_fn
+
+
+def with_router_loss(
+    config: qwen3.Qwen3Config, stats: jax.Array | None, loss_sum: jax.Array, aux: dict
+) -> tuple[jax.Array, dict]:
+    """Adds the MoE load-balancing loss as transformers does, `router_aux_loss_coef x
+    aux_loss` on top of the normalised loss, only with `output_router_logits` (off in the
+    released Qwen3-MoE configs and in the paper's recipe). It enters the sum times the loss's
+    normaliser, so that `normalize` gives `loss + coef x aux_loss`."""
+    if stats is None or not config.output_router_logits:
+        return loss_sum, aux
+    balance = moe.load_balancing_loss(stats) * normalizer(aux["weight"])
+    return loss_sum + config.router_aux_loss_coef * balance, aux
 
 
 def normalizer(weight: jax.Array) -> jax.Array:
@@ -351,7 +365,8 @@ def opd_token_terms(
     `kl_k3` (student vs teacher at the sampled token), `w` (`exp(s_t - sampler_t)`), `log_w`,
     `kl_to_ref` (`KL(pi_theta || sampler)` by `kl_to_ref_at_ref_samples`: the drift from the
     distribution that sampled the batch, `pi_ref` offline), and with top-k columns (whatever the
-    loss) `student_rest` / `teacher_rest` (masses outside the teacher's top-k).
+    loss) `student_rest` / `teacher_rest` (masses outside the teacher's top-k); for a MoE
+    student also `router_stats` (`[3, experts]`, not per token: `with_router_loss`).
     """
     missing = [k for k in required_columns(opd) if k not in batch]
     if missing:
@@ -369,13 +384,18 @@ def opd_token_terms(
     sampler_bt = masked(batch["sampler_logprobs"].astype(jnp.float32))
     has_topk = "teacher_topk_ids" in batch and "teacher_topk_logprobs" in batch
     if has_topk:
-        student_bt, student_topk_btk, student_rest_bt = logprobs_lib.map_next_token_logits(
-            _student_topk_chunk, *model_inputs, (masked(batch["teacher_topk_ids"]),)
-        )
+        (student_bt, student_topk_btk, student_rest_bt), stats = (
+            logprobs_lib.map_next_token_logits(
+                _student_topk_chunk, *model_inputs, (masked(batch["teacher_topk_ids"]),),
+                with_router_stats=True,
+            )
+        )  # fmt: skip
         teacher_topk_btk = masked(batch["teacher_topk_logprobs"].astype(jnp.float32))
         teacher_rest_bt = rest_logmass_from_topk(teacher_topk_btk)
     else:
-        student_bt = logprobs_lib.next_token_logprobs(*model_inputs)
+        student_bt, stats = logprobs_lib.map_next_token_logits(
+            logprobs_lib.target_logprob, *model_inputs, with_router_stats=True
+        )
     student_bt = masked(student_bt)
 
     adv_bt = advantage(teacher_bt, student_bt, opd.adv_clip)
@@ -407,7 +427,8 @@ def opd_token_terms(
         terms["student_rest"] = jnp.exp(student_rest_bt)
         terms["teacher_rest"] = jnp.exp(teacher_rest_bt)
     terms = jax.tree.map(jax.lax.stop_gradient, terms)
-    return {"loss": masked(loss_bt)} | {k: masked(v) for k, v in terms.items()}
+    terms = {"loss": masked(loss_bt)} | {k: masked(v) for k, v in terms.items()}
+    return terms | ({} if stats is None else {"router_stats": stats})
 
 
 def opd_loss_fn(config: qwen3.Qwen3Config, opd: OpdLossConfig) -> LossFn:
@@ -422,6 +443,7 @@ def opd_loss_fn(config: qwen3.Qwen3Config, opd: OpdLossConfig) -> LossFn:
     def loss_fn(params: qwen3.Params, batch: Batch, rng: jax.Array):
         del rng  # deterministic objective
         terms = opd_token_terms(config, params, batch, opd)
+        stats = terms.pop("router_stats", None)
         mask_bt, segment_ids_bt = batch["loss_mask"] > 0, batch["segment_ids"]
         loss_sum, weight = reduce_tokens(terms.pop("loss"), mask_bt, segment_ids_bt, opd.reduction)
         _, num_sequences = reduce_tokens(
@@ -436,7 +458,7 @@ def opd_loss_fn(config: qwen3.Qwen3Config, opd: OpdLossConfig) -> LossFn:
         aux["w_dev_sum"] = jnp.sum(w_dev_bt)
         aux["w_dev_sq_sum"] = jnp.sum(jnp.square(w_dev_bt))
         aux["log_w_sq_sum"] = jnp.sum(jnp.square(terms["log_w"]))
-        return loss_sum, aux
+        return with_router_loss(config, stats, loss_sum, aux)
 
     return loss_fn
 

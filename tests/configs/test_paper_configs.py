@@ -1,6 +1,6 @@
 """The paper's configs: every stage builds, traces and shards on 8 devices, without weights.
 
-For each recipe (configs/qwen3_*_from_*.py) and stage: the model section's architecture, the
+For each recipe (configs/qwen3_*.py) and stage: the model section's architecture, the
 mesh preset on 8 fake devices, the params' (and for training stages the optimizer state's)
 shardings with the replication check, and `jax.eval_shape` of the stage's compute (the loss of
 one microbatch, or the teacher's scoring pass). Per-device memory is printed (`pytest -s`).
@@ -21,7 +21,7 @@ from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
 from lopd_jax.training import losses, optimizer, state
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("qwen3_*_from_*.py"))
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("qwen3_*.py"))
 TRAINING = ("sft", "opd", "opd_online")
 GiB = 2**30
 
@@ -50,9 +50,9 @@ def batch_shapes(rows: int, seq_len: int, columns=()) -> dict:
     return batch
 
 
-def test_three_recipes_exist():
+def test_four_recipes_exist():
     assert {p.stem for p in CONFIGS} == {
-        "qwen3_8b_from_32b", "qwen3_4b_from_8b", "qwen3_0_6b_from_1_7b"
+        "qwen3_8b_from_32b", "qwen3_4b_from_8b", "qwen3_0_6b_from_1_7b", "qwen3_30b_a3b"
     }  # fmt: skip
 
 

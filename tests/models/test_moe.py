@@ -225,3 +225,84 @@ def test_expert_parallel_forward_and_step_equal_one_device():
     np.testing.assert_allclose(eight[0], one[0], atol=1e-5)
     np.testing.assert_allclose(eight[2]["loss"], one[2]["loss"], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), eight[1], one[1])
+
+
+@pytest.mark.parametrize("name", ["qwen3_moe_e8k2_norm", "qwen3_moe_e4k1_mixed"])
+def test_greedy_sampling_matches_generate(hf_tiny, name):
+    """Prefill and one-token decode steps over the KV cache (both layer groups of the mixed
+    model write their slots) give transformers' greedy continuation."""
+    torch_model, path = hf_tiny(name)
+    config, params = hf.load_hf(path)
+    prompts = [[5, 17, 3], [8, 2, 44, 61, 9, 12, 70], [90]]
+    out = lopd_jax.generate(config.replace(decode_block=4), params, prompts, max_new_tokens=8)
+    for prompt, tokens in zip(prompts, out.tokens, strict=True):
+        ids = torch.tensor([prompt])
+        want = torch_model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8,
+            do_sample=False, pad_token_id=0,
+        )[0, len(prompt) :].tolist()  # fmt: skip
+        assert tokens == want
+
+
+def test_router_loss_in_the_losses_matches_transformers(hf_tiny):
+    """With output_router_logits, the SFT loss is transformers' `loss` (cross-entropy +
+    coef x aux_loss); the OPD loss gains the same term; without it, nothing changes."""
+    torch_model, path = hf_tiny("qwen3_moe_e8k2_norm")
+    config, params = hf.load_hf(path)
+    tokens = np.random.RandomState(3).randint(0, config.vocab_size, (2, 11))
+    batch = {
+        "tokens": tokens,
+        "positions": np.broadcast_to(np.arange(11), tokens.shape),
+        "segment_ids": np.ones_like(tokens),
+        "loss_mask": np.ones_like(tokens) * (np.arange(11) > 0),
+        "teacher_logprobs": -np.ones(tokens.shape, np.float32),
+        "sampler_logprobs": -np.ones(tokens.shape, np.float32),
+    }
+    coef = 0.5
+    on = config.replace(output_router_logits=True, router_aux_loss_coef=coef)
+    ids = torch.tensor(tokens)
+    torch_model.router_aux_loss_coef = coef
+    try:
+        with torch.no_grad():
+            want = torch_model(ids, labels=ids, output_router_logits=True)
+    finally:
+        torch_model.router_aux_loss_coef = torch_model.config.router_aux_loss_coef
+    stats = qwen3.hidden_states_and_router_stats(config, params, tokens)[2]
+    np.testing.assert_allclose(moe.load_balancing_loss(stats), float(want.aux_loss), rtol=1e-5)
+    key = jax.random.key(0)
+    sft = losses.normalize(*losses.sft_loss_fn(on)(params, batch, key))
+    np.testing.assert_allclose(sft, float(want.loss), rtol=1e-5)
+    opd = losses.OpdLossConfig()
+    opd_on = losses.normalize(*losses.opd_loss_fn(on, opd)(params, batch, key))
+    opd_off = losses.normalize(*losses.opd_loss_fn(config, opd)(params, batch, key))
+    np.testing.assert_allclose(opd_on - opd_off, coef * float(want.aux_loss), rtol=1e-4)
+
+
+def test_a_missing_expert_tensor_is_named(hf_tiny, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    _, path = hf_tiny("qwen3_moe_e8k2_norm")
+    copy = shutil.copytree(path, tmp_path / "ckpt")
+    tensors = load_file(copy / "model.safetensors")
+    del tensors["model.layers.1.mlp.experts.5.up_proj.weight"]
+    save_file(tensors, copy / "model.safetensors")
+    with pytest.raises(hf.CheckpointError, match=r"model.layers.1.mlp.experts.5.up_proj.weight"):
+        lopd_jax.load_hf(copy)
+
+
+def test_identity_counts_moe_fields_of_moe_models_only():
+    """Dense models keep the identity they had before the MoE fields existed (stored
+    artifacts still match); every MoE field is part of a MoE model's identity."""
+    from lopd_jax.models import ref
+
+    dense = qwen3.tiny_config()
+    assert not set(qwen3.MOE_FIELDS) & set(ref.architecture_fields(dense))
+    sparse = qwen3.PRESETS["tiny-moe"]
+    assert set(qwen3.MOE_FIELDS) <= set(ref.architecture_fields(sparse))
+    changed = sparse.replace(norm_topk_prob=False)
+    assert ref.model_identity(sparse, "params:x") != ref.model_identity(changed, "params:x")
+    assert ref.model_identity(sparse, "params:x") == ref.model_identity(
+        sparse.replace(moe_implementation="dense"), "params:x"
+    )
