@@ -16,6 +16,8 @@ from lopd_jax.sampling import Sampler
 from lopd_jax.stages import evaluate
 from lopd_jax.training import metrics
 
+pytestmark = pytest.mark.slow  # ~90 s: a 151k-token vocabulary compiled for 8 fake devices
+
 PROBLEMS, N = 3, 4  # 8-row batches: 2 problems per batch, 2 batches
 
 
@@ -23,7 +25,8 @@ def code_config(model, workdir):
     c = evaluate_config.get_config()
     c.model.path, c.dataset, c.workdir = str(model), "humaneval", str(workdir)
     c.limit, c.n, c.ks, c.max_new_tokens, c.batch_size = PROBLEMS, N, (1, 4), 8, 8
-    c.temperature, c.grade_timeout_s, c.grade_workers = 1.0, 5.0, 2
+    # top-p 1: a random model is near uniform over 151k tokens, where top-p sorts them all
+    c.temperature, c.top_p, c.grade_timeout_s, c.grade_workers = 1.0, 1.0, 5.0, 2
     return c
 
 
