@@ -3,6 +3,8 @@ tokenizer and chat template: every sample fails, but the JSONL carries the rende
 response, the extracted code and the verdicts, and an interrupted run resumes to the same
 results."""
 
+from pathlib import Path
+
 import jax
 import pytest
 
@@ -84,3 +86,24 @@ def test_resumed_humaneval_run_equals_uninterrupted(setup, monkeypatch):
 
     assert by_id(root / "resumed") == by_id(root / "full")
     assert resumed["pass@1"] == summary["pass@1"] and resumed["problems"] == PROBLEMS
+
+
+def test_livecodebench_through_the_same_path(setup):
+    root, _, tokenizer = setup
+    data = Path(__file__).parent.parent / "eval" / "data" / "livecodebench_tiny.jsonl"
+    c = code_config(root / "model", root / "lcb")
+    c.dataset, c.dataset_path, c.limit, c.n, c.ks = "livecodebench", str(data), 0, 2, (1, 2)
+    summary = evaluate.run(c)
+    problems = eval_lib.load_dataset("livecodebench", path=str(data))
+    results = metrics.read_jsonl(root / "lcb" / evaluate.RESULTS)
+    assert sorted(r["id"] for r in results) == sorted(p["id"] for p in problems)
+    by_id = {r["id"]: r for r in results}
+    for problem in problems:
+        r = by_id[problem["id"]]
+        chat = tokenizer.apply_chat_template(
+            eval_lib.prompt_row(problem)["messages"], tokenize=False, add_generation_prompt=True
+        )
+        assert r["prompt_text"] == chat and coding.LCB_SYSTEM in chat
+        assert r["code"] == coding.extract_code(r["response"])
+        assert len(r["verdicts"]) == 2 and not any(r["correct"])
+    assert summary["problems"] == 4 and summary["pass@2"] == 0.0
