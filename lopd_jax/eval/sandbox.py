@@ -218,7 +218,8 @@ class Sandbox:
             else:
                 warnings.append(
                     f"cannot drop to uid {nobody[0]} (no Python interpreter it can run: {tried}); "
-                    "programs run as root"
+                    "programs run as root, where RLIMIT_NPROC does not bind (a fork bomb is "
+                    "stopped only by the PID namespace and the time limit)"
                 )
         self._isolation["user"] = (
             f"uid {setup.uid} gid {setup.gid} (nobody), no supplementary groups"
