@@ -328,7 +328,12 @@ def load_dataset(spec: str, *, path: str = "", **kwargs: Any) -> list[dict[str, 
         return load_reasoning_gym(name, **kwargs)
     if spec == coding.HUMANEVAL:
         return load_humaneval()
-    if source == coding.LIVECODEBENCH and (name or path):
+    if source == coding.LIVECODEBENCH:
+        if not (name or path):
+            raise EvalDataError(
+                "livecodebench needs its data: set dataset_path to a local LiveCodeBench "
+                "code_generation_lite JSONL."
+            )
         return load_livecodebench(name or path)
     if spec.endswith(".jsonl"):
         return load_jsonl(spec, **kwargs)

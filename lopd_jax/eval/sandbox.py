@@ -218,7 +218,8 @@ class Sandbox:
             else:
                 warnings.append(
                     f"cannot drop to uid {nobody[0]} (no Python interpreter it can run: {tried}); "
-                    "programs run as root"
+                    "programs run as root, where RLIMIT_NPROC does not bind (a fork bomb is "
+                    "stopped only by the PID namespace and the time limit)"
                 )
         self._isolation["user"] = (
             f"uid {setup.uid} gid {setup.gid} (nobody), no supplementary groups"
@@ -254,23 +255,23 @@ class Sandbox:
                 "limits": self.limits.rlimits(timeout_s),
             }  # fmt: skip
             start = time.monotonic()
-            try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, json.dumps(config)],
-                    stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=tmp, env=env,
-                    pass_fds=(status_w,), start_new_session=True,
-                )  # fmt: skip
-            finally:
-                os.close(status_w)
-            timed_out = False
-            try:
-                proc.communicate(stdin, timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                _kill_group(proc)
-            wall_s = time.monotonic() - start
             with os.fdopen(status_r, "rb") as status:
+                try:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, json.dumps(config)],
+                        stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=tmp, env=env,
+                        pass_fds=(status_w,), start_new_session=True,
+                    )  # fmt: skip
+                finally:
+                    os.close(status_w)
+                timed_out = False
+                try:
+                    proc.communicate(stdin, timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                finally:
+                    _kill_group(proc)
+                wall_s = time.monotonic() - start
                 setup_error = status.read().decode(errors="replace")
             if setup_error:
                 raise SandboxError(f"sandbox setup failed: {setup_error}")
@@ -288,6 +289,10 @@ def _kill_group(proc: subprocess.Popen) -> None:
     except (ProcessLookupError, PermissionError):
         pass  # already gone
     proc.wait()
+    try:
+        proc.stdin.close()  # unwritten input (a program that never read it) is dropped
+    except OSError:
+        pass
 
 
 def _read_ends(f) -> str:

@@ -6,11 +6,11 @@ is graded by its grader (the last `\\boxed{}` compared with math-verify for math
 verifier, or for code the extracted program run against its tests in `lopd_jax.eval.sandbox`).
 Writes `results.jsonl` (per problem: the rendered prompt, samples' correctness, lengths,
 truncation, the first response; for code every sample's verdict and the first one's extracted
-code), `summary.json`
-(avg@n, pass@k with the unbiased estimator, mean length, truncation rate; with `teacher`, the
-reverse KL to it) and a manifest; the summary is also recorded in the evaluated checkpoint's
-manifest. Problems already graded are skipped on a re-run; every sample's random stream depends
-only on the seed and its (problem, sample) index, so a resumed run equals an uninterrupted one.
+code), `summary.json` (avg@n, pass@k with the unbiased estimator, mean length, truncation rate;
+with `teacher`, the reverse KL to it; for code, the sandbox's isolation) and a manifest; the
+summary is also recorded in the evaluated checkpoint's manifest. Problems already graded are
+skipped on a re-run; every sample's random stream depends only on the seed and its (problem,
+sample) index, so a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations

@@ -211,3 +211,25 @@ def test_livecodebench_refuses_pickled_code(tmp_path):
     bad.write_text(json.dumps(line) + "\n")
     with pytest.raises(datasets.EvalDataError, match=r"refused: the pickle names builtins\.print"):
         datasets.load_livecodebench(bad)
+
+
+def test_grade_batch_mixes_code_and_other_graders(humaneval):
+    from lopd_jax.eval import grading
+
+    r = humaneval["HumanEval/2"]
+    toy = {"id": "t", "prompt": "347+268", "answer": "", "grader": "addition"}
+    graded = grading.grade_batch(
+        [(r, canonical(r)), (toy, "nonsense"), (r, "x = 1\n```")], timeout_s=5.0
+    )
+    assert [g["correct"] for g in graded] == [True, False, False]
+    assert graded[0]["verdict"] == "passed" and "verdict" not in graded[1]
+    assert graded[2]["verdict"] == "error" and graded[2]["code"] == "x = 1\n"
+    assert grading.grade(r, canonical(r), timeout_s=5.0)
+
+
+def test_dataset_names_and_their_errors():
+    with pytest.raises(datasets.EvalDataError, match="dataset_path is for livecodebench only"):
+        datasets.load_dataset("humaneval", path=str(LCB_FILE))
+    with pytest.raises(datasets.EvalDataError, match="livecodebench needs its data"):
+        datasets.load_dataset("livecodebench")
+    assert len(datasets.load_dataset(f"livecodebench:{LCB_FILE}")) == 4

@@ -3,6 +3,8 @@ tokenizer and chat template: every sample fails, but the JSONL carries the rende
 response, the extracted code and the verdicts, and an interrupted run resumes to the same
 results."""
 
+from pathlib import Path
+
 import jax
 import pytest
 
@@ -16,6 +18,8 @@ from lopd_jax.sampling import Sampler
 from lopd_jax.stages import evaluate
 from lopd_jax.training import metrics
 
+pytestmark = pytest.mark.slow  # ~90 s: a 151k-token vocabulary compiled for 8 fake devices
+
 PROBLEMS, N = 3, 4  # 8-row batches: 2 problems per batch, 2 batches
 
 
@@ -23,7 +27,8 @@ def code_config(model, workdir):
     c = evaluate_config.get_config()
     c.model.path, c.dataset, c.workdir = str(model), "humaneval", str(workdir)
     c.limit, c.n, c.ks, c.max_new_tokens, c.batch_size = PROBLEMS, N, (1, 4), 8, 8
-    c.temperature, c.grade_timeout_s, c.grade_workers = 1.0, 5.0, 2
+    # top-p 1: a random model is near uniform over 151k tokens, where top-p sorts them all
+    c.temperature, c.top_p, c.grade_timeout_s, c.grade_workers = 1.0, 1.0, 5.0, 2
     return c
 
 
@@ -81,3 +86,24 @@ def test_resumed_humaneval_run_equals_uninterrupted(setup, monkeypatch):
 
     assert by_id(root / "resumed") == by_id(root / "full")
     assert resumed["pass@1"] == summary["pass@1"] and resumed["problems"] == PROBLEMS
+
+
+def test_livecodebench_through_the_same_path(setup):
+    root, _, tokenizer = setup
+    data = Path(__file__).parent.parent / "eval" / "data" / "livecodebench_tiny.jsonl"
+    c = code_config(root / "model", root / "lcb")
+    c.dataset, c.dataset_path, c.limit, c.n, c.ks = "livecodebench", str(data), 0, 2, (1, 2)
+    summary = evaluate.run(c)
+    problems = eval_lib.load_dataset("livecodebench", path=str(data))
+    results = metrics.read_jsonl(root / "lcb" / evaluate.RESULTS)
+    assert sorted(r["id"] for r in results) == sorted(p["id"] for p in problems)
+    by_id = {r["id"]: r for r in results}
+    for problem in problems:
+        r = by_id[problem["id"]]
+        chat = tokenizer.apply_chat_template(
+            eval_lib.prompt_row(problem)["messages"], tokenize=False, add_generation_prompt=True
+        )
+        assert r["prompt_text"] == chat and coding.LCB_SYSTEM in chat
+        assert r["code"] == coding.extract_code(r["response"])
+        assert len(r["verdicts"]) == 2 and not any(r["correct"])
+    assert summary["problems"] == 4 and summary["pass@2"] == 0.0
