@@ -24,7 +24,6 @@ from common import append_results, device_name, load_average
 
 from lopd_jax import artifacts
 from lopd_jax.configs import evaluate as evaluate_config
-from lopd_jax.configs import sections
 from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.eval import grade_batch, load_dataset, prompt_row
 from lopd_jax.eval.metrics import wilson_interval
@@ -130,8 +129,7 @@ def main() -> None:
         vocab_size=model_ref.config.vocab_size,
         max_len=model_ref.config.max_position_embeddings,
     )  # fmt: skip
-    c = evaluate_config.get_config()
-    stop_ids = set(sections.stop_ids(c, model_ref, renderer))
+    stop_ids = model_ref.stop_ids() | {renderer.eos_id}  # what `lopd evaluate` stops at
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(
         args.model, dtype=torch.float32
     ).eval()
