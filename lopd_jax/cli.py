@@ -28,6 +28,7 @@ STAGES: dict[str, str] = {
     "export": "export",
     "export-rollouts": "export_rollouts",
     "demo": "demo",
+    "study": "study",
 }
 
 _SHIPPED = Path(__file__).resolve().parent / "configs"
