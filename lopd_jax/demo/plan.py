@@ -321,12 +321,14 @@ class Demo:
         """The arm's results row: its axes, evaluation with CIs, final monitors, cost."""
         from lopd_jax.demo import report
 
-        label = f"train_{arm.name}" if arm.method != "sft" else f"sft_{arm.sft_teacher}"
+        sft_only = arm.method == "sft"  # no OPD lr or batch
+        label = f"sft_{arm.sft_teacher}" if sft_only else f"train_{arm.name}"
         return {
             "method": arm.method, "mode": arm.mode, "loss": arm.loss,
             "sft_teacher": arm.sft_teacher, "opd_teacher": arm.opd_teacher, "seed": arm.seed,
-            "lr": arm.lr or self.c.opd_lr, "sft_steps": arm.sft_steps or self.sft_total,
-            "batch_size": arm.batch_size or self.c.opd_batch_size,
+            "lr": None if sft_only else arm.lr or self.c.opd_lr,
+            "sft_steps": arm.sft_steps or self.sft_total,
+            "batch_size": None if sft_only else arm.batch_size or self.c.opd_batch_size,
             **report.evaluation_fields(self.per_problem(arm)), **self.final_monitors(arm),
             "wall_s": self.wall.get(label), "cpu_s": self.cpu.get(label),
             "checkpoint": self.path(self.run_dir(arm), "checkpoints"),

@@ -181,8 +181,9 @@ def markdown(found: list[dict[str, Any]], rows: list[dict[str, Any]], timing: di
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         monitors = [r[k] for k in ("kl_to_ref", "w_std", "student_rest_mass", "teacher_rest_mass")]
+        lr, batch = ("-", "-") if r["lr"] is None else (f"{r['lr']:g}", r["batch_size"])
         out.append(
-            f"| {r['method']} | {r['lr']:g} | {r['sft_steps']} | {r['batch_size']} | {r['seed']} "
+            f"| {r['method']} | {lr} | {r['sft_steps']} | {batch} | {r['seed']} "
             f"| {r['greedy_acc']:.3f} | {r['avg_acc']:.3f} | {r['reverse_kl']:.3f} | "
             + " | ".join("-" if v is None else f"{v:.4f}" for v in monitors)
             + " |"

@@ -37,7 +37,9 @@ def test_tiny_study_writes_every_field(tmp_path):
             value = row["greedy_acc" if key == "greedy" else key]
             lo, hi = row[f"{key}_ci95"]
             assert lo <= value <= hi, key
-        if row["mode"] is not None:
+        if row["mode"] is None:  # the SFT student: no OPD lr, batch or monitors
+            assert row["lr"] is row["batch_size"] is row["kl_to_ref"] is None
+        else:
             assert row["kl_to_ref"] >= 0 and row["w_std"] >= 0
             assert 0 < row["student_rest_mass"] < 1 and 0 < row["teacher_rest_mass"] < 1
     assert {r["loss"] for r in rows if r["mode"]} == {
