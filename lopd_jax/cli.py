@@ -29,6 +29,7 @@ STAGES: dict[str, str] = {
     "export-rollouts": "export_rollouts",
     "import-gguf": "import_gguf",
     "demo": "demo",
+    "study": "study",
 }
 
 _SHIPPED = Path(__file__).resolve().parent / "configs"

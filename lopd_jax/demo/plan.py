@@ -1,17 +1,20 @@
-"""The demo's plan: which stage runs with which overrides, in which order (`Demo`), and the
-rows of its results table (`Arm`). Each job runs in a worker process (`run_stage`)."""
+"""The plan of the demo and of the study: which stage runs with which overrides, in which order
+(`Demo`), and the rows of their results (`Arm`, `Demo.row`). Each job runs in a worker process
+(`run_stage`). This is the one place that knows how to train an arm and evaluate it."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
 import json
+import math
 import resource
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ml_collections import ConfigDict
 
 from lopd_jax import artifacts
@@ -19,20 +22,52 @@ from lopd_jax import artifacts
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "toy"
 TEACHERS = ("A", "B")
 UNROLL = 8  # model.scan_unroll: every layer of a toy student (a faster CPU step)
+MODES = ("lightning", "online")
+# An OPD method is `<mode>_<loss>`; each loss is its `loss` section's overrides.
+RATIO_CLIP = 0.2
+LOSSES = {
+    "sampled": {"loss.loss": "sampled_token"},
+    "topk": {"loss.loss": "topk_reverse_kl"},
+    "ratio_clip": {"loss.loss": "sampled_token", "loss.ratio_clip": RATIO_CLIP},
+}
+OPD_METHODS = tuple(f"{mode}_{loss}" for mode in MODES for loss in LOSSES)
+METHODS = ("sft", "continued_sft", *OPD_METHODS)
+HEADLINE = ("lightning_sampled", "lightning_topk", "online_sampled", "online_topk")
 
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-    """One trained (or SFT-only) student of the results table."""
+    """One trained (or SFT-only) student. `lr`, `sft_steps`, `batch_size` (sequences per
+    update): the study's axes; None = the config's value (the demo)."""
 
-    method: str  # sft | continued_sft | lightning_sampled | lightning_topk | online
-    sft_teacher: str
-    opd_teacher: str
+    method: str  # one of METHODS
+    sft_teacher: str = "A"
+    opd_teacher: str = "A"
     seed: int = 0
+    lr: float | None = None
+    sft_steps: int | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r}; choose from {METHODS}.")
+
+    @property
+    def mode(self) -> str | None:
+        return self.method.split("_", 1)[0] if self.method in OPD_METHODS else None
+
+    @property
+    def loss(self) -> str | None:
+        return self.method.split("_", 1)[1] if self.method in OPD_METHODS else None
 
     @property
     def name(self) -> str:
-        return f"{self.method}_sft{self.sft_teacher}_opd{self.opd_teacher}_seed{self.seed}"
+        name = f"{self.method}_sft{self.sft_teacher}_opd{self.opd_teacher}"
+        if self.method != "sft":
+            name += f"_seed{self.seed}"
+            if self.lr is not None:
+                name += f"_lr{self.lr:g}_bs{self.batch_size}"
+        return name + (f"_q{self.sft_steps}" if self.sft_steps is not None else "")
 
 
 def stage_config(stage: str, overrides: dict[str, Any]) -> ConfigDict:
@@ -65,13 +100,24 @@ def _cpu_seconds() -> float:
 
 
 class Demo:
-    """The DAG of stages, each stage an ordinary run directory under `workdir`."""
+    """The DAG of stages, each stage an ordinary run directory under `workdir`.
+
+    `config` holds the demo's fields (lopd_jax/configs/demo.py); `sft_steps` is an int (one
+    SFT student) or a tuple (the study's student qualities: one SFT run to the largest, with a
+    checkpoint at each, and one rollout store per quality).
+    """
 
     def __init__(self, config: ConfigDict, pool: concurrent.futures.Executor):
         self.c, self.pool = config, pool
         self.dir = Path(config.workdir).absolute()
         self.wall: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
+        grid = config.get("grid", False)
+        self.teachers = TEACHERS if grid else TEACHERS[:1]
+        self.pairs = [(s, o) for s in TEACHERS for o in TEACHERS] if grid else [("A", "A")]
+        steps = config.sft_steps
+        self.qualities = tuple(steps) if isinstance(steps, (tuple, list)) else (None,)
+        self.sft_total = max(steps) if isinstance(steps, (tuple, list)) else steps
 
     def path(self, *parts: str) -> str:
         return str(self.dir.joinpath(*parts))
@@ -90,6 +136,8 @@ class Demo:
 
     # -- data -------------------------------------------------------------------------------
     def write_problems(self) -> None:
+        """Prompts of SFT data, of the rollouts and online OPD (train split), and the held-out
+        problems (eval split: disjoint from the train split by construction)."""
         from lopd_jax.data.tasks import addition
 
         c = self.c
@@ -110,118 +158,179 @@ class Demo:
 
     # -- pipeline ---------------------------------------------------------------------------
     def pipeline(self) -> None:
-        c, eval_set = self.c, self.path("eval_problems.jsonl")
-        teachers = TEACHERS if c.grid else TEACHERS[:1]
-        common_eval = {
-            "eval.dataset": eval_set, "eval.max_new_tokens": c.max_new_tokens, "mesh.preset": "dp",
-            "eval.limit": c.eval_curve_problems, "eval.at_start": False,
-        }  # fmt: skip
+        c = self.c
+        every = math.gcd(*[q for q in self.qualities if q is not None] or [self.sft_total])
+        curve_eval = {"eval.dataset": self.path("eval_problems.jsonl"),
+                      "eval.max_new_tokens": c.max_new_tokens, "eval.limit": c.eval_curve_problems,
+                      "eval.at_start": False, "mesh.preset": "dp"}  # fmt: skip
         self.parallel({
             f"teacher_data_{t}": ("teacher_data", {
                 "teacher": self.teacher(t), "prompts": self.path("sft_prompts.jsonl"),
                 "output": self.path(f"sft_data_{t}"), "temperature": 1.0,
                 "max_new_tokens": c.max_new_tokens, "seed": 0,
-            }) for t in teachers
+            }) for t in self.teachers
         })  # fmt: skip
         self.parallel({
             f"sft_{t}": ("sft", {
                 "workdir": self.path(f"sft_{t}"), "data.path": self.path(f"sft_data_{t}"),
                 "data.tokenizer": str(ASSETS / "tokenizer"), "model.preset": c.student_preset,
-                "model.scan_unroll": UNROLL,
-                "data.seq_len": c.seq_len,
-                "data.eval_examples": min(128, c.sft_examples // 8), "train.steps": c.sft_steps,
-                "train.batch_size": c.sft_batch_size, "train.eval_every": c.sft_steps,
-                "optimizer.learning_rate": c.sft_lr, "checkpoint.save_every": c.sft_steps,
-                **common_eval,
-            }) for t in teachers
+                "model.scan_unroll": UNROLL, "data.seq_len": c.seq_len,
+                "data.eval_examples": min(128, c.sft_examples // 8),
+                "train.steps": self.sft_total, "train.batch_size": c.sft_batch_size,
+                "train.eval_every": every, "optimizer.learning_rate": c.sft_lr,
+                "checkpoint.save_every": every,
+                "checkpoint.keep": self.sft_total // every + 1, **curve_eval,
+            }) for t in self.teachers
         })  # fmt: skip
         self.parallel({
-            f"rollout_{t}": ("rollout", {
-                "model.path": self.path(f"sft_{t}", "checkpoints"), "model.scan_unroll": UNROLL,
-                "prompts": self.path("opd_prompts.jsonl"), "output": self.path(f"rollouts_{t}"),
+            f"rollout_{t}{self.suffix(q)}": ("rollout", {
+                "model.path": self.path(f"sft_{t}", "checkpoints"), "model.step": q or -1,
+                "model.scan_unroll": UNROLL, "prompts": self.path("opd_prompts.jsonl"),
+                "output": self.path(f"rollouts_{t}{self.suffix(q)}"),
                 "max_new_tokens": c.max_new_tokens, "batch_size": 64, "chunk_rows": 128,
-            }) for t in teachers
+            }) for t in self.teachers for q in self.qualities
         })  # fmt: skip
-        pairs = [(s, o) for s in TEACHERS for o in TEACHERS] if c.grid else [("A", "A")]
-        for s, o in pairs:  # one store per (SFT teacher, scoring teacher)
-            if s != o and not Path(self.path(f"rollouts_{s}_by_{o}")).exists():
-                shutil.copytree(self.path(f"rollouts_{s}"), self.path(f"rollouts_{s}_by_{o}"))
+        for s, o in self.pairs:  # one store per (SFT teacher, scoring teacher)
+            for q in self.qualities:
+                store = self.store(s, o, q)
+                if s != o and not Path(store).exists():
+                    shutil.copytree(self.store(s, s, q), store)
         self.parallel({
-            f"score_{s}_by_{o}": ("score", {
-                "store": self.store(s, o), "teacher": self.teacher(o), "topk": c.topk,
+            f"score_{s}_by_{o}{self.suffix(q)}": ("score", {
+                "store": self.store(s, o, q), "teacher": self.teacher(o), "topk": c.topk,
                 "seq_len": c.seq_len, "batch_size": 64, "mesh.preset": "dp",
                 "allow_inconsistent_teacher": s != o,
-            }) for s, o in pairs
+            }) for s, o in self.pairs for q in self.qualities
         })  # fmt: skip
 
-    def store(self, sft_teacher: str, opd_teacher: str) -> str:
-        if sft_teacher == opd_teacher:
-            return self.path(f"rollouts_{sft_teacher}")
-        return self.path(f"rollouts_{sft_teacher}_by_{opd_teacher}")
+    @staticmethod
+    def suffix(quality: int | None) -> str:
+        return "" if quality is None else f"_q{quality}"
 
-    def arms(self) -> list[Arm]:
-        arms = [Arm("sft", t, t) for t in (TEACHERS if self.c.grid else ("A",))]
+    def store(self, sft_teacher: str, opd_teacher: str, quality: int | None = None) -> str:
+        pair = sft_teacher if sft_teacher == opd_teacher else f"{sft_teacher}_by_{opd_teacher}"
+        return self.path(f"rollouts_{pair}{self.suffix(quality)}")
+
+    def demo_arms(self) -> list[Arm]:
+        """SFT, then per seed continued SFT and the 2x2 headline block, then the teacher grid."""
+        arms = [Arm("sft", t, t) for t in self.teachers]
         for seed in self.c.seeds:
-            methods = ("continued_sft", "lightning_sampled", "lightning_topk", "online")
-            arms += [Arm(m, "A", "A", seed) for m in methods]
+            arms += [Arm(m, "A", "A", seed) for m in ("continued_sft", *HEADLINE)]
         if self.c.grid:
-            arms += [Arm(m, s, o) for m in ("lightning_topk", "online")
-                     for s in TEACHERS for o in TEACHERS if (s, o) != ("A", "A")]  # fmt: skip
+            arms += [Arm(m, s, o) for m in ("lightning_topk", "online_topk")
+                     for s, o in self.pairs if (s, o) != ("A", "A")]  # fmt: skip
         return arms
 
     def train_job(self, arm: Arm) -> tuple[str, dict[str, Any]] | None:
-        c = self.c
-        common = {
-            "workdir": self.path("arms", arm.name), "seed": arm.seed, "model.scan_unroll": UNROLL,
-            "train.steps": c.opd_steps, "train.batch_size": c.opd_batch_size,
-            "train.eval_every": c.eval_every, "train.log_every": 5,
-            "checkpoint.save_every": c.opd_steps,
-            "optimizer.learning_rate": c.opd_lr, "mesh.preset": "dp",
-            "eval.dataset": self.path("eval_problems.jsonl"),
-            "eval.max_new_tokens": c.max_new_tokens, "eval.limit": c.eval_curve_problems,
-            "eval.at_start": False,  # step 0 is the SFT checkpoint, evaluated by its own run
-        }  # fmt: skip
-        sft_ckpt = self.path(f"sft_{arm.sft_teacher}", "checkpoints")
+        """The stage that trains `arm` from its SFT checkpoint (None for SFT itself). Every arm
+        makes `opd_steps` updates of `batch_size` sequences at the same lr."""
         if arm.method == "sft":
             return None
-        if arm.method == "continued_sft":
+        c = self.c
+        batch = arm.batch_size or c.opd_batch_size
+        curve_eval = {"eval.dataset": self.path("eval_problems.jsonl"),
+                      "eval.max_new_tokens": c.max_new_tokens, "eval.limit": c.eval_curve_problems,
+                      "eval.at_start": False}  # fmt: skip
+        common = {
+            "workdir": self.path("arms", arm.name), "seed": arm.seed, "model.scan_unroll": UNROLL,
+            "model.path": self.path(f"sft_{arm.sft_teacher}", "checkpoints"),
+            "model.step": arm.sft_steps or -1, "train.steps": c.opd_steps,
+            "train.eval_every": c.eval_every or c.opd_steps, "train.log_every": c.log_every,
+            "checkpoint.save_every": c.opd_steps, "optimizer.learning_rate": arm.lr or c.opd_lr,
+            "mesh.preset": "dp", **(curve_eval if c.eval_every else {"eval.dataset": ""}),
+        }  # fmt: skip
+        if arm.method == "continued_sft":  # ~2 sequences per 128-token packed row
             return "sft", {
-                **common, "model.path": sft_ckpt, "data.path": self.path("sft_data_A"),
+                **common, "data.path": self.path(f"sft_data_{arm.sft_teacher}"),
                 "data.tokenizer": "", "data.seq_len": c.seq_len, "data.eval_examples": 0,
+                "train.batch_size": max(1, batch // 2),
                 "optimizer.schedule": "constant", "optimizer.warmup": 0.0,
             }  # fmt: skip
+        # One sequence per row (no packing): exactly `batch` sequences per update in both modes.
         opd = {
-            **common, "model.path": sft_ckpt, "data.seq_len": c.seq_len,
+            **common, **LOSSES[arm.loss], "data.seq_len": c.opd_seq_len, "data.packing": False,
+            "train.batch_size": batch,
             "allow_inconsistent_teacher": arm.sft_teacher != arm.opd_teacher,
-            "loss.loss": "sampled_token" if arm.method == "lightning_sampled"
-            else "topk_reverse_kl",
         }  # fmt: skip
-        if arm.method == "online":
+        if arm.mode == "online":
             return "opd", {
                 **opd, "mode": "online", "teacher": self.teacher(arm.opd_teacher),
                 "online.prompts": self.path("opd_prompts.jsonl"), "online.topk": c.topk,
-                "online.prompts_per_step": c.online_prompts_per_step,
+                "online.prompts_per_step": batch // c.online_samples_per_prompt,
                 "online.samples_per_prompt": c.online_samples_per_prompt,
                 "online.max_new_tokens": c.max_new_tokens,
             }  # fmt: skip
-        return "opd", {**opd, "mode": "lightning", "store": self.store(*self.pair(arm))}
+        store = self.store(arm.sft_teacher, arm.opd_teacher, arm.sft_steps)
+        return "opd", {**opd, "mode": "lightning", "store": store}
 
-    @staticmethod
-    def pair(arm: Arm) -> tuple[str, str]:
-        return arm.sft_teacher, arm.opd_teacher
-
-    def eval_job(self, arm: Arm) -> tuple[str, dict[str, Any]]:
-        """avg@k at temperature 1 and the reverse KL to the OPD teacher (greedy accuracy comes
-        from the training run's own held-out hook at its last step)."""
+    def eval_jobs(self, arm: Arm) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Greedy accuracy, and avg@k at temperature 1 with the reverse KL to the OPD teacher,
+        on all held-out problems (per-problem results: paired comparisons)."""
         c = self.c
-        return "evaluate", {
-            "model.path": self.path(self.run_dir(arm), "checkpoints"), "model.scan_unroll": UNROLL,
-            "dataset": self.path("eval_problems.jsonl"), "max_new_tokens": c.max_new_tokens,
-            "batch_size": 256, "mesh.preset": "dp",
-            "workdir": self.path("evals", arm.name), "n": c.eval_samples,
-            "ks": (1, c.eval_samples), "temperature": 1.0, "top_p": 1.0,
-            "teacher": self.teacher(arm.opd_teacher),
+        common = {
+            "model.path": self.path(self.run_dir(arm), "checkpoints"),
+            "model.step": (arm.sft_steps or -1) if arm.method == "sft" else -1,
+            "model.scan_unroll": UNROLL, "dataset": self.path("eval_problems.jsonl"),
+            "max_new_tokens": c.max_new_tokens, "batch_size": 256, "mesh.preset": "dp",
+        }  # fmt: skip
+        return {
+            f"eval_greedy_{arm.name}": ("evaluate", {
+                **common, "workdir": self.path("evals", arm.name, "greedy"), "n": 1, "ks": (1,),
+                "temperature": 0.0, "top_p": 1.0,
+            }),
+            f"eval_sampled_{arm.name}": ("evaluate", {
+                **common, "workdir": self.path("evals", arm.name, "sampled"),
+                "n": c.eval_samples, "ks": (1, c.eval_samples), "temperature": 1.0,
+                "top_p": 1.0, "teacher": self.teacher(arm.opd_teacher),
+            }),
         }  # fmt: skip
 
     def run_dir(self, arm: Arm) -> str:
         return f"sft_{arm.sft_teacher}" if arm.method == "sft" else f"arms/{arm.name}"
+
+    # -- results ----------------------------------------------------------------------------
+    def per_problem(self, arm: Arm) -> dict[str, np.ndarray]:
+        """Per held-out problem (in the problems file's order): `greedy` (0/1), `avg` (mean
+        correctness of its samples) and `reverse_kl` (mean over its samples)."""
+        from lopd_jax import eval as eval_lib
+        from lopd_jax.training import metrics
+
+        order = [p["id"] for p in eval_lib.load_dataset(self.path("eval_problems.jsonl"))]
+        out = {}
+        for kind in ("greedy", "sampled"):
+            rows = metrics.read_jsonl(self.path("evals", arm.name, kind, "results.jsonl"))
+            by_id = {r["id"]: r for r in rows}
+            ordered = [by_id[str(i)] for i in order]
+            if kind == "greedy":
+                out["greedy"] = np.array([float(r["correct"][0]) for r in ordered])
+            else:
+                out["avg"] = np.array([np.mean(r["correct"]) for r in ordered])
+                out["reverse_kl"] = np.array([np.mean(r["reverse_kl"]) for r in ordered])
+        return out
+
+    def final_monitors(self, arm: Arm) -> dict[str, float | None]:
+        """The OPD monitors at the arm's last logged step (None for SFT arms)."""
+        from lopd_jax.training import metrics
+
+        names = ("kl_to_ref", "w_mean", "w_std", "student_rest_mass", "teacher_rest_mass")
+        logged = [] if arm.mode is None else metrics.read_metrics(self.path(self.run_dir(arm)))
+        last = next((m for m in reversed(logged) if m.get("train/kl_to_ref") is not None), {})
+        return {name: last.get(f"train/{name}") for name in names}
+
+    def row(self, arm: Arm) -> dict[str, Any]:
+        """The arm's results row: its axes, evaluation with CIs, final monitors, cost."""
+        from lopd_jax.demo import report
+
+        sft_only = arm.method == "sft"  # no OPD lr or batch
+        label = f"sft_{arm.sft_teacher}" if sft_only else f"train_{arm.name}"
+        return {
+            "method": arm.method, "mode": arm.mode, "loss": arm.loss,
+            "sft_teacher": arm.sft_teacher, "opd_teacher": arm.opd_teacher, "seed": arm.seed,
+            "lr": None if sft_only else arm.lr or self.c.opd_lr,
+            "sft_steps": arm.sft_steps or self.sft_total,
+            "batch_size": None if sft_only else arm.batch_size or self.c.opd_batch_size,
+            **report.evaluation_fields(self.per_problem(arm)), **self.final_monitors(arm),
+            "wall_s": self.wall.get(label), "cpu_s": self.cpu.get(label),
+            "checkpoint": self.path(self.run_dir(arm), "checkpoints"),
+            "run": self.path(self.run_dir(arm)),
+        }  # fmt: skip

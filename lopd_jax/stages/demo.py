@@ -1,24 +1,27 @@
-"""Demo: the whole method on a toy reasoning task, on a CPU, with the paper's comparisons.
+"""Demo: Lightning vs online OPD like for like on a toy reasoning task, on a CPU, with CIs.
 
 Teachers A and B (lopd_jax/assets/toy: both ~correct on 3-digit addition written in steps,
 with opposite style preferences) -> teacher data -> SFT of a 2-layer student -> rollouts ->
-teacher scoring (with top-k) -> Lightning OPD with the paper's sampled-token loss and with the
-top-k reverse-KL loss, standard online OPD, and continued SFT for the same number of updates
-(the honest baseline); two seeds for these headline rows. Then the 2x2 teacher-consistency grid:
-SFT on A's or B's data x OPD teacher A or B, offline (top-k) and online, the off-diagonal runs
-through `allow_inconsistent_teacher=True` (recorded). Every checkpoint is evaluated on held-out
-problems: greedy accuracy, avg@k at temperature 1, and the reverse KL to its OPD teacher.
+teacher scoring (with top-k). The headline block: {Lightning, online} x {sampled-token loss
+(the paper's), top-k reverse KL}, plus continued SFT, every arm from the same SFT checkpoint
+with the same lr and the same updates of the same number of sequences, once per seed. Then the
+2x2 teacher-consistency grid (SFT teacher x OPD teacher, top-k loss, offline and online; the
+off-diagonal through `allow_inconsistent_teacher=True`, recorded). Every checkpoint is
+evaluated on all held-out problems: greedy accuracy, avg@k at temperature 1 and the reverse KL
+to its OPD teacher, per problem, so arms compare by paired differences.
 
-Writes `<workdir>/results.json` (one object per row), `results.md` (the tables, wall time per
-stage, the offline/online cost ratio) and `curves.png` (held-out accuracy vs step per method,
-w_t mean/std, the student's vs the teacher's rest mass). Every stage is an ordinary `lopd`
-stage in its own directory, so a re-run resumes where it stopped. Independent arms run in
-`workers` processes.
+Writes `<workdir>/results.json` (`rows`: one per method and teacher pair with 95% CIs and its
+per-seed rows; `claims`: paired differences with paired-bootstrap CIs), `results.md` (the
+tables, claims worded by whether their CI excludes 0, time per stage) and `curves.png`
+(held-out accuracy vs step, w_t as a band above 0, rest masses, kl_to_ref). Every stage is an
+ordinary `lopd` stage in its own directory, so a re-run resumes where it stopped. Independent
+stages run in `workers` processes.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import time
@@ -27,7 +30,8 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from lopd_jax.demo.plan import ASSETS, TEACHERS, Arm, Demo
+from lopd_jax.demo import report
+from lopd_jax.demo.plan import ASSETS, HEADLINE, TEACHERS, Arm, Demo
 from lopd_jax.errors import ConfigError
 
 
@@ -42,17 +46,12 @@ def _check_assets() -> None:
         )
 
 
-def run(config: ConfigDict) -> list[dict[str, Any]]:
-    _check_assets()
-    if config.workers < 1 or not config.seeds:
-        raise ConfigError("workers must be >= 1 and seeds non-empty.")
-    start = time.perf_counter()
-    workdir = Path(config.workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    # Workers: one CPU device each, and one compilation cache shared by every arm (the arms
-    # compile the same programs, so all but the first load them). glibc hands each step's
-    # activation buffers back to the kernel and page-faults them in again on the next step;
-    # transparent huge pages for malloc cut those faults ~100x (train steps ~25% faster).
+@contextlib.contextmanager
+def worker_pool(config: ConfigDict, workdir: Path):
+    """`config.workers` spawned processes, one CPU device each, sharing one compilation cache
+    (the arms compile the same programs, so all but the first load them). glibc hands each
+    step's activation buffers back to the kernel and page-faults them in again on the next step;
+    transparent huge pages for malloc cut those faults ~100x (train steps ~25% faster)."""
     tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1"]))
     worker_env = {
         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
@@ -65,36 +64,54 @@ def run(config: ConfigDict) -> list[dict[str, Any]]:
     context = multiprocessing.get_context("spawn")  # a forked JAX runtime is unsafe
     try:
         with concurrent.futures.ProcessPoolExecutor(config.workers, mp_context=context) as pool:
-            demo = Demo(config, pool)
-            demo.write_problems()
-            demo.pipeline()
-            arms = demo.arms()
-            demo.parallel({f"train_{a.name}": job for a in arms if (job := demo.train_job(a))})
-            evals = demo.parallel({f"eval_{a.name}": demo.eval_job(a) for a in arms})
+            yield pool
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    rows = [_row(demo, arm, evals) for arm in arms]
-    from lopd_jax.demo import report
-
-    report.write(workdir, rows, demo.wall, demo.cpu, total_s=time.perf_counter() - start)
-    return rows
 
 
-def _row(demo: Demo, arm: Arm, evals: dict[str, Any]) -> dict[str, Any]:
-    from lopd_jax.training import metrics
+def run_arms(demo: Demo, arms: list[Arm]) -> list[dict[str, Any]]:
+    """Trains and evaluates every arm (finished stages resume as no-ops); one row per arm."""
+    demo.parallel({f"train_{a.name}": job for a in arms if (job := demo.train_job(a))})
+    demo.parallel({label: job for a in arms for label, job in demo.eval_jobs(a).items()})
+    return [demo.row(arm) for arm in arms]
 
-    sampled, n = evals[f"eval_{arm.name}"], demo.c.eval_samples
-    run = demo.path(demo.run_dir(arm))
-    greedy = [m["eval/greedy_accuracy"] for m in metrics.read_metrics(run)
-              if m.get("eval/greedy_accuracy") is not None]  # fmt: skip
-    wall = demo.wall.get(f"train_{arm.name}", demo.wall.get(f"sft_{arm.sft_teacher}"))
-    return {
-        "method": arm.method, "sft_teacher": arm.sft_teacher, "opd_teacher": arm.opd_teacher,
-        "seed": arm.seed, "greedy_acc": greedy[-1], "avg_acc": sampled[f"avg@{n}"],
-        "reverse_kl": sampled["reverse_kl"], "wall_s": wall,
-        "checkpoint": sampled["model"]["path"], "run": run,
-    }  # fmt: skip
+
+def claims(values: dict[tuple, dict], groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paired comparisons of the headline block: each loss Lightning vs online (the
+    paper's claim), each method vs SFT and vs continued SFT, top-k vs sampled-token."""
+    keys = {g["method"]: key for key, g in zip(values, groups, strict=True)
+            if g["sft_teacher"] == "A" == g["opd_teacher"]}  # fmt: skip
+    pairs = [
+        ("lightning_sampled", "online_sampled"),
+        ("lightning_topk", "online_topk"),
+        ("lightning_topk", "lightning_sampled"),
+        ("online_topk", "online_sampled"),
+    ]
+    pairs += [(m, base) for base in ("sft", "continued_sft") for m in HEADLINE]  # fmt: skip
+    return [
+        {"a": a, "b": b, "diffs": report.compare(values[keys[a]], values[keys[b]])}
+        for a, b in pairs if a in keys and b in keys
+    ]  # fmt: skip
+
+
+def run(config: ConfigDict) -> dict[str, Any]:
+    _check_assets()
+    if config.workers < 1 or not config.seeds:
+        raise ConfigError("workers must be >= 1 and seeds non-empty.")
+    start = time.perf_counter()
+    workdir = Path(config.workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    with worker_pool(config, workdir) as pool:
+        demo = Demo(config, pool)
+        demo.write_problems()
+        demo.pipeline()
+        arms = demo.demo_arms()
+        rows = run_arms(demo, arms)
+    groups, values = report.group_rows(demo, arms, rows)
+    found = claims(values, groups)
+    report.write(workdir, groups, found, demo.wall, demo.cpu, total_s=time.perf_counter() - start)
+    return {"rows": groups, "claims": found}
