@@ -7,7 +7,7 @@ run to the largest, checkpointed at each), the sequences per update and the seed
 makes `opd_steps` updates and is evaluated on all held-out problems.
 
 The default grid, 5 methods x 2 lrs x 2 qualities x 1 batch size x 2 seeds = 40 arms, takes
-~1700 CPU seconds (measured): ~15 minutes on 2 idle CPU cores (SFT, 370 CPU s, runs alone).
+~1700 CPU seconds (measured): ~17 minutes on 2 idle CPU cores (SFT, 370 CPU s, runs alone).
 Left out for time: batch size 64 (a batch-64 arm costs ~4x a batch-16 one: the full grid at
 both sizes would be ~90 minutes), a third lr and seed, online ratio-clip (online's sampler is
 the current student, so the ratio stays ~1 and it equals online sampled-token) and
