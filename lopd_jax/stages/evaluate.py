@@ -55,6 +55,7 @@ def open_run(workdir: Path, identity: dict[str, Any], config) -> dict[str, dict]
 
 
 def run(config: ConfigDict) -> dict[str, Any]:
+    sections.validate(config)
     sections.require_positive(config, "n", "batch_size", "max_new_tokens")
     if bad := [k for k in config.ks if not 1 <= k <= config.n]:
         raise ConfigError(f"ks={list(config.ks)}: each k must lie in [1, n={config.n}] ({bad}).")

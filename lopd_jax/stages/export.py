@@ -36,6 +36,7 @@ def check_output(output: Path) -> None:
 
 
 def run(config: ConfigDict) -> dict[str, Any]:
+    sections.validate(config)
     output = Path(sections.require_path(config.output, "output", "the HF directory to write"))
     check_output(output.absolute())
     model = ref.resolve(

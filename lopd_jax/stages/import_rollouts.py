@@ -95,6 +95,7 @@ def finish_reason(row: rollout_jsonl.Row, stop_ids: set[int]) -> str:
 
 
 def run(config: ConfigDict) -> dict[str, Any]:
+    sections.validate(config)
     sections.require_positive(config, "chunk_rows", "batch_size")
     mesh_lib.maybe_initialize_distributed()
     # Not multi-process: a store has one writer, and orbax (which loads a checkpoint model)

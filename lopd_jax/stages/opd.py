@@ -49,7 +49,7 @@ def loss_config(config: ConfigDict) -> losses.OpdLossConfig:
     try:
         return losses.OpdLossConfig(**config.loss)
     except ValueError as e:
-        raise ConfigError(f"loss section: {e}") from e
+        raise ConfigError(f"loss.{e}") from e  # each message starts with its field
 
 
 def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
@@ -106,7 +106,11 @@ def run(config: ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) OPD; returns the final metrics."""
     if config.mode not in MODES:
         raise ConfigError(f"mode={config.mode!r}; choose one of {MODES}.")
-    sections.require_positive(config, "train.steps", "train.batch_size", "data.seq_len")
+    sections.validate(config)
+    sections.require_positive(
+        config, "data.seq_len", "online.prompts_per_step", "online.samples_per_prompt",
+        "online.reuse_steps", "online.max_new_tokens",
+    )  # fmt: skip
     opd = loss_config(config)
     mesh_lib.maybe_initialize_distributed()
     mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))

@@ -88,6 +88,7 @@ def _check_tokenizer(model: ref.ModelRef, prompts_tokenizer: str) -> None:
 
 
 def run(config) -> dict[str, Any]:
+    sections.validate(config)
     sections.require_positive(config, "n", "batch_size", "chunk_rows", "max_new_tokens")
     mesh_lib.maybe_initialize_distributed()
     path = sections.require_path(config.model.path, "model.path", "the SFT checkpoint")

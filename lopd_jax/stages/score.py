@@ -72,6 +72,7 @@ def open_scoring(store: RolloutStore, scoring: dict[str, Any]) -> None:
 
 
 def run(config: ConfigDict) -> dict[str, Any]:
+    sections.validate(config)
     sections.require_positive(config, "seq_len", "batch_size")
     if config.topk < 0:
         raise ConfigError(f"topk={config.topk} must be >= 0 (0 stores no top-k).")

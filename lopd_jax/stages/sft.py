@@ -105,7 +105,8 @@ def base_model(config: ConfigDict) -> tuple[ref.ModelRef | None, qwen3.Qwen3Conf
 
 def run(config: ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) SFT; returns the final metrics."""
-    sections.require_positive(config, "train.steps", "train.batch_size", "data.seq_len")
+    sections.validate(config)
+    sections.require_positive(config, "data.seq_len")
     mesh_lib.maybe_initialize_distributed()
     workdir = io.path(config.workdir)  # local or gs://
     mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))

@@ -560,3 +560,128 @@ def test_bad_input_is_a_named_error_that_leaves_nothing(stage, what, use, pipeli
     assert "Traceback" not in str(e.value) and len(str(e.value)) > 20
     assert _snapshot(tmp_path) == before, "the failed run created or changed files"
     assert inputs() == inputs_before, "the failed run changed its inputs"
+
+
+# ------------------------------------------------------------------------------------------
+# Invalid config values through the CLI: exit 2, one line naming the field, nothing created.
+# Every enum and numeric field of the shared sections, in each stage that has it, plus each
+# stage's own; the shipped default config with its paths inside the test's directory.
+
+SHARED_INVALID = {
+    "model.dtype": "fp16", "model.param_dtype": "fp16", "model.attention": "flash",
+    "model.decode_attention": "paged", "model.remat_policy": "some",
+    "model.moe_implementation": "sparse", "model.logits_chunk_size": 0,
+    "model.decode_block": 0, "model.scan_unroll": 0, "model.step": -2,
+    "mesh.preset": "ddp", "mesh.tensor": 0, "mesh.dcn_data": 0,
+    "optimizer.schedule": "cosine", "optimizer.learning_rate": -1e-3, "optimizer.warmup": 1.5,
+    "optimizer.final_lr_fraction": -0.1, "optimizer.b1": 1.0, "optimizer.b2": -0.1,
+    "optimizer.eps": 0.0, "optimizer.weight_decay": -0.1, "optimizer.clip_grad_norm": 0.0,
+    "train.steps": 0, "train.batch_size": 0, "train.num_microbatches": 3,
+    "train.log_every": 0, "train.eval_every": 0,
+    "checkpoint.save_every": 0, "checkpoint.keep": 0,
+    "eval.limit": 0, "eval.max_new_tokens": 0, "eval.batch_size": 0,
+}  # fmt: skip
+OWN_INVALID = {
+    "sft": {"data.seq_len": 0},
+    "opd": {
+        "mode": "offline", "loss.loss": "forward_kl", "loss.reduction": "mean",
+        "loss.adv_clip": 0.0, "data.seq_len": 0,
+        "online.samples_per_prompt": 0, "online.prompts_per_step": 0, "online.reuse_steps": 0,
+        "online.max_new_tokens": 0,
+    },
+    "rollout": {"n": 0, "batch_size": 0, "chunk_rows": 0, "max_new_tokens": 0},
+    "score": {"topk": -1, "seq_len": 0, "batch_size": 0},
+    "teacher-data": {"n": 0, "batch_size": 0, "chunk_prompts": 0, "max_new_tokens": 0},
+    "evaluate": {"n": 0, "batch_size": 0, "max_new_tokens": 0},
+    "import-rollouts": {"chunk_rows": 0, "batch_size": 0},
+    "export": {},
+}  # fmt: skip
+# Where each stage writes: pointed into the test's directory (and the cwd is that directory).
+OUTPUT_FIELD = {
+    "sft": "workdir",
+    "opd": "workdir",
+    "rollout": "output",
+    "score": "store",
+    "teacher-data": "output",
+    "evaluate": "workdir",
+    "import-rollouts": "output",
+    "export": "output",
+}
+
+
+def _invalid_rows():
+    from lopd_jax import cli
+
+    rows = []
+    for stage, own in OWN_INVALID.items():
+        default = cli._load_config(cli._SHIPPED / f"{cli.STAGES[stage]}.py", "")
+        fields = {k for k in SHARED_INVALID if k.split(".")[0] in default}
+        for field in sorted(fields) + sorted(own):
+            value = own.get(field, SHARED_INVALID.get(field))
+            rows.append(pytest.param(stage, field, value, id=f"{stage}-{field}={value}"))
+    return rows
+
+
+def _cli(stage: str, config: str, *overrides: str) -> int:
+    from lopd_jax import cli
+
+    return cli._run(stage, [f"lopd {stage}", f"--config={config}", *overrides])
+
+
+def _one_line_error(capsys, stage: str, *names: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"lopd {stage}: error: "), err
+    assert "Traceback" not in err
+    for name in names:
+        assert name in err, err
+    return err
+
+
+@pytest.mark.parametrize(("stage", "field", "value"), _invalid_rows())
+def test_invalid_config_value_is_one_line_naming_the_field(
+    stage, field, value, tmp_path, monkeypatch, capsys
+):
+    from lopd_jax import cli
+
+    monkeypatch.chdir(tmp_path)  # a default relative path that were written lands here
+    config = cli._SHIPPED / f"{cli.STAGES[stage]}.py"
+    output = f"--config.{OUTPUT_FIELD[stage]}={tmp_path / 'out'}"
+    assert _cli(stage, str(config), output, f"--config.{field}={value}") == 2
+    _one_line_error(capsys, stage, field)
+    assert _snapshot(tmp_path) == {} and not list(tmp_path.iterdir()), "the failed run wrote"
+
+
+CLI_MISUSE = [
+    ("sft", "opd", (), ("not a config of `lopd sft`", "mode", "store")),
+    ("opd", "sft", (), ("not a config of `lopd opd`", "loss.adv_clip")),
+    ("rollout", "score", (), ("not a config of `lopd rollout`", "topk")),
+    ("sft", "sft", ("--config.chekpoint.keep=3",), ("'chekpoint'", "checkpoint")),
+    ("opd", "opd", ("--config.train.stepz=3",), ("'stepz'", "--config.train.stepz", "steps")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("stage", "config", "overrides", "names"), CLI_MISUSE,
+    ids=[f"{s}-config={c}-{'-'.join(o)}" for s, c, o, _ in CLI_MISUSE],
+)  # fmt: skip
+def test_another_stages_config_or_unknown_field_is_named(
+    stage, config, overrides, names, tmp_path, monkeypatch, capsys
+):
+    from lopd_jax import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert _cli(stage, str(cli._SHIPPED / f"{config}.py"), *overrides) == 2
+    _one_line_error(capsys, stage, *names)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("stage", ["sft", "opd", "evaluate"])
+def test_workdir_that_is_a_file_is_named(stage, tmp_path, monkeypatch, capsys):
+    from lopd_jax import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("mine")
+    config = cli._SHIPPED / f"{cli.STAGES[stage]}.py"
+    assert _cli(stage, str(config), f"--config.workdir={tmp_path / 'afile'}") == 2
+    _one_line_error(capsys, stage, "workdir", "is a file")
+    assert _snapshot(tmp_path) == {"afile": b"mine"}
