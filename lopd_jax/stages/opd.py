@@ -112,6 +112,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         "online.reuse_steps", "online.max_new_tokens",
     )  # fmt: skip
     opd = loss_config(config)
+    artifacts.check_lopd_directory(config.workdir, "checkpoints", field="workdir")
     mesh_lib.maybe_initialize_distributed()
     mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
     pi_ref = ref.resolve(
@@ -133,6 +134,9 @@ def run(config: ConfigDict) -> dict[str, Any]:
             pi_ref.tokenizer_name(), teacher.tokenizer_name(),
             allow_unknown=config.allow_inconsistent_teacher, where="lopd opd (online)",
         )  # fmt: skip
+        artifacts.check_vocabulary(
+            model_config.vocab_size, teacher.config.vocab_size, where="lopd opd (online)"
+        )
         stop_ids = tuple(sorted(pi_ref.stop_ids()))
         data_iterator = None  # batches are a function of the step: nothing to checkpoint
         columns = losses.batch_columns(opd, topk_available=config.online.topk > 0)

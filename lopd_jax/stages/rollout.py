@@ -119,6 +119,7 @@ def run(config) -> dict[str, Any]:
         "sft_checkpoint": model.describe(),
         "sft_teacher": model.sft_teacher,  # the teacher that wrote the SFT data (None: unknown)
         "tokenizer": tokenizer,
+        "vocab_size": model_config.vocab_size,  # the student's: a scoring teacher must match
         "prompts": prompts_source,
         "num_prompts": len(prompts),
         "config": config.to_dict(),

@@ -109,6 +109,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     sections.require_positive(config, "data.seq_len")
     mesh_lib.maybe_initialize_distributed()
     workdir = io.path(config.workdir)  # local or gs://
+    artifacts.check_lopd_directory(workdir, "checkpoints", field="workdir", allowed=("sft_data",))
     mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
 
     # Everything is read and checked before anything is written.

@@ -25,6 +25,7 @@ from stage_helpers import toy_opd_config, toy_rollout_config, toy_score_config, 
 from lopd_jax import artifacts
 from lopd_jax.configs import evaluate as evaluate_config
 from lopd_jax.configs import export as export_config
+from lopd_jax.configs import export_rollouts as export_rollouts_config
 from lopd_jax.configs import import_rollouts as import_rollouts_config
 from lopd_jax.configs import import_sft as import_sft_config
 from lopd_jax.configs import teacher_data as teacher_data_config
@@ -46,7 +47,7 @@ from lopd_jax.stages import (
     teacher_data,
 )
 from lopd_jax.store import RolloutStore
-from lopd_jax.training import checkpoint, metrics
+from lopd_jax.training import checkpoint, loop, metrics
 
 
 class Killed(BaseException):
@@ -162,6 +163,12 @@ def _evaluate_config(p, d):
     c = evaluate_config.get_config()
     c.model.path, c.dataset, c.workdir = str(d / "model"), str(p["dataset"]), str(d / "eval")
     c.n, c.ks, c.max_new_tokens, c.batch_size = 2, (1, 2), 6, 8  # batches of 4 and 1 problems
+    return c
+
+
+def _export_rollouts_config(p, d):
+    c = export_rollouts_config.get_config()
+    c.store, c.output = str(p["store"]), str(d / "rollouts.jsonl")
     return c
 
 
@@ -287,6 +294,10 @@ STAGES = [
         },
     ),
     Stage(
+        "export-rollouts", export_rollouts.run, _export_rollouts_config,
+        lambda d: d / "rollouts.jsonl", lambda path: _texts({"rollouts": path}), None, {},
+    ),
+    Stage(
         "export", export.run, _export_config, lambda d: d / "hf", export_of, None,
         {
             "setup": lambda: kill_on_call(ref.ModelRef, "load", lambda *a, **k: True),
@@ -312,7 +323,11 @@ def pipeline(toy_pipeline, tmp_path_factory):
     problems = addition.prompt_records(addition.sample_problems(5, split="eval", seed=0))
     dataset = d / "problems.jsonl"
     dataset.write_text("".join(json.dumps(r | {"grader": "addition"}) + "\n" for r in problems))
-    return {**toy_pipeline, "rollouts_jsonl": rollouts, "dataset": dataset}
+    PIPELINE.update(toy_pipeline, rollouts_jsonl=rollouts, dataset=dataset)
+    return dict(PIPELINE)
+
+
+PIPELINE: dict[str, Path] = {}  # the `pipeline` fixture's, for table rows that derive inputs
 
 
 @pytest.fixture(scope="module")
@@ -483,13 +498,41 @@ def _file_output(field):
     return use
 
 
-def _foreign_output(field):
+def _foreign_output(field, name="notes.txt"):
     def use(c, d):
         (d / "out").mkdir()
-        (d / "out" / "notes.txt").write_text("mine")
+        (d / "out" / name).write_text("mine")
         c.update_from_flattened_dict({field: str(d / "out")})
 
     return use
+
+
+def _wider_teacher(p, d) -> Path:
+    """The toy teacher with 8 more (untrained) vocabulary rows: its tokenizer, a larger
+    vocabulary (its top-k could name ids the student does not have)."""
+    from safetensors.numpy import load_file, save_file
+
+    teacher = shutil.copytree(p["teacher"], d / "wide_teacher", ignore=shutil.ignore_patterns(".*"))
+    weights = load_file(teacher / "model.safetensors")
+    for name in ("lm_head.weight", "model.embed_tokens.weight"):
+        weights[name] = np.pad(weights[name], ((0, 8), (0, 0)))
+    save_file(weights, teacher / "model.safetensors", metadata={"format": "pt"})
+    hf_config = json.loads((teacher / "config.json").read_text())
+    (teacher / "config.json").write_text(json.dumps(hf_config | {"vocab_size": 24 + 8}))
+    ref.resolve(teacher)  # its digest cache, as a used model directory has one
+    return teacher
+
+
+def _teacher_of_another_vocabulary(**values):
+    def use(c, d):
+        c.update_from_flattened_dict({"teacher": str(_wider_teacher(PIPELINE, d)), **values})
+
+    return use
+
+
+def _export_into_checkpoint(c, d):
+    model = shutil.copytree(c.model.path, d / "model")
+    c.model.path, c.output = str(model), str(model / "hf")
 
 
 _unfit_mesh = _set(**{"mesh.preset": "custom", "mesh.shape": (3, -1, 1)})  # 3 does not divide 8
@@ -504,14 +547,27 @@ BAD_INPUTS = [
     ("sft", "invalid UTF-8", _sft_data(b'{"prompt": "1+1=", "response": "\xff\xfe"}\n')),
     ("sft", "unknown model.preset", _set(**{"model.path": "", "model.preset": "qwen9"})),
     ("sft", "train.steps=0", _set(**{"train.steps": 0})),
+    ("sft", "workdir holds a user's metrics.jsonl", _foreign_output("workdir", "metrics.jsonl")),
     ("score", "store is a file", _file_output("store")),
     ("score", "topk<0", _set(topk=-1)),
+    ("score", "topk above the vocabulary", _set(topk=1000)),
+    (
+        "score",
+        "teacher of a larger vocabulary",
+        _teacher_of_another_vocabulary(allow_inconsistent_teacher=True),
+    ),
     ("score", "batch_size not a multiple of the mesh", _set(batch_size=3)),
     ("score", "missing teacher", _set(teacher="")),
     ("opd", "unknown mode", _set(mode="offline")),
     ("opd", "missing model.path", _set(**{"model.path": ""})),
     ("opd", "store is a file", _file_output("store")),
     ("opd", "unknown loss", _set(**{"loss.loss": "forward_kl"})),
+    ("opd", "workdir holds a user's metrics.png", _foreign_output("workdir", "metrics.png")),
+    (
+        "opd",
+        "online teacher of a larger vocabulary",
+        _teacher_of_another_vocabulary(mode="online", allow_inconsistent_teacher=True),
+    ),
     ("teacher-data", "missing teacher", _set(teacher="")),
     ("teacher-data", "model.path set", _set(**{"model.path": "/some/model"})),
     ("teacher-data", "n=0", _set(n=0)),
@@ -534,12 +590,16 @@ BAD_INPUTS = [
     ("import-rollouts", "output is a file", _file_output("output")),
     ("evaluate", "missing dataset", _set(dataset="")),
     ("evaluate", "k above n", _set(ks=(1, 4))),
+    ("evaluate", "workdir holds a results.jsonl", _foreign_output("workdir", "results.jsonl")),
+    ("evaluate", "teacher of a larger vocabulary", _teacher_of_another_vocabulary()),
     ("evaluate", "missing model.path", _set(**{"model.path": ""})),
     ("evaluate", "batch_size not a multiple of the mesh", _set(batch_size=3)),
     ("evaluate", "a mesh the devices cannot form", _unfit_mesh),
     ("export", "missing output", _set(output="")),
     ("export", "output is a file", _file_output("output")),
     ("export", "output holds other files", _foreign_output("output")),
+    ("export", "output inside the checkpoint", _export_into_checkpoint),
+    ("export-rollouts", "output is a directory", lambda c, d: setattr(c, "output", str(d))),
 ]
 
 
@@ -685,3 +745,49 @@ def test_workdir_that_is_a_file_is_named(stage, tmp_path, monkeypatch, capsys):
     assert _cli(stage, str(config), f"--config.workdir={tmp_path / 'afile'}") == 2
     _one_line_error(capsys, stage, "workdir", "is a file")
     assert _snapshot(tmp_path) == {"afile": b"mine"}
+
+
+# ------------------------------------------------------------------------------------------
+# A non-finite loss stops a training run at its first update, with nothing saved.
+
+
+def _nan_weights(p, d):
+    """A copy of the base model whose weights are NaN: every loss is NaN from the first step."""
+    from safetensors.numpy import load_file, save_file
+
+    base = shutil.copytree(p["base"], d / "nan_base")
+    for file in base.glob("*.safetensors"):
+        save_file({k: v * np.nan for k, v in load_file(file).items()}, file)
+    return toy_sft_config(d / "sft", base, p["data"])
+
+
+@pytest.mark.slow  # a training compile
+@pytest.mark.parametrize("make_config", [_nan_weights], ids=["sft-nan-base-weights"])
+def test_non_finite_loss_stops_at_the_first_step_with_nothing_saved(
+    make_config, pipeline, tmp_path
+):
+    config = make_config(pipeline, tmp_path)
+    with pytest.raises(loop.NonFiniteLossError, match="loss=nan at step 1"):
+        sft.run(config)
+    ckpt = Path(config.workdir) / "checkpoints"
+    assert not (ckpt / artifacts.MANIFEST).exists(), "the failed start blocks a fixed rerun"
+    assert not [d for d in ckpt.iterdir() if d.name.isdigit()], "a step was saved"
+    config.model.path = str(pipeline["base"])  # the fixed rerun is not refused
+    assert np.isfinite(sft.run(config)["loss"])
+
+
+@pytest.mark.parametrize("stage", ["rollout", "opd", "evaluate", "export"])
+def test_ctrl_c_is_one_line_and_exit_130(stage, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the model loads: no traceback, the advice to rerun, exit 130."""
+    from lopd_jax import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ref, "resolve", interrupted)
+    config = cli._SHIPPED / f"{cli.STAGES[stage]}.py"
+    output = f"--config.{OUTPUT_FIELD[stage]}={tmp_path / 'out'}"
+    assert _cli(stage, str(config), output) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"lopd {stage}: interrupted; rerun the same command to resume."
