@@ -7,6 +7,7 @@ into the object the code uses, checking values that would otherwise fail deep in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -294,11 +295,27 @@ def stop_ids(config: ConfigDict, model: ModelRef, renderer: Renderer | None) -> 
 def require_positive(config: ConfigDict, *names: str) -> None:
     """Sizes that must be >= 1 (0 would make a run that silently produces nothing)."""
     for name in names:
-        value = config
-        for part in name.split("."):
-            value = value[part]
+        value = _field(config, name)
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name}={value!r} must be a positive integer.")
+
+
+def require_choice(config: ConfigDict, name: str, choices: tuple[str, ...]) -> None:
+    if (value := _field(config, name)) not in choices:
+        raise ConfigError(f"{name}={value!r}; choose one of {choices}.")
+
+
+def require(config: ConfigDict, name: str, ok: Callable[[Any], bool], rule: str) -> None:
+    """A numeric field's range: `require(c, "online.top_p", lambda p: 0 < p <= 1, "in (0, 1]")`."""
+    value = _field(config, name)
+    if not (isinstance(value, (int, float)) and ok(value)):
+        raise ConfigError(f"{name}={value!r} must be {rule}.")
+
+
+def _field(config: ConfigDict, name: str) -> Any:
+    for part in name.split("."):
+        config = config[part]
+    return config
 
 
 def check_stage_fields(config: ConfigDict, default: ConfigDict, stage: str) -> None:

@@ -104,13 +104,16 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
 
 def run(config: ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) OPD; returns the final metrics."""
-    if config.mode not in MODES:
-        raise ConfigError(f"mode={config.mode!r}; choose one of {MODES}.")
     sections.validate(config)
+    sections.require_choice(config, "mode", MODES)
     sections.require_positive(
-        config, "data.seq_len", "online.prompts_per_step", "online.samples_per_prompt",
-        "online.reuse_steps", "online.max_new_tokens",
+        config, "data.seq_len", "data.num_packing_bins", "online.prompts_per_step",
+        "online.samples_per_prompt", "online.reuse_steps", "online.max_new_tokens",
     )  # fmt: skip
+    sections.require(config, "data.rollouts_per_prompt", lambda n: n >= 0, ">= 0 (0 = all)")
+    sections.require(config, "online.topk", lambda k: k >= 0, ">= 0")
+    sections.require(config, "online.temperature", lambda t: t >= 0, ">= 0")
+    sections.require(config, "online.top_p", lambda p: 0 < p <= 1, "in (0, 1]")
     opd = loss_config(config)
     artifacts.check_lopd_directory(config.workdir, "checkpoints", field="workdir")
     mesh_lib.maybe_initialize_distributed()

@@ -12,7 +12,9 @@ The checkpoint directory `<workdir>/checkpoints` holds a run manifest with the r
 *identity*: its inputs (base model, data, teacher, tokenizer identities) and every config field
 that changes the result. A re-run with the same workdir resumes exactly (params, optimizer, RNG,
 data position) and is refused, naming the fields, if any of them changed. The manifest is
-written only once the inputs are loaded, so a start that fails does not block the fixed re-run.
+written only once the inputs are loaded, and removed again when the run fails before its first
+checkpoint (a non-finite loss stops it: `NonFiniteLossError`), so a start that fails does not
+block the fixed re-run.
 """
 
 from __future__ import annotations
@@ -239,10 +241,13 @@ class Trainer:
                         window.exclude(time.perf_counter() - start)  # not training throughput
                 if self.manager.save(done, train_state, data_iterator, meta, force=done == steps):
                     writer.sync()  # a remote workdir's logs, up to the checkpoint
-        except NonFiniteLossError:
+        except BaseException:
+            # A run that fails before its first checkpoint (a NaN loss, a bad batch, Ctrl-C)
+            # leaves no claim: the rerun with the value fixed starts afresh, not refused as
+            # "different inputs".
             self.manager.wait()
             if self._wrote_manifest and not self.manager.all_steps():
-                (self.ckpt_dir / artifacts.MANIFEST).unlink()  # a fixed rerun starts afresh
+                (self.ckpt_dir / artifacts.MANIFEST).unlink(missing_ok=True)
             raise
         finally:
             self.manager.wait()

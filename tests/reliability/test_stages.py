@@ -642,10 +642,15 @@ SHARED_INVALID = {
     "eval.limit": 0, "eval.max_new_tokens": 0, "eval.batch_size": 0,
 }  # fmt: skip
 OWN_INVALID = {
-    "sft": {"data.seq_len": 0},
+    "sft": {
+        "data.seq_len": 0, "data.num_packing_bins": 0, "data.synthetic_examples": 0,
+        "data.eval_examples": -1, "data.on_bad_example": "ignore", "data.overlong": "cut",
+    },
     "opd": {
         "mode": "offline", "loss.loss": "forward_kl", "loss.reduction": "mean",
-        "loss.adv_clip": 0.0, "data.seq_len": 0,
+        "loss.adv_clip": 0.0, "data.seq_len": 0, "data.num_packing_bins": 0,
+        "data.rollouts_per_prompt": -1, "online.topk": -1, "online.temperature": -1.0,
+        "online.top_p": 0.0,
         "online.samples_per_prompt": 0, "online.prompts_per_step": 0, "online.reuse_steps": 0,
         "online.max_new_tokens": 0,
     },
