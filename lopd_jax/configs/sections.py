@@ -146,9 +146,21 @@ def validate(config: ConfigDict) -> None:
     for name, check in validators.items():
         if isinstance(config.get(name), ConfigDict):
             check(config[name])
+    if "temperature" in config:  # a sampling stage (rollout, teacher-data, evaluate)
+        validate_sampling(config)
     workdir = config.get("workdir")
     if isinstance(workdir, str) and "://" not in workdir and Path(workdir).is_file():
         raise ConfigError(f"workdir={workdir!r} is a file; set workdir to a directory.")
+
+
+def validate_sampling(config: ConfigDict) -> None:
+    """The top-level sampling fields of rollout, teacher-data and evaluate."""
+    require(config, "temperature", lambda t: t >= 0, ">= 0 (0 is greedy)")
+    require(config, "top_p", lambda p: 0 < p <= 1, "in (0, 1] (1 keeps every token)")
+    if "top_k" in config:
+        require(config, "top_k", lambda k: isinstance(k, int) and k >= 0, ">= 0 (0 keeps all)")
+    if "limit" in config:
+        require(config, "limit", lambda n: isinstance(n, int) and n >= 0, ">= 0 (0 = all)")
 
 
 DTYPES = ("float32", "bfloat16", "float16")

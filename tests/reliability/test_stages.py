@@ -641,6 +641,7 @@ SHARED_INVALID = {
     "checkpoint.save_every": 0, "checkpoint.keep": 0,
     "eval.limit": 0, "eval.max_new_tokens": 0, "eval.batch_size": 0,
 }  # fmt: skip
+SAMPLING = {"temperature": -0.5, "top_p": 0.0, "top_k": -1, "limit": -1}
 OWN_INVALID = {
     "sft": {
         "data.seq_len": 0, "data.num_packing_bins": 0, "data.synthetic_examples": 0,
@@ -654,10 +655,15 @@ OWN_INVALID = {
         "online.samples_per_prompt": 0, "online.prompts_per_step": 0, "online.reuse_steps": 0,
         "online.max_new_tokens": 0,
     },
-    "rollout": {"n": 0, "batch_size": 0, "chunk_rows": 0, "max_new_tokens": 0},
+    "rollout": {"n": 0, "batch_size": 0, "chunk_rows": 0, "max_new_tokens": 0, **SAMPLING},
     "score": {"topk": -1, "seq_len": 0, "batch_size": 0},
-    "teacher-data": {"n": 0, "batch_size": 0, "chunk_prompts": 0, "max_new_tokens": 0},
-    "evaluate": {"n": 0, "batch_size": 0, "max_new_tokens": 0},
+    "teacher-data": {
+        "n": 0, "batch_size": 0, "chunk_prompts": 0, "max_new_tokens": 0, **SAMPLING,
+    },
+    "evaluate": {
+        "n": 0, "batch_size": 0, "max_new_tokens": 0, "temperature": -0.5, "top_p": 1.5,
+        "limit": -1,
+    },
     "import-rollouts": {"chunk_rows": 0, "batch_size": 0},
     "export": {},
 }  # fmt: skip
