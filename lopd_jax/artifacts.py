@@ -68,6 +68,25 @@ def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> dict
     return manifest
 
 
+def check_lopd_directory(
+    directory: str | os.PathLike, marker: str, *, field: str, allowed: tuple[str, ...] = ()
+) -> None:
+    """Refuses to write into an existing directory lopd did not make: one holding anything
+    but `allowed` entries and no `marker` (the entry a stage creates first, before any file it
+    may later replace), so a user's `metrics.jsonl` or `results.jsonl` is never adopted or
+    overwritten. A missing or empty directory passes, and so does a stage's own."""
+    directory = io.path(directory)
+    if not directory.exists() or (directory / marker).exists():
+        return
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in allowed)
+    if foreign:
+        raise ArtifactError(
+            f"{field}={directory} holds files lopd did not write ({', '.join(foreign[:4])}"
+            f"{' ...' if len(foreign) > 4 else ''}) and no {marker}; refusing to write into it. "
+            "Choose a new or empty directory."
+        )
+
+
 def changed_fields(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """`key: stored ..., now ...` for every field of two identities that differs."""
     return [
@@ -114,6 +133,18 @@ def check_teacher_consistency(
         "teacher_consistent": consistent,
         "allow_inconsistent_teacher": allow_inconsistent,
     }
+
+
+def check_vocabulary(student_vocab: int | None, teacher_vocab: int, *, where: str) -> None:
+    """Teacher and student must share the vocabulary, not only the tokenizer: a teacher's
+    top-k ids beyond the student's rows make every top-k loss NaN. Unknown (an old store that
+    did not record it) passes."""
+    if student_vocab is not None and student_vocab != teacher_vocab:
+        raise TeacherMismatchError(
+            f"{where}: the teacher's vocabulary has {teacher_vocab} entries but the student's "
+            f"{student_vocab}; teacher and student must share one vocabulary (use a teacher of "
+            "the student's model family with the same embedding size)."
+        )
 
 
 def check_tokenizer_consistency(

@@ -4,13 +4,14 @@ Each stage is a module `lopd_jax.stages.<module>` with a docstring (its help tex
 `run(config: ml_collections.ConfigDict)`. Its default config is the shipped
 `lopd_jax/configs/<module>.py`; `--config` takes a shipped config's name or a file path (with
 an optional `:arg` passed to its `get_config`). Expected user errors (`LopdError`) print one
-line saying what, where and the fix, and exit with status 2; anything else is a bug and keeps
-its traceback.
+line saying what, where and the fix, and exit with status 2; Ctrl-C prints one line and exits
+with 130 (every stage resumes); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -35,10 +36,18 @@ STAGES: dict[str, str] = {
 _SHIPPED = Path(__file__).resolve().parent / "configs"
 
 
+def _stage_doc(stage: str) -> str:
+    """The stage module's docstring, read from its source: help never imports jax."""
+    import ast
+
+    source = Path(__file__).resolve().parent / "stages" / f"{STAGES[stage]}.py"
+    return (ast.get_docstring(ast.parse(source.read_text())) or "").strip()
+
+
 def _usage() -> str:
     lines = ["usage: lopd <stage> [--config=NAME_OR_FILE] [--config.KEY=VALUE ...] [--help]", ""]
-    for name, module in STAGES.items():
-        doc = (importlib.import_module(f"lopd_jax.stages.{module}").__doc__ or "").strip()
+    for name in STAGES:
+        doc = _stage_doc(name)
         lines.append(f"  {name:<14} {doc.splitlines()[0] if doc else ''}")
     return "\n".join(lines)
 
@@ -59,8 +68,7 @@ def _stage_help(stage: str, config_path: Path, config_param: str) -> str:
 
     from lopd_jax.configs import sections
 
-    module = importlib.import_module(f"lopd_jax.stages.{STAGES[stage]}")
-    text = [(module.__doc__ or "").strip(), "", f"Config file {config_path}:", ""]
+    text = [_stage_doc(stage), "", f"Config file {config_path}:", ""]
     if not config_path.exists():
         return "\n".join([*text, "(config file not found)"])
     text.append(config_path.read_text())
@@ -132,33 +140,54 @@ def _run(stage: str, argv: list[str]) -> int:
     from absl import flags, logging
     from ml_collections import config_flags
 
+    from lopd_jax.configs import sections
     from lopd_jax.errors import LopdError
 
     # config_flags discovers the `--config.*` overrides from the argv it is given here.
-    config_flag = config_flags.DEFINE_config_file("config", None, lock_config=True, sys_argv=argv)
+    # Its own flag registry: `_run` can be called again in one process (tests, the demo).
+    registry = flags.FlagValues()
+    config_flag = config_flags.DEFINE_config_file(
+        "config", None, flag_values=registry, lock_config=True, sys_argv=argv
+    )
     try:
-        flags.FLAGS(argv)
+        registry(argv)
     except Exception as e:  # a typo'd field or a bad value: one clear line, not three traces
-        print(f"lopd {stage}: error: {_flag_error(e)}", file=sys.stderr)
+        print(f"lopd {stage}: error: {_flag_error(e, argv)}", file=sys.stderr)
         return 2
     logging.set_verbosity(logging.WARNING)  # absl's INFO lines drown the progress bars
-    module = importlib.import_module(f"lopd_jax.stages.{STAGES[stage]}")
     try:
+        module = importlib.import_module(f"lopd_jax.stages.{STAGES[stage]}")
+        default = _load_config(_SHIPPED / f"{STAGES[stage]}.py", "")
+        sections.check_stage_fields(config_flag.value, default, stage)
         module.run(config_flag.value)
     except LopdError as e:
         print(f"lopd {stage}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: every stage resumes where it stopped
+        print(f"lopd {stage}: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
     return 0
 
 
-def _flag_error(error: BaseException) -> str:
-    """The innermost message of a flag-parsing error (ml_collections chains three)."""
-    messages = []
+def _flag_error(error: BaseException, argv: list[str]) -> str:
+    """The innermost message of a flag-parsing error (ml_collections chains three); an
+    unknown field (a `KeyError` deep in the chain) is named with its override."""
+    messages, unknown = [], None
     while error is not None:
         messages.append(str(error.args[0] if error.args else error).strip("'\""))
+        if isinstance(error, KeyError) and len(str(error.args[0])) > len(unknown or ""):
+            unknown = str(error.args[0])  # the fullest: with "Did you mean ..."
         error = error.__cause__ or error.__context__
+    hint = "(`lopd <stage> --help` lists every field)"
+    if unknown is not None:
+        name, _, suggestion = unknown.strip("'\"").partition("\n")
+        name = name.strip("'\"")
+        field = re.compile(rf"--config(\.\w+)*\.{re.escape(name)}\b")
+        flag = next((a for a in argv if field.match(a)), "")
+        where = f" ({flag.split('=')[0]})" if flag else ""
+        return f"unknown config field {name!r}{where}. {suggestion} {hint}".replace("  ", " ")
     message = max(messages, key=len).replace("\\n", " ").replace("\n", " ")  # the fullest
-    return f"{message} (`lopd <stage> --help` lists every field)"
+    return f"{message} {hint}"
 
 
 if __name__ == "__main__":

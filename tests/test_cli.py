@@ -21,6 +21,22 @@ def test_stage_help_shows_docstring_and_commented_config(capsys):
     assert "c.data.seq_len" in out and "--config.FIELD=VALUE" in out
 
 
+def test_help_imports_no_framework():
+    """`lopd sft --help` reads docstrings and configs only: no jax, transformers or torch
+    (they were seconds of its startup)."""
+    import subprocess
+    import sys
+
+    check = (
+        "import sys; from lopd_jax import cli; cli.main(['lopd', 'sft', '--help']); "
+        "cli.main(['lopd', '--help']); "
+        "print(sorted(m for m in ('jax', 'torch', 'transformers', 'tensorboardX') "
+        "if m in sys.modules), file=sys.stderr)"
+    )
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert run.stderr.strip() == "[]"
+
+
 def test_unknown_stage_and_missing_config_exit_with_a_message():
     with pytest.raises(SystemExit, match="unknown stage 'sfx'"):
         cli.main(["lopd", "sfx"])

@@ -7,6 +7,8 @@ into the object the code uses, checking values that would otherwise fail deep in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ml_collections import ConfigDict
@@ -130,6 +132,122 @@ def accuracy_eval() -> ConfigDict:
     return c
 
 
+# --- Validation: every value of the shared sections, checked at a stage's start, before
+# anything is loaded or created (a bad value is one line naming the field, not a traceback
+# deep inside a run).
+
+
+def validate(config: ConfigDict) -> None:
+    """Checks each shared section `config` has, and a `workdir` that exists as a file."""
+    validators = {
+        "model": validate_model, "mesh": validate_mesh, "optimizer": validate_optimizer,
+        "train": validate_train, "checkpoint": validate_checkpoint, "eval": validate_eval,
+    }  # fmt: skip
+    for name, check in validators.items():
+        if isinstance(config.get(name), ConfigDict):
+            check(config[name])
+    if "temperature" in config:  # a sampling stage (rollout, teacher-data, evaluate)
+        validate_sampling(config)
+    workdir = config.get("workdir")
+    if isinstance(workdir, str) and "://" not in workdir and Path(workdir).is_file():
+        raise ConfigError(f"workdir={workdir!r} is a file; set workdir to a directory.")
+
+
+def validate_sampling(config: ConfigDict) -> None:
+    """The top-level sampling fields of rollout, teacher-data and evaluate."""
+    require(config, "temperature", lambda t: t >= 0, ">= 0 (0 is greedy)")
+    require(config, "top_p", lambda p: 0 < p <= 1, "in (0, 1] (1 keeps every token)")
+    if "top_k" in config:
+        require(config, "top_k", lambda k: isinstance(k, int) and k >= 0, ">= 0 (0 keeps all)")
+    if "limit" in config:
+        require(config, "limit", lambda n: isinstance(n, int) and n >= 0, ">= 0 (0 = all)")
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def validate_model(section: ConfigDict) -> None:
+    from lopd_jax.models import moe, qwen3
+
+    for field in ("param_dtype", "dtype"):
+        if section[field] not in DTYPES:
+            raise ConfigError(f"model.{field}={section[field]!r}; choose one of {DTYPES}.")
+    _require_positive(section, "model", "logits_chunk_size", "decode_block", "scan_unroll")
+    if not isinstance(section.step, int) or section.step < -1:
+        raise ConfigError(f"model.step={section.step!r}; a step >= 0, or -1 for the latest.")
+    if section.moe_implementation not in moe.IMPLEMENTATIONS:
+        raise ConfigError(
+            f"model.moe_implementation={section.moe_implementation!r}; choose one of "
+            f"{moe.IMPLEMENTATIONS}."
+        )
+    numerics = {k: section[k] for k in qwen3.NUMERICS if k in section}
+    try:  # the architecture's own rules on its numerics (attention backends, remat...)
+        qwen3.tiny_config().replace(**numerics)
+    except ValueError as e:
+        raise ConfigError(f"model.{e}") from e
+
+
+def validate_mesh(section: ConfigDict) -> None:
+    from lopd_jax.parallel import mesh as mesh_lib
+
+    presets = (*mesh_lib.PRESETS, "custom")
+    if section.preset not in presets:
+        raise ConfigError(f"mesh.preset={section.preset!r}; choose one of {presets}.")
+    _require_positive(section, "mesh", "tensor", "dcn_data")
+
+
+_OPTIMIZER_RANGES = {  # field -> (valid?, the rule)
+    "learning_rate": (lambda v: v > 0, "> 0 (a negative rate trains the wrong way)"),
+    "eps": (lambda v: v > 0, "> 0"),
+    "warmup": (lambda v: 0 <= v <= 1, "in [0, 1] (a fraction of train.steps)"),
+    "final_lr_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "b1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+}
+
+
+def validate_optimizer(section: ConfigDict) -> None:
+    from lopd_jax.training import optimizer
+
+    if section.schedule not in optimizer.SCHEDULES:
+        raise ConfigError(
+            f"optimizer.schedule={section.schedule!r}; choose one of {optimizer.SCHEDULES}."
+        )
+    for field, (ok, what) in _OPTIMIZER_RANGES.items():
+        value = section[field]
+        if not (isinstance(value, (int, float)) and ok(value)):
+            raise ConfigError(f"optimizer.{field}={value!r} must be {what}.")
+    clip = section.clip_grad_norm
+    if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
+        raise ConfigError(f"optimizer.clip_grad_norm={clip!r} must be > 0 (or None: no clip).")
+
+
+def validate_train(section: ConfigDict) -> None:
+    fields = ("steps", "batch_size", "num_microbatches", "log_every", "eval_every")
+    _require_positive(section, "train", *fields)
+    if section.batch_size % section.num_microbatches:
+        raise ConfigError(
+            f"train.num_microbatches={section.num_microbatches} does not divide "
+            f"train.batch_size={section.batch_size}; choose a divisor of the batch."
+        )
+
+
+def validate_checkpoint(section: ConfigDict) -> None:
+    _require_positive(section, "checkpoint", "save_every", "keep")
+
+
+def validate_eval(section: ConfigDict) -> None:
+    _require_positive(section, "eval", "limit", "max_new_tokens", "batch_size")
+
+
+def _require_positive(section: ConfigDict, name: str, *fields: str) -> None:
+    for field in fields:
+        value = section[field]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name}.{field}={value!r} must be a positive integer.")
+
+
 def model_config(section: ConfigDict, stored=None):
     """The `Qwen3Config` of a model section: the stored architecture (`stored`, from a model
     directory) or the preset's, with the section's numerics."""
@@ -189,11 +307,67 @@ def stop_ids(config: ConfigDict, model: ModelRef, renderer: Renderer | None) -> 
 def require_positive(config: ConfigDict, *names: str) -> None:
     """Sizes that must be >= 1 (0 would make a run that silently produces nothing)."""
     for name in names:
-        value = config
-        for part in name.split("."):
-            value = value[part]
+        value = _field(config, name)
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name}={value!r} must be a positive integer.")
+
+
+def require_choice(config: ConfigDict, name: str, choices: tuple[str, ...]) -> None:
+    if (value := _field(config, name)) not in choices:
+        raise ConfigError(f"{name}={value!r}; choose one of {choices}.")
+
+
+def require(config: ConfigDict, name: str, ok: Callable[[Any], bool], rule: str) -> None:
+    """A numeric field's range: `require(c, "online.top_p", lambda p: 0 < p <= 1, "in (0, 1]")`."""
+    value = _field(config, name)
+    if not (isinstance(value, (int, float)) and ok(value)):
+        raise ConfigError(f"{name}={value!r} must be {rule}.")
+
+
+def _field(config: ConfigDict, name: str) -> Any:
+    for part in name.split("."):
+        config = config[part]
+    return config
+
+
+def check_stage_fields(config: ConfigDict, default: ConfigDict, stage: str) -> None:
+    """Refuses a config of another stage (`lopd sft --config=opd`): it must have every field
+    of the stage's default config and no field the stage does not read (named by its
+    outermost unknown section)."""
+    have, want = _field_names(config.to_dict()), _field_names(default.to_dict())
+    missing = sorted(want - have)
+    parts_of = [k.split(".") for k in want]
+    sections = {".".join(p[:i]) for p in parts_of for i in range(1, len(p))}
+    foreign = sorted({_outermost_unknown(k, sections) for k in have - want})
+    if missing or foreign:
+        parts = []
+        if missing:
+            more = " ..." if len(missing) > 6 else ""
+            parts.append(f"it lacks {', '.join(missing[:6])}{more}")
+        if foreign:
+            parts.append(f"it has fields `lopd {stage}` does not read: {', '.join(foreign[:6])}")
+        details = "; ".join(parts)
+        raise ConfigError(
+            f"this config is not a config of `lopd {stage}` ({details}); pass one made for "
+            f"{stage} (`lopd {stage} --help` shows its fields)."
+        )
+
+
+def _outermost_unknown(field: str, sections: set[str]) -> str:
+    """`loss.adv_clip` -> `loss` when the stage has no `loss` section."""
+    parts = field.split(".")
+    for i in range(1, len(parts)):
+        if ".".join(parts[:i]) not in sections:
+            return ".".join(parts[:i])
+    return field
+
+
+def _field_names(tree: dict, prefix: str = "") -> set[str]:
+    names = set()
+    for key, value in tree.items():
+        is_section = isinstance(value, dict) and value
+        names |= _field_names(value, f"{prefix}{key}.") if is_section else {f"{prefix}{key}"}
+    return names
 
 
 def require_path(value: str, name: str, what: str) -> str:

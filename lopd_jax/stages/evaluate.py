@@ -40,7 +40,9 @@ RESULTS = "results.jsonl"
 
 
 def open_run(workdir: Path, identity: dict[str, Any], config) -> dict[str, dict]:
-    """Results already graded by this same evaluation (by problem id); refuses another's."""
+    """Results already graded by this same evaluation (by problem id); refuses another's, and
+    a workdir holding results it did not write (no manifest)."""
+    artifacts.check_lopd_directory(workdir, artifacts.MANIFEST, field="workdir")
     if (workdir / artifacts.MANIFEST).exists():
         existing = artifacts.read_manifest(workdir, KIND).get("identity")
         if existing != identity:
@@ -55,6 +57,7 @@ def open_run(workdir: Path, identity: dict[str, Any], config) -> dict[str, dict]
 
 
 def run(config: ConfigDict) -> dict[str, Any]:
+    sections.validate(config)
     sections.require_positive(config, "n", "batch_size", "max_new_tokens")
     if bad := [k for k in config.ks if not 1 <= k <= config.n]:
         raise ConfigError(f"ks={list(config.ks)}: each k must lie in [1, n={config.n}] ({bad}).")
@@ -80,6 +83,12 @@ def run(config: ConfigDict) -> dict[str, Any]:
         stop_ids=tuple(sorted(model.stop_ids() | {renderer.eos_id})),
     )  # fmt: skip
     teacher = ref.resolve(config.teacher) if config.teacher else None
+    if teacher is not None:  # a reverse KL to another vocabulary's log-probs is meaningless
+        where = f"lopd evaluate (teacher {config.teacher})"
+        artifacts.check_tokenizer_consistency(
+            model.tokenizer_name(), teacher.tokenizer_name(), allow_unknown=True, where=where
+        )
+        artifacts.check_vocabulary(model_config.vocab_size, teacher.config.vocab_size, where=where)
     identity = {
         "model": model.identity,
         "problems": prompts_lib.fingerprint(prompts),

@@ -25,6 +25,12 @@ def check_output(output: Path) -> None:
     """Never replace what lopd did not export."""
     if output.is_file():
         raise artifacts.ArtifactError(f"output={output} is a file; choose a directory path.")
+    if inside := next((p for p in output.parents if (p / artifacts.MANIFEST).exists()), None):
+        raise artifacts.ArtifactError(
+            f"output={output} lies inside {inside}, a lopd artifact directory (it has a "
+            f"{artifacts.MANIFEST}), whose readers would take the export for a damaged part; "
+            "choose a directory outside it."
+        )
     if output.is_dir() and any(output.iterdir()):
         manifest = output / artifacts.MANIFEST
         kind = artifacts.read_manifest(output).get("kind") if manifest.exists() else None
@@ -36,6 +42,7 @@ def check_output(output: Path) -> None:
 
 
 def run(config: ConfigDict) -> dict[str, Any]:
+    sections.validate(config)
     output = Path(sections.require_path(config.output, "output", "the HF directory to write"))
     check_output(output.absolute())
     model = ref.resolve(

@@ -11,6 +11,7 @@ imported rows) is left out of that row. The file appears only when complete.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from ml_collections import ConfigDict
 
 from lopd_jax.configs import sections
 from lopd_jax.data import rollout_jsonl
+from lopd_jax.errors import ConfigError
 from lopd_jax.store import FINISH_REASONS, RolloutStore
 
 # Per-token columns in the order they are written; any other column follows, sorted.
@@ -54,8 +56,10 @@ def export_lines(store: RolloutStore) -> Iterator[str]:
 
 
 def run(config: ConfigDict) -> dict[str, Any]:
-    store = RolloutStore.open(sections.require_path(config.store, "store", "a rollout store"))
     output = sections.require_path(config.output, "output", "the JSONL file to write")
+    if Path(output).is_dir():
+        raise ConfigError(f"output={output} is a directory; set output to a JSONL file path.")
+    store = RolloutStore.open(sections.require_path(config.store, "store", "a rollout store"))
     rows = rollout_jsonl.write_lines(output, export_lines(store))
     if not store.manifest.get("complete"):
         print(f"export-rollouts: {config.store} is not complete; exported its committed rows.")

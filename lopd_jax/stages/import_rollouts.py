@@ -95,6 +95,7 @@ def finish_reason(row: rollout_jsonl.Row, stop_ids: set[int]) -> str:
 
 
 def run(config: ConfigDict) -> dict[str, Any]:
+    sections.validate(config)
     sections.require_positive(config, "chunk_rows", "batch_size")
     mesh_lib.maybe_initialize_distributed()
     # Not multi-process: a store has one writer, and orbax (which loads a checkpoint model)
@@ -140,6 +141,9 @@ def run(config: ConfigDict) -> dict[str, Any]:
         "sft_checkpoint": model.describe() if model else None,
         "sft_teacher": model.sft_teacher if model else None,  # None: unknown
         "tokenizer": tokenizer,
+        # The student's vocabulary (a scoring teacher must match it); a tokenizer's own size
+        # can be below a model's padded one, so unknown without a model.
+        "vocab_size": model.config.vocab_size if model else None,
         "imported_from": {"path": str(source.absolute()), "fingerprint": identity["input"]},
         "config": config.to_dict(),
     }

@@ -49,7 +49,7 @@ def loss_config(config: ConfigDict) -> losses.OpdLossConfig:
     try:
         return losses.OpdLossConfig(**config.loss)
     except ValueError as e:
-        raise ConfigError(f"loss section: {e}") from e
+        raise ConfigError(f"loss.{e}") from e  # each message starts with its field
 
 
 def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
@@ -104,10 +104,18 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
 
 def run(config: ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) OPD; returns the final metrics."""
-    if config.mode not in MODES:
-        raise ConfigError(f"mode={config.mode!r}; choose one of {MODES}.")
-    sections.require_positive(config, "train.steps", "train.batch_size", "data.seq_len")
+    sections.validate(config)
+    sections.require_choice(config, "mode", MODES)
+    sections.require_positive(
+        config, "data.seq_len", "data.num_packing_bins", "online.prompts_per_step",
+        "online.samples_per_prompt", "online.reuse_steps", "online.max_new_tokens",
+    )  # fmt: skip
+    sections.require(config, "data.rollouts_per_prompt", lambda n: n >= 0, ">= 0 (0 = all)")
+    sections.require(config, "online.topk", lambda k: k >= 0, ">= 0")
+    sections.require(config, "online.temperature", lambda t: t >= 0, ">= 0")
+    sections.require(config, "online.top_p", lambda p: 0 < p <= 1, "in (0, 1]")
     opd = loss_config(config)
+    artifacts.check_lopd_directory(config.workdir, "checkpoints", field="workdir")
     mesh_lib.maybe_initialize_distributed()
     mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
     pi_ref = ref.resolve(
@@ -129,6 +137,9 @@ def run(config: ConfigDict) -> dict[str, Any]:
             pi_ref.tokenizer_name(), teacher.tokenizer_name(),
             allow_unknown=config.allow_inconsistent_teacher, where="lopd opd (online)",
         )  # fmt: skip
+        artifacts.check_vocabulary(
+            model_config.vocab_size, teacher.config.vocab_size, where="lopd opd (online)"
+        )
         stop_ids = tuple(sorted(pi_ref.stop_ids()))
         data_iterator = None  # batches are a function of the step: nothing to checkpoint
         columns = losses.batch_columns(opd, topk_available=config.online.topk > 0)

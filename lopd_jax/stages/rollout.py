@@ -88,6 +88,7 @@ def _check_tokenizer(model: ref.ModelRef, prompts_tokenizer: str) -> None:
 
 
 def run(config) -> dict[str, Any]:
+    sections.validate(config)
     sections.require_positive(config, "n", "batch_size", "chunk_rows", "max_new_tokens")
     mesh_lib.maybe_initialize_distributed()
     path = sections.require_path(config.model.path, "model.path", "the SFT checkpoint")
@@ -118,6 +119,7 @@ def run(config) -> dict[str, Any]:
         "sft_checkpoint": model.describe(),
         "sft_teacher": model.sft_teacher,  # the teacher that wrote the SFT data (None: unknown)
         "tokenizer": tokenizer,
+        "vocab_size": model_config.vocab_size,  # the student's: a scoring teacher must match
         "prompts": prompts_source,
         "num_prompts": len(prompts),
         "config": config.to_dict(),

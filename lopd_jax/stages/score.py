@@ -49,6 +49,9 @@ def check_guard(store: RolloutStore, teacher: ref.ModelRef, allow: bool) -> dict
     artifacts.check_tokenizer_consistency(
         store.manifest.get("tokenizer"), teacher_tokenizer, allow_unknown=allow, where=where
     )
+    artifacts.check_vocabulary(
+        store.manifest.get("vocab_size"), teacher.config.vocab_size, where=where
+    )
     return record | {
         "rollout_tokenizer": store.manifest.get("tokenizer"),
         "teacher_tokenizer": teacher_tokenizer,
@@ -72,6 +75,7 @@ def open_scoring(store: RolloutStore, scoring: dict[str, Any]) -> None:
 
 
 def run(config: ConfigDict) -> dict[str, Any]:
+    sections.validate(config)
     sections.require_positive(config, "seq_len", "batch_size")
     if config.topk < 0:
         raise ConfigError(f"topk={config.topk} must be >= 0 (0 stores no top-k).")
@@ -92,6 +96,11 @@ def run(config: ConfigDict) -> dict[str, Any]:
     teacher = ref.resolve(sections.require_path(config.teacher, "teacher", "the teacher model"))
     guard = check_guard(store, teacher, config.allow_inconsistent_teacher)
     teacher_config = sections.model_config(config.model, teacher.config)
+    if config.topk > teacher_config.vocab_size:  # before the [rows, topk] columns exist
+        raise ConfigError(
+            f"topk={config.topk} exceeds the teacher's vocabulary of "
+            f"{teacher_config.vocab_size} tokens; set topk <= {teacher_config.vocab_size}."
+        )
     longest = int(np.diff(store.row_table()["offsets"]).max(initial=0))
     if longest > config.seq_len:
         raise ConfigError(

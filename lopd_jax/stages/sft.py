@@ -105,9 +105,16 @@ def base_model(config: ConfigDict) -> tuple[ref.ModelRef | None, qwen3.Qwen3Conf
 
 def run(config: ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) SFT; returns the final metrics."""
-    sections.require_positive(config, "train.steps", "train.batch_size", "data.seq_len")
+    sections.validate(config)
+    sections.require_positive(
+        config, "data.seq_len", "data.num_packing_bins", "data.synthetic_examples"
+    )
+    sections.require(config, "data.eval_examples", lambda n: n >= 0, ">= 0 (0 = no eval loss)")
+    sections.require_choice(config, "data.on_bad_example", sft.POLICIES)
+    sections.require_choice(config, "data.overlong", sft.OVERLONG_POLICIES)
     mesh_lib.maybe_initialize_distributed()
     workdir = io.path(config.workdir)  # local or gs://
+    artifacts.check_lopd_directory(workdir, "checkpoints", field="workdir", allowed=("sft_data",))
     mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
 
     # Everything is read and checked before anything is written.

@@ -94,6 +94,7 @@ def assemble(output: Path, rows: list[dict], num_parts: int, drop_truncated: boo
 
 
 def run(config: ConfigDict) -> dict[str, Any]:
+    sections.validate(config)
     sections.require_positive(config, "n", "batch_size", "chunk_prompts", "max_new_tokens")
     if config.model.path:
         raise ConfigError(

@@ -12,7 +12,9 @@ The checkpoint directory `<workdir>/checkpoints` holds a run manifest with the r
 *identity*: its inputs (base model, data, teacher, tokenizer identities) and every config field
 that changes the result. A re-run with the same workdir resumes exactly (params, optimizer, RNG,
 data position) and is refused, naming the fields, if any of them changed. The manifest is
-written only once the inputs are loaded, so a start that fails does not block the fixed re-run.
+written only once the inputs are loaded, and removed again when the run fails before its first
+checkpoint (a non-finite loss stops it: `NonFiniteLossError`), so a start that fails does not
+block the fixed re-run.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import tqdm
 from ml_collections import ConfigDict
 
 from lopd_jax import artifacts, io
+from lopd_jax.errors import LopdError
 from lopd_jax.models import qwen3
 from lopd_jax.parallel import rules
 from lopd_jax.training import checkpoint, metrics, optimizer, state, step
@@ -43,6 +46,14 @@ OPERATIONAL_FIELDS = (
     "workdir", "checkpoint", "mesh", "train.log_every", "train.eval_every", "eval",
     "model.scan_unroll",
 )  # fmt: skip
+
+
+# Step metrics that must stay finite: a NaN loss or gradient corrupts every later update.
+FINITE_METRICS = ("loss", "grad_norm")
+
+
+class NonFiniteLossError(LopdError):
+    """The loss or gradient norm of an update is NaN or infinite."""
 
 
 @dataclasses.dataclass
@@ -136,6 +147,7 @@ class Trainer:
         )
         self._hooks: list[tuple[int, Hook, bool]] = []
         self.resumed_step: int | None = None
+        self._wrote_manifest = False
         self.manager: checkpoint.CheckpointManager | None = None
 
     def add_hook(self, fn: Hook, *, every: int, at_start: bool = False) -> None:
@@ -170,6 +182,7 @@ class Trainer:
         train_state = state.init_state(params, self.tx, self.config.seed, self.shardings)
         if existing is None and jax.process_index() == 0:  # the inputs loaded: now record them
             artifacts.write_manifest(self.ckpt_dir, self.kind, **self.manifest)
+            self._wrote_manifest = True
         return train_state
 
     def train(
@@ -205,10 +218,16 @@ class Trainer:
                     train_state, rules.global_batch(self.mesh, batch)
                 )
                 done = i + 1
-                if done % log_every == 0 or done == steps:
-                    reported = self.summarize(
-                        {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-                    )
+                logged = done % log_every == 0 or done == steps
+                # The metrics come to the host when logged, and (checked) before the run's
+                # first update is kept and before each checkpoint, whose save waits for the
+                # state anyway: a non-finite loss stops the run before anything is saved.
+                saving = done % self.config.checkpoint.save_every == 0 or done == steps
+                if logged or saving or done == first + 1:
+                    host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                    self._check_finite(host, done)
+                if logged:
+                    reported = self.summarize(host)
                     last = {**reported, "lr": float(self.schedule(i)), **window.read()}
                     writer.write(done, last, prefix="train")
                     bar.set_postfix(loss=f"{last['loss']:.4g}")
@@ -222,6 +241,14 @@ class Trainer:
                         window.exclude(time.perf_counter() - start)  # not training throughput
                 if self.manager.save(done, train_state, data_iterator, meta, force=done == steps):
                     writer.sync()  # a remote workdir's logs, up to the checkpoint
+        except BaseException:
+            # A run that fails before its first checkpoint (a NaN loss, a bad batch, Ctrl-C)
+            # leaves no claim: the rerun with the value fixed starts afresh, not refused as
+            # "different inputs".
+            self.manager.wait()
+            if self._wrote_manifest and not self.manager.all_steps():
+                (self.ckpt_dir / artifacts.MANIFEST).unlink(missing_ok=True)
+            raise
         finally:
             self.manager.wait()
             self.manager.close()
@@ -229,6 +256,16 @@ class Trainer:
         if jax.process_index() == 0 and self.plots:
             metrics.plot_metrics(self.workdir, self.plots)
         return {k: float(v) for k, v in last.items()}
+
+    def _check_finite(self, host_metrics: Mapping[str, float], step: int) -> None:
+        bad = {k: v for k, v in host_metrics.items() if k in FINITE_METRICS and not np.isfinite(v)}
+        if bad:
+            values = ", ".join(f"{k}={v}" for k, v in bad.items())
+            raise NonFiniteLossError(
+                f"{self.workdir}: {values} at step {step}; the run stopped and this step is not "
+                "saved. Check the inputs (e.g. teacher top-k ids outside the student's "
+                "vocabulary) and settings (optimizer.learning_rate), then rerun."
+            )
 
 
 class _Throughput:

@@ -25,6 +25,7 @@ from stage_helpers import toy_opd_config, toy_rollout_config, toy_score_config, 
 from lopd_jax import artifacts
 from lopd_jax.configs import evaluate as evaluate_config
 from lopd_jax.configs import export as export_config
+from lopd_jax.configs import export_rollouts as export_rollouts_config
 from lopd_jax.configs import import_rollouts as import_rollouts_config
 from lopd_jax.configs import import_sft as import_sft_config
 from lopd_jax.configs import teacher_data as teacher_data_config
@@ -46,7 +47,7 @@ from lopd_jax.stages import (
     teacher_data,
 )
 from lopd_jax.store import RolloutStore
-from lopd_jax.training import checkpoint, metrics
+from lopd_jax.training import checkpoint, loop, metrics
 
 
 class Killed(BaseException):
@@ -162,6 +163,12 @@ def _evaluate_config(p, d):
     c = evaluate_config.get_config()
     c.model.path, c.dataset, c.workdir = str(d / "model"), str(p["dataset"]), str(d / "eval")
     c.n, c.ks, c.max_new_tokens, c.batch_size = 2, (1, 2), 6, 8  # batches of 4 and 1 problems
+    return c
+
+
+def _export_rollouts_config(p, d):
+    c = export_rollouts_config.get_config()
+    c.store, c.output = str(p["store"]), str(d / "rollouts.jsonl")
     return c
 
 
@@ -287,6 +294,10 @@ STAGES = [
         },
     ),
     Stage(
+        "export-rollouts", export_rollouts.run, _export_rollouts_config,
+        lambda d: d / "rollouts.jsonl", lambda path: _texts({"rollouts": path}), None, {},
+    ),
+    Stage(
         "export", export.run, _export_config, lambda d: d / "hf", export_of, None,
         {
             "setup": lambda: kill_on_call(ref.ModelRef, "load", lambda *a, **k: True),
@@ -312,7 +323,11 @@ def pipeline(toy_pipeline, tmp_path_factory):
     problems = addition.prompt_records(addition.sample_problems(5, split="eval", seed=0))
     dataset = d / "problems.jsonl"
     dataset.write_text("".join(json.dumps(r | {"grader": "addition"}) + "\n" for r in problems))
-    return {**toy_pipeline, "rollouts_jsonl": rollouts, "dataset": dataset}
+    PIPELINE.update(toy_pipeline, rollouts_jsonl=rollouts, dataset=dataset)
+    return dict(PIPELINE)
+
+
+PIPELINE: dict[str, Path] = {}  # the `pipeline` fixture's, for table rows that derive inputs
 
 
 @pytest.fixture(scope="module")
@@ -483,13 +498,41 @@ def _file_output(field):
     return use
 
 
-def _foreign_output(field):
+def _foreign_output(field, name="notes.txt"):
     def use(c, d):
         (d / "out").mkdir()
-        (d / "out" / "notes.txt").write_text("mine")
+        (d / "out" / name).write_text("mine")
         c.update_from_flattened_dict({field: str(d / "out")})
 
     return use
+
+
+def _wider_teacher(p, d) -> Path:
+    """The toy teacher with 8 more (untrained) vocabulary rows: its tokenizer, a larger
+    vocabulary (its top-k could name ids the student does not have)."""
+    from safetensors.numpy import load_file, save_file
+
+    teacher = shutil.copytree(p["teacher"], d / "wide_teacher", ignore=shutil.ignore_patterns(".*"))
+    weights = load_file(teacher / "model.safetensors")
+    for name in ("lm_head.weight", "model.embed_tokens.weight"):
+        weights[name] = np.pad(weights[name], ((0, 8), (0, 0)))
+    save_file(weights, teacher / "model.safetensors", metadata={"format": "pt"})
+    hf_config = json.loads((teacher / "config.json").read_text())
+    (teacher / "config.json").write_text(json.dumps(hf_config | {"vocab_size": 24 + 8}))
+    ref.resolve(teacher)  # its digest cache, as a used model directory has one
+    return teacher
+
+
+def _teacher_of_another_vocabulary(**values):
+    def use(c, d):
+        c.update_from_flattened_dict({"teacher": str(_wider_teacher(PIPELINE, d)), **values})
+
+    return use
+
+
+def _export_into_checkpoint(c, d):
+    model = shutil.copytree(c.model.path, d / "model")
+    c.model.path, c.output = str(model), str(model / "hf")
 
 
 _unfit_mesh = _set(**{"mesh.preset": "custom", "mesh.shape": (3, -1, 1)})  # 3 does not divide 8
@@ -504,14 +547,27 @@ BAD_INPUTS = [
     ("sft", "invalid UTF-8", _sft_data(b'{"prompt": "1+1=", "response": "\xff\xfe"}\n')),
     ("sft", "unknown model.preset", _set(**{"model.path": "", "model.preset": "qwen9"})),
     ("sft", "train.steps=0", _set(**{"train.steps": 0})),
+    ("sft", "workdir holds a user's metrics.jsonl", _foreign_output("workdir", "metrics.jsonl")),
     ("score", "store is a file", _file_output("store")),
     ("score", "topk<0", _set(topk=-1)),
+    ("score", "topk above the vocabulary", _set(topk=1000)),
+    (
+        "score",
+        "teacher of a larger vocabulary",
+        _teacher_of_another_vocabulary(allow_inconsistent_teacher=True),
+    ),
     ("score", "batch_size not a multiple of the mesh", _set(batch_size=3)),
     ("score", "missing teacher", _set(teacher="")),
     ("opd", "unknown mode", _set(mode="offline")),
     ("opd", "missing model.path", _set(**{"model.path": ""})),
     ("opd", "store is a file", _file_output("store")),
     ("opd", "unknown loss", _set(**{"loss.loss": "forward_kl"})),
+    ("opd", "workdir holds a user's metrics.png", _foreign_output("workdir", "metrics.png")),
+    (
+        "opd",
+        "online teacher of a larger vocabulary",
+        _teacher_of_another_vocabulary(mode="online", allow_inconsistent_teacher=True),
+    ),
     ("teacher-data", "missing teacher", _set(teacher="")),
     ("teacher-data", "model.path set", _set(**{"model.path": "/some/model"})),
     ("teacher-data", "n=0", _set(n=0)),
@@ -534,12 +590,16 @@ BAD_INPUTS = [
     ("import-rollouts", "output is a file", _file_output("output")),
     ("evaluate", "missing dataset", _set(dataset="")),
     ("evaluate", "k above n", _set(ks=(1, 4))),
+    ("evaluate", "workdir holds a results.jsonl", _foreign_output("workdir", "results.jsonl")),
+    ("evaluate", "teacher of a larger vocabulary", _teacher_of_another_vocabulary()),
     ("evaluate", "missing model.path", _set(**{"model.path": ""})),
     ("evaluate", "batch_size not a multiple of the mesh", _set(batch_size=3)),
     ("evaluate", "a mesh the devices cannot form", _unfit_mesh),
     ("export", "missing output", _set(output="")),
     ("export", "output is a file", _file_output("output")),
     ("export", "output holds other files", _foreign_output("output")),
+    ("export", "output inside the checkpoint", _export_into_checkpoint),
+    ("export-rollouts", "output is a directory", lambda c, d: setattr(c, "output", str(d))),
 ]
 
 
@@ -560,3 +620,185 @@ def test_bad_input_is_a_named_error_that_leaves_nothing(stage, what, use, pipeli
     assert "Traceback" not in str(e.value) and len(str(e.value)) > 20
     assert _snapshot(tmp_path) == before, "the failed run created or changed files"
     assert inputs() == inputs_before, "the failed run changed its inputs"
+
+
+# ------------------------------------------------------------------------------------------
+# Invalid config values through the CLI: exit 2, one line naming the field, nothing created.
+# Every enum and numeric field of the shared sections, in each stage that has it, plus each
+# stage's own; the shipped default config with its paths inside the test's directory.
+
+SHARED_INVALID = {
+    "model.dtype": "fp16", "model.param_dtype": "fp16", "model.attention": "flash",
+    "model.decode_attention": "paged", "model.remat_policy": "some",
+    "model.moe_implementation": "sparse", "model.logits_chunk_size": 0,
+    "model.decode_block": 0, "model.scan_unroll": 0, "model.step": -2,
+    "mesh.preset": "ddp", "mesh.tensor": 0, "mesh.dcn_data": 0,
+    "optimizer.schedule": "cosine", "optimizer.learning_rate": -1e-3, "optimizer.warmup": 1.5,
+    "optimizer.final_lr_fraction": -0.1, "optimizer.b1": 1.0, "optimizer.b2": -0.1,
+    "optimizer.eps": 0.0, "optimizer.weight_decay": -0.1, "optimizer.clip_grad_norm": 0.0,
+    "train.steps": 0, "train.batch_size": 0, "train.num_microbatches": 3,
+    "train.log_every": 0, "train.eval_every": 0,
+    "checkpoint.save_every": 0, "checkpoint.keep": 0,
+    "eval.limit": 0, "eval.max_new_tokens": 0, "eval.batch_size": 0,
+}  # fmt: skip
+SAMPLING = {"temperature": -0.5, "top_p": 0.0, "top_k": -1, "limit": -1}
+OWN_INVALID = {
+    "sft": {
+        "data.seq_len": 0, "data.num_packing_bins": 0, "data.synthetic_examples": 0,
+        "data.eval_examples": -1, "data.on_bad_example": "ignore", "data.overlong": "cut",
+    },
+    "opd": {
+        "mode": "offline", "loss.loss": "forward_kl", "loss.reduction": "mean",
+        "loss.adv_clip": 0.0, "data.seq_len": 0, "data.num_packing_bins": 0,
+        "data.rollouts_per_prompt": -1, "online.topk": -1, "online.temperature": -1.0,
+        "online.top_p": 0.0,
+        "online.samples_per_prompt": 0, "online.prompts_per_step": 0, "online.reuse_steps": 0,
+        "online.max_new_tokens": 0,
+    },
+    "rollout": {"n": 0, "batch_size": 0, "chunk_rows": 0, "max_new_tokens": 0, **SAMPLING},
+    "score": {"topk": -1, "seq_len": 0, "batch_size": 0},
+    "teacher-data": {
+        "n": 0, "batch_size": 0, "chunk_prompts": 0, "max_new_tokens": 0, **SAMPLING,
+    },
+    "evaluate": {
+        "n": 0, "batch_size": 0, "max_new_tokens": 0, "temperature": -0.5, "top_p": 1.5,
+        "limit": -1,
+    },
+    "import-rollouts": {"chunk_rows": 0, "batch_size": 0},
+    "export": {},
+}  # fmt: skip
+# Where each stage writes: pointed into the test's directory (and the cwd is that directory).
+OUTPUT_FIELD = {
+    "sft": "workdir",
+    "opd": "workdir",
+    "rollout": "output",
+    "score": "store",
+    "teacher-data": "output",
+    "evaluate": "workdir",
+    "import-rollouts": "output",
+    "export": "output",
+}
+
+
+def _invalid_rows():
+    from lopd_jax import cli
+
+    rows = []
+    for stage, own in OWN_INVALID.items():
+        default = cli._load_config(cli._SHIPPED / f"{cli.STAGES[stage]}.py", "")
+        fields = {k for k in SHARED_INVALID if k.split(".")[0] in default}
+        for field in sorted(fields) + sorted(own):
+            value = own.get(field, SHARED_INVALID.get(field))
+            rows.append(pytest.param(stage, field, value, id=f"{stage}-{field}={value}"))
+    return rows
+
+
+def _cli(stage: str, config: str, *overrides: str) -> int:
+    from lopd_jax import cli
+
+    return cli._run(stage, [f"lopd {stage}", f"--config={config}", *overrides])
+
+
+def _one_line_error(capsys, stage: str, *names: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"lopd {stage}: error: "), err
+    assert "Traceback" not in err
+    for name in names:
+        assert name in err, err
+    return err
+
+
+@pytest.mark.parametrize(("stage", "field", "value"), _invalid_rows())
+def test_invalid_config_value_is_one_line_naming_the_field(
+    stage, field, value, tmp_path, monkeypatch, capsys
+):
+    from lopd_jax import cli
+
+    monkeypatch.chdir(tmp_path)  # a default relative path that were written lands here
+    config = cli._SHIPPED / f"{cli.STAGES[stage]}.py"
+    output = f"--config.{OUTPUT_FIELD[stage]}={tmp_path / 'out'}"
+    assert _cli(stage, str(config), output, f"--config.{field}={value}") == 2
+    _one_line_error(capsys, stage, field)
+    assert _snapshot(tmp_path) == {} and not list(tmp_path.iterdir()), "the failed run wrote"
+
+
+CLI_MISUSE = [
+    ("sft", "opd", (), ("not a config of `lopd sft`", "mode", "store")),
+    ("opd", "sft", (), ("not a config of `lopd opd`", "loss.adv_clip")),
+    ("rollout", "score", (), ("not a config of `lopd rollout`", "topk")),
+    ("sft", "sft", ("--config.chekpoint.keep=3",), ("'chekpoint'", "checkpoint")),
+    ("opd", "opd", ("--config.train.stepz=3",), ("'stepz'", "--config.train.stepz", "steps")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("stage", "config", "overrides", "names"), CLI_MISUSE,
+    ids=[f"{s}-config={c}-{'-'.join(o)}" for s, c, o, _ in CLI_MISUSE],
+)  # fmt: skip
+def test_another_stages_config_or_unknown_field_is_named(
+    stage, config, overrides, names, tmp_path, monkeypatch, capsys
+):
+    from lopd_jax import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert _cli(stage, str(cli._SHIPPED / f"{config}.py"), *overrides) == 2
+    _one_line_error(capsys, stage, *names)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("stage", ["sft", "opd", "evaluate"])
+def test_workdir_that_is_a_file_is_named(stage, tmp_path, monkeypatch, capsys):
+    from lopd_jax import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("mine")
+    config = cli._SHIPPED / f"{cli.STAGES[stage]}.py"
+    assert _cli(stage, str(config), f"--config.workdir={tmp_path / 'afile'}") == 2
+    _one_line_error(capsys, stage, "workdir", "is a file")
+    assert _snapshot(tmp_path) == {"afile": b"mine"}
+
+
+# ------------------------------------------------------------------------------------------
+# A non-finite loss stops a training run at its first update, with nothing saved.
+
+
+def _nan_weights(p, d):
+    """A copy of the base model whose weights are NaN: every loss is NaN from the first step."""
+    from safetensors.numpy import load_file, save_file
+
+    base = shutil.copytree(p["base"], d / "nan_base")
+    for file in base.glob("*.safetensors"):
+        save_file({k: v * np.nan for k, v in load_file(file).items()}, file)
+    return toy_sft_config(d / "sft", base, p["data"])
+
+
+@pytest.mark.slow  # a training compile
+@pytest.mark.parametrize("make_config", [_nan_weights], ids=["sft-nan-base-weights"])
+def test_non_finite_loss_stops_at_the_first_step_with_nothing_saved(
+    make_config, pipeline, tmp_path
+):
+    config = make_config(pipeline, tmp_path)
+    with pytest.raises(loop.NonFiniteLossError, match="loss=nan at step 1"):
+        sft.run(config)
+    ckpt = Path(config.workdir) / "checkpoints"
+    assert not (ckpt / artifacts.MANIFEST).exists(), "the failed start blocks a fixed rerun"
+    assert not [d for d in ckpt.iterdir() if d.name.isdigit()], "a step was saved"
+    config.model.path = str(pipeline["base"])  # the fixed rerun is not refused
+    assert np.isfinite(sft.run(config)["loss"])
+
+
+@pytest.mark.parametrize("stage", ["rollout", "opd", "evaluate", "export"])
+def test_ctrl_c_is_one_line_and_exit_130(stage, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the model loads: no traceback, the advice to rerun, exit 130."""
+    from lopd_jax import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ref, "resolve", interrupted)
+    config = cli._SHIPPED / f"{cli.STAGES[stage]}.py"
+    output = f"--config.{OUTPUT_FIELD[stage]}={tmp_path / 'out'}"
+    assert _cli(stage, str(config), output) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"lopd {stage}: interrupted; rerun the same command to resume."
