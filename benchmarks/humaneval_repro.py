@@ -26,7 +26,7 @@ from lopd_jax import artifacts
 from lopd_jax.configs import evaluate as evaluate_config
 from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.eval import grade_batch, load_dataset, prompt_row
-from lopd_jax.eval.metrics import wilson_interval
+from lopd_jax.eval.stats import wilson_interval
 from lopd_jax.models import ref
 from lopd_jax.stages import evaluate
 

@@ -21,20 +21,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% for z=1.96): unlike the normal
-    approximation it stays inside [0, 1] and is sound for small n and proportions near 0 or 1."""
-    if not 0 <= successes <= n or n < 1:
-        raise ValueError(
-            f"wilson_interval needs 0 <= successes <= n and n >= 1, got {successes}/{n}."
-        )
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return float(max(0.0, center - half)), float(min(1.0, center + half))
-
-
 def summarize(results: Iterable[dict[str, Any]], ks: Sequence[int] = (1,)) -> dict[str, Any]:
     """Summary of per-problem results, each `{"correct": [bool] * n, "lengths": [int] * n,
     "truncated": [bool] * n}` (one entry per sample; the same `n` for every problem).

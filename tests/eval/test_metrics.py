@@ -70,12 +70,3 @@ def test_summarize_rejects_ragged_and_large_k() -> None:
         metrics.summarize([two], ks=(1, 4))
     with pytest.raises(ValueError, match="at least one"):
         metrics.summarize([])
-
-
-def test_wilson_interval_known_values_and_edges():
-    low, high = metrics.wilson_interval(8, 12)
-    assert (round(low, 3), round(high, 3)) == (0.391, 0.862)
-    assert metrics.wilson_interval(0, 10)[0] == 0.0 and metrics.wilson_interval(10, 10)[1] == 1.0
-    assert 0 < metrics.wilson_interval(0, 10)[1] < 0.31  # not the normal approximation's 0
-    with pytest.raises(ValueError, match="successes <= n"):
-        metrics.wilson_interval(3, 2)
