@@ -23,4 +23,6 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)
+    if name == "eval":  # `lopd_jax.eval.pass_at_k(...)` after a bare `import lopd_jax`
+        return importlib.import_module("lopd_jax.eval")
     raise AttributeError(f"module 'lopd_jax' has no attribute {name!r}")

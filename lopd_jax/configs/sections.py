@@ -138,14 +138,15 @@ def accuracy_eval() -> ConfigDict:
 
 
 def validate(config: ConfigDict) -> None:
-    """Checks each shared section `config` has, and a `workdir` that exists as a file."""
+    """Checks each shared section `config` has, its sampling fields, and a `workdir` that
+    exists as a file."""
     validators = {
         "model": validate_model, "mesh": validate_mesh, "optimizer": validate_optimizer,
         "train": validate_train, "checkpoint": validate_checkpoint, "eval": validate_eval,
     }  # fmt: skip
     for name, check in validators.items():
         if isinstance(config.get(name), ConfigDict):
-            check(config[name])
+            check(config)
     if "temperature" in config:  # a sampling stage (rollout, teacher-data, evaluate)
         validate_sampling(config)
     workdir = config.get("workdir")
@@ -166,86 +167,62 @@ def validate_sampling(config: ConfigDict) -> None:
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def validate_model(section: ConfigDict) -> None:
+def validate_model(config: ConfigDict) -> None:
     from lopd_jax.models import moe, qwen3
 
-    for field in ("param_dtype", "dtype"):
-        if section[field] not in DTYPES:
-            raise ConfigError(f"model.{field}={section[field]!r}; choose one of {DTYPES}.")
-    _require_positive(section, "model", "logits_chunk_size", "decode_block", "scan_unroll")
-    if not isinstance(section.step, int) or section.step < -1:
-        raise ConfigError(f"model.step={section.step!r}; a step >= 0, or -1 for the latest.")
-    if section.moe_implementation not in moe.IMPLEMENTATIONS:
-        raise ConfigError(
-            f"model.moe_implementation={section.moe_implementation!r}; choose one of "
-            f"{moe.IMPLEMENTATIONS}."
-        )
-    numerics = {k: section[k] for k in qwen3.NUMERICS if k in section}
+    require_choice(config, "model.param_dtype", DTYPES)
+    require_choice(config, "model.dtype", DTYPES)
+    require_choice(config, "model.moe_implementation", moe.IMPLEMENTATIONS)
+    require_positive(config, "model.logits_chunk_size", "model.decode_block", "model.scan_unroll")
+    require(config, "model.step", lambda s: isinstance(s, int) and s >= -1, ">= 0, or -1: latest")
+    numerics = {k: config.model[k] for k in qwen3.NUMERICS if k in config.model}
     try:  # the architecture's own rules on its numerics (attention backends, remat...)
         qwen3.tiny_config().replace(**numerics)
     except ValueError as e:
-        raise ConfigError(f"model.{e}") from e
+        raise ConfigError(f"model.{e}") from e  # each message starts with its field
 
 
-def validate_mesh(section: ConfigDict) -> None:
+def validate_mesh(config: ConfigDict) -> None:
     from lopd_jax.parallel import mesh as mesh_lib
 
-    presets = (*mesh_lib.PRESETS, "custom")
-    if section.preset not in presets:
-        raise ConfigError(f"mesh.preset={section.preset!r}; choose one of {presets}.")
-    _require_positive(section, "mesh", "tensor", "dcn_data")
+    require_choice(config, "mesh.preset", (*mesh_lib.PRESETS, "custom"))
+    require_positive(config, "mesh.tensor", "mesh.dcn_data")
 
 
-_OPTIMIZER_RANGES = {  # field -> (valid?, the rule)
-    "learning_rate": (lambda v: v > 0, "> 0 (a negative rate trains the wrong way)"),
-    "eps": (lambda v: v > 0, "> 0"),
-    "warmup": (lambda v: 0 <= v <= 1, "in [0, 1] (a fraction of train.steps)"),
-    "final_lr_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "b1": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "weight_decay": (lambda v: v >= 0, ">= 0"),
-}
-
-
-def validate_optimizer(section: ConfigDict) -> None:
+def validate_optimizer(config: ConfigDict) -> None:
     from lopd_jax.training import optimizer
 
-    if section.schedule not in optimizer.SCHEDULES:
+    require_choice(config, "optimizer.schedule", optimizer.SCHEDULES)
+    rate = "> 0 (a negative rate trains the wrong way)"
+    require(config, "optimizer.learning_rate", lambda v: v > 0, rate)
+    require(config, "optimizer.eps", lambda v: v > 0, "> 0")
+    require(config, "optimizer.warmup", lambda v: 0 <= v <= 1, "in [0, 1] (of train.steps)")
+    require(config, "optimizer.final_lr_fraction", lambda v: 0 <= v <= 1, "in [0, 1]")
+    require(config, "optimizer.b1", lambda v: 0 <= v < 1, "in [0, 1)")
+    require(config, "optimizer.b2", lambda v: 0 <= v < 1, "in [0, 1)")
+    require(config, "optimizer.weight_decay", lambda v: v >= 0, ">= 0")
+    if config.optimizer.clip_grad_norm is not None:
+        require(config, "optimizer.clip_grad_norm", lambda v: v > 0, "> 0 (or None: no clip)")
+
+
+def validate_train(config: ConfigDict) -> None:
+    require_positive(
+        config, "train.steps", "train.batch_size", "train.num_microbatches", "train.log_every",
+        "train.eval_every",
+    )  # fmt: skip
+    if config.train.batch_size % config.train.num_microbatches:
         raise ConfigError(
-            f"optimizer.schedule={section.schedule!r}; choose one of {optimizer.SCHEDULES}."
-        )
-    for field, (ok, what) in _OPTIMIZER_RANGES.items():
-        value = section[field]
-        if not (isinstance(value, (int, float)) and ok(value)):
-            raise ConfigError(f"optimizer.{field}={value!r} must be {what}.")
-    clip = section.clip_grad_norm
-    if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
-        raise ConfigError(f"optimizer.clip_grad_norm={clip!r} must be > 0 (or None: no clip).")
-
-
-def validate_train(section: ConfigDict) -> None:
-    fields = ("steps", "batch_size", "num_microbatches", "log_every", "eval_every")
-    _require_positive(section, "train", *fields)
-    if section.batch_size % section.num_microbatches:
-        raise ConfigError(
-            f"train.num_microbatches={section.num_microbatches} does not divide "
-            f"train.batch_size={section.batch_size}; choose a divisor of the batch."
+            f"train.num_microbatches={config.train.num_microbatches} does not divide "
+            f"train.batch_size={config.train.batch_size}; choose a divisor of the batch."
         )
 
 
-def validate_checkpoint(section: ConfigDict) -> None:
-    _require_positive(section, "checkpoint", "save_every", "keep")
+def validate_checkpoint(config: ConfigDict) -> None:
+    require_positive(config, "checkpoint.save_every", "checkpoint.keep")
 
 
-def validate_eval(section: ConfigDict) -> None:
-    _require_positive(section, "eval", "limit", "max_new_tokens", "batch_size")
-
-
-def _require_positive(section: ConfigDict, name: str, *fields: str) -> None:
-    for field in fields:
-        value = section[field]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name}.{field}={value!r} must be a positive integer.")
+def validate_eval(config: ConfigDict) -> None:
+    require_positive(config, "eval.limit", "eval.max_new_tokens", "eval.batch_size")
 
 
 def model_config(section: ConfigDict, stored=None):
@@ -308,7 +285,7 @@ def require_positive(config: ConfigDict, *names: str) -> None:
     """Sizes that must be >= 1 (0 would make a run that silently produces nothing)."""
     for name in names:
         value = _field(config, name)
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name}={value!r} must be a positive integer.")
 
 
@@ -320,7 +297,7 @@ def require_choice(config: ConfigDict, name: str, choices: tuple[str, ...]) -> N
 def require(config: ConfigDict, name: str, ok: Callable[[Any], bool], rule: str) -> None:
     """A numeric field's range: `require(c, "online.top_p", lambda p: 0 < p <= 1, "in (0, 1]")`."""
     value = _field(config, name)
-    if not (isinstance(value, (int, float)) and ok(value)):
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and ok(value)):
         raise ConfigError(f"{name}={value!r} must be {rule}.")
 
 
