@@ -74,7 +74,8 @@ def test_evaluate_and_export_accept_moe_models(moe_pipeline, tmp_path):
     dataset.write_text("".join(json.dumps(r | {"grader": "addition"}) + "\n"
                                for r in addition.prompt_records(problems)))  # fmt: skip
     c = evaluate_config.get_config()
-    c.model.path, c.dataset, c.workdir = str(moe_pipeline["ckpt"]), str(dataset), str(tmp_path)
+    c.model.path, c.dataset = str(moe_pipeline["ckpt"]), str(dataset)
+    c.workdir = str(tmp_path / "eval")
     c.n, c.ks, c.max_new_tokens, c.batch_size = 2, (1, 2), 4, 8
     assert evaluate.run(c)["problems"] == 4
 

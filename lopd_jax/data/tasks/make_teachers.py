@@ -114,12 +114,13 @@ def make_teacher(name: str, workdir: Path, out: Path, tokenizer_dir: Path) -> di
     from lopd_jax.stages import sft as sft_stage
 
     style_bias, seed = TEACHERS[name]
-    phase1_dir = workdir / name
-    phases = [  # (run dir, traces, overrides); phase 2 keeps toy_teacher.py's seed, as published
+    phase1_dir, phase2_dir = workdir / name, workdir / f"{name}_phase2"
+    # Each phase's traces live in its own run dir (`sft_data`, the one entry `sft` accepts in
+    # a workdir it has not claimed yet). Phase 2 keeps toy_teacher.py's seed, as published.
+    phases = [  # (run dir, traces, overrides)
         (phase1_dir, _traces(phase1_dir / "sft_data", NUM_TRAIN, style_bias, seed),
          {"seed": seed}),
-        (workdir / f"{name}_phase2",
-         _traces(phase1_dir / "phase2_data", NUM_PHASE2, style_bias, 100 + seed),
+        (phase2_dir, _traces(phase2_dir / "sft_data", NUM_PHASE2, style_bias, 100 + seed),
          {"model.path": str(phase1_dir / "checkpoints"), **PHASE2}),
     ]  # fmt: skip
     renderer = sft.load_renderer(tokenizer_dir)
