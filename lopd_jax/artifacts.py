@@ -15,7 +15,7 @@ from typing import Any
 
 from lopd_jax import io
 from lopd_jax.errors import LopdError
-from lopd_jax.io import atomic_write_text, current_umask  # noqa: F401  (their public home)
+from lopd_jax.io import atomic_write_text, current_umask
 
 MANIFEST = "manifest.json"
 
@@ -66,6 +66,26 @@ def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> dict
             f"{directory} holds a {manifest.get('kind')!r} artifact, expected {kind!r}."
         )
     return manifest
+
+
+def publish_directory(staging: str | os.PathLike, output: str | os.PathLike) -> None:
+    """Swaps a finished local `staging` directory in as `output`, readable by other users
+    (mkdtemp's 0700 and safetensors' 0600 would hide it). An existing `output` is moved aside
+    first and deleted only once the new one is in place: a crash in between leaves it intact
+    as `.<name>.old`."""
+    import pathlib
+    import shutil
+
+    staging, output = pathlib.Path(staging), pathlib.Path(output)
+    os.chmod(staging, 0o777 & ~current_umask())
+    for file in staging.iterdir():
+        os.chmod(file, 0o666 & ~current_umask())
+    old = output.with_name(f".{output.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if output.exists():
+        os.rename(output, old)
+    os.rename(staging, output)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_lopd_directory(

@@ -117,16 +117,7 @@ def convert(gguf: str | os.PathLike, output: str | os.PathLike, *, dtype: str = 
             "dtype": dtype,
         }
         manifest = artifacts.write_manifest(tmp, KIND, **record)
-        # mkdtemp's 0700 (and safetensors' 0600) would hide the model from other users.
-        os.chmod(tmp, 0o777 & ~artifacts.current_umask())
-        for file in tmp.iterdir():
-            os.chmod(file, 0o666 & ~artifacts.current_umask())
-        old = output.with_name(f".{output.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if output.exists():
-            os.rename(output, old)
-        os.rename(tmp, output)
-        shutil.rmtree(old, ignore_errors=True)
+        artifacts.publish_directory(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest

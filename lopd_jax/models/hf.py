@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -492,16 +491,5 @@ def save_hf(
     if finalize is not None:
         finalize(tmp)
 
-    # mkdtemp's 0700 (and any 0600 file) would hide the export from other users.
-    os.chmod(tmp, 0o777 & ~artifacts.current_umask())
-    for file in tmp.iterdir():
-        os.chmod(file, 0o666 & ~artifacts.current_umask())
-    # Swap in the new directory. An existing export is moved aside first and only deleted once
-    # the new one is in place; a crash in between leaves it intact as `.<name>.old`.
-    old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        os.rename(path, old)
-    os.rename(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    artifacts.publish_directory(tmp, path)
     return path
