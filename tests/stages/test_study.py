@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lopd_jax.configs import study as study_config
-from lopd_jax.demo import plan
+from lopd_jax.demo import plan, study_report
 from lopd_jax.stages import study
 
 FIELDS = {
@@ -46,7 +46,7 @@ def test_tiny_study_writes_every_field(tmp_path):
         "sampled_token", "topk_reverse_kl", "sampled_token_ratio_clip"
     }  # fmt: skip
     found = json.loads((tmp_path / "differences.json").read_text())
-    assert [d["loss"] for d in found] == list(study.COMPARISONS)
+    assert [d["loss"] for d in found] == list(study_report.COMPARISONS)
     assert all(set(d["diffs"]) == {"greedy", "avg", "reverse_kl"} for d in found)
     report = (tmp_path / "study.md").read_text()
     assert "topk_reverse_kl: lightning_topk - online_topk" in report
