@@ -10,11 +10,9 @@ summary.json` holds pass@1 with a Wilson 95% interval per side, the wall times a
 responses are identical; the table is printed, and with `--append` written to RESULTS.md.
 
     python benchmarks/humaneval_repro.py --model runs/assets/qwen2.5-coder-0.5b-instruct \\
-        --limit 164 --chunk 164 --out runs/humaneval_repro/0.5b --published 61.6
+        --limit 164 --chunk 41 --out runs/humaneval_repro/0.5b --published 61.6
 
-Known limitation: `lopd evaluate` refuses to extend a finished workdir to more problems (its
-identity includes `limit`), so a second chunk stops there; until evaluate takes an offset, give
-`--chunk` equal to `--limit` (the transformers side still resumes from `hf.jsonl`).
+Each chunk re-runs `lopd evaluate` with a larger `limit`, which extends the same workdir.
 """
 
 from __future__ import annotations

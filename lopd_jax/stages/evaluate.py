@@ -10,7 +10,9 @@ code), `summary.json` (avg@n, pass@k with the unbiased estimator, mean length, t
 with `teacher`, the reverse KL to it; for code, the sandbox's isolation) and a manifest; the
 summary is also recorded in the evaluated checkpoint's manifest. Problems already graded are
 skipped on a re-run; every sample's random stream depends only on the seed and its (problem,
-sample) index, so a resumed run equals an uninterrupted one.
+sample) index, so a resumed run equals an uninterrupted one. A re-run with a larger `limit`
+extends the run (each result records its rendered prompt's fingerprint, checked on reuse), and
+the summary covers exactly the problems of this run's `limit`.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ RESULTS = "results.jsonl"
 
 def open_run(workdir: Path, identity: dict[str, Any], config) -> dict[str, dict]:
     """Results already graded by this same evaluation (by problem id); refuses another's, and
-    a workdir holding results it did not write (no manifest)."""
+    a workdir holding results it did not write (no manifest). The problem set is not part of
+    the identity, so a larger `limit` extends a run: `reusable` checks each result's prompt."""
     artifacts.check_lopd_directory(workdir, artifacts.MANIFEST, field="workdir")
     if (workdir / artifacts.MANIFEST).exists():
         existing = artifacts.read_manifest(workdir, KIND).get("identity")
@@ -54,6 +57,20 @@ def open_run(workdir: Path, identity: dict[str, Any], config) -> dict[str, dict]
     elif jax.process_index() == 0:  # one writer; the others checked a manifest, if any
         artifacts.write_manifest(workdir, KIND, identity=identity, config=config.to_dict())
     return {row["id"]: row for row in metrics.read_jsonl(workdir / RESULTS)}
+
+
+def reusable(done: dict[str, dict], ids: list[str], fingerprints: list[str], workdir) -> set[str]:
+    """The ids among this run's problems already graded on the same rendered prompt; refuses a
+    workdir whose result for one of them was graded on another prompt (another dataset file,
+    chat template or tokenizer under the same ids)."""
+    changed = [i for i, f in zip(ids, fingerprints, strict=True) if i in done
+               and done[i].get("prompt_fingerprint") != f]  # fmt: skip
+    if changed:
+        raise artifacts.ArtifactError(
+            f"{workdir} holds results for problems {changed[:5]} graded on other prompts (another "
+            "dataset file, chat template or tokenizer); use a new workdir or the original dataset."
+        )
+    return {i for i in ids if i in done}
 
 
 def run(config: ConfigDict) -> dict[str, Any]:
@@ -91,7 +108,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         artifacts.check_vocabulary(model_config.vocab_size, teacher.config.vocab_size, where=where)
     identity = {
         "model": model.identity,
-        "problems": prompts_lib.fingerprint(prompts),
+        "dataset": config.dataset,
         "sampling": json.loads(json.dumps(sampling.__dict__)),
         "n": config.n,
         "seed": config.seed,
@@ -100,12 +117,14 @@ def run(config: ConfigDict) -> dict[str, Any]:
     mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
     check_batch_size(config.batch_size, mesh)  # before the workdir is claimed
     workdir = Path(config.workdir).absolute()
-    done = open_run(workdir, identity, config)
+    ids = [str(p["id"]) for p in problems]
+    fingerprints = [prompts_lib.fingerprint([p]) for p in prompts]
+    done = reusable(open_run(workdir, identity, config), ids, fingerprints, workdir)
 
     params = model.load(model_config.param_dtype, rules.param_shardings(model_config, mesh))
     sampler = Sampler(model_config, params, mesh=mesh, batch_size=config.batch_size)
     scorer = _teacher_scorer(teacher, config, mesh) if teacher else None
-    todo = [i for i, p in enumerate(problems) if str(p["id"]) not in done]
+    todo = [i for i, problem_id in enumerate(ids) if problem_id not in done]
     per_batch = max(1, config.batch_size // config.n)
     start = time.perf_counter()
     for first in range(0, len(todo), per_batch):
@@ -126,8 +145,9 @@ def run(config: ConfigDict) -> dict[str, Any]:
         for k, i in enumerate(picked):
             samples = range(k * config.n, (k + 1) * config.n)
             result = {
-                "id": str(problems[i]["id"]),
+                "id": ids[i],
                 "prompt_text": renderer.text(prompts[i]),
+                "prompt_fingerprint": fingerprints[i],
                 "correct": [graded[s]["correct"] for s in samples],
                 "lengths": [len(out.tokens[s]) for s in samples],
                 "truncated": [out.finish_reason[s] == "length" for s in samples],
@@ -145,7 +165,8 @@ def run(config: ConfigDict) -> dict[str, Any]:
         print(f"evaluate: {first + len(picked)}/{len(todo)} problems")
 
     mesh_lib.sync_processes("lopd evaluate: results written")  # every process reads them all
-    results = metrics.read_jsonl(workdir / RESULTS)
+    by_id = {row["id"]: row for row in metrics.read_jsonl(workdir / RESULTS)}
+    results = [by_id[i] for i in ids]  # this run's problems, in order, whatever else is there
     summary = eval_lib.summarize(results, ks=tuple(config.ks))
     if teacher:
         summary["reverse_kl"] = float(np.mean([np.mean(r["reverse_kl"]) for r in results]))

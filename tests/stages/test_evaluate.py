@@ -109,3 +109,35 @@ def test_resumed_run_equals_uninterrupted(setup, monkeypatch):
     c.seed = 1
     with pytest.raises(artifacts.ArtifactError, match="different seed"):
         evaluate.run(c)
+
+
+def test_larger_limit_extends_a_run_and_the_summary_covers_its_limit(setup, tmp_path):
+    root, model, dataset, summary = setup
+    c = eval_config(model, dataset, tmp_path / "grown")
+    c.limit = 4
+    first = evaluate.run(c)
+    assert first["problems"] == 4
+    c.limit = 0  # all PROBLEMS: only the two new ones are sampled
+    grown = evaluate.run(c)
+    by_id = lambda path: {r["id"]: r for r in metrics.read_jsonl(path / evaluate.RESULTS)}
+    assert by_id(tmp_path / "grown") == by_id(root / "full")  # row streams depend on the index
+    drop = {"eval_s_this_run"}
+    assert {k: v for k, v in grown.items() if k not in drop} == {
+        k: v for k, v in summary.items() if k not in drop
+    }
+    c.limit = 3  # fewer problems: the summary is over those only, nothing re-sampled
+    assert evaluate.run(c)["problems"] == 3
+    assert len(metrics.read_jsonl(tmp_path / "grown" / evaluate.RESULTS)) == PROBLEMS
+
+    other = tmp_path / "other.jsonl"  # the same ids on other prompts: refused, named
+    rows = [json.loads(x) for x in dataset.read_text().splitlines()]
+    other.write_text("".join(json.dumps(r | {"prompt": r["prompt"] + " "}) + "\n" for r in rows))
+    c.dataset, c.limit = str(other), 0
+    with pytest.raises(artifacts.ArtifactError, match="different dataset"):
+        evaluate.run(c)
+    shutil.copy(other, dataset_copy := tmp_path / "copy.jsonl")  # the same file, edited
+    c.dataset, c.workdir, c.limit = str(dataset_copy), str(tmp_path / "edited"), 2
+    evaluate.run(c)
+    dataset_copy.write_text(dataset.read_text())
+    with pytest.raises(artifacts.ArtifactError, match="graded on other prompts"):
+        evaluate.run(c)
