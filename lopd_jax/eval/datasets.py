@@ -16,6 +16,7 @@ import importlib.resources
 import io
 import json
 import pickle
+import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -290,16 +291,37 @@ def _lcb_record(obj: Any) -> dict[str, Any]:
     }
 
 
-def load_livecodebench(path: str | Path) -> list[dict[str, Any]]:
+# LiveCodeBench's releases as contest-date windows [start, end): the problems each report
+# evaluates on. v5 is the window DeepSeek-R1 and most distillation papers report (Aug 2024 -
+# Jan 2025); v6 adds the problems up to the end of April 2025. Or give `<start>..<end>` dates.
+LCB_WINDOWS = {"v5": ("2024-08-01", "2025-02-01"), "v6": ("2025-02-01", "2025-05-01")}
+
+
+def lcb_window(spec: str) -> tuple[str, str]:
+    """`v5`, `v6` or `YYYY-MM-DD..YYYY-MM-DD` (end exclusive) -> (start, end) ISO dates."""
+    if spec in LCB_WINDOWS:
+        return LCB_WINDOWS[spec]
+    start, sep, end = spec.partition("..")
+    date = re.compile(r"\d{4}-\d{2}-\d{2}")
+    if not (sep and date.fullmatch(start) and date.fullmatch(end) and start < end):
+        raise EvalDataError(
+            f"LiveCodeBench window {spec!r}: use {sorted(LCB_WINDOWS)} or "
+            "'YYYY-MM-DD..YYYY-MM-DD' (start before end, end exclusive)."
+        )
+    return start, end
+
+
+def load_livecodebench(path: str | Path, window: str = "") -> list[dict[str, Any]]:
     """Problems of a local LiveCodeBench `code_generation_lite` JSONL (one problem per line,
-    as the dataset ships it: filter it to a release window such as v5 or v6 beforehand) with
-    LiveCodeBench's prompt, graded on its public and private tests in the sandbox."""
+    as the dataset ships it) with LiveCodeBench's prompt, graded on its public and private tests
+    in the sandbox; with `window` (see `lcb_window`) only those whose `contest_date` lies in it."""
     path = Path(path)
     if not path.is_file():
         raise EvalDataError(
             f"LiveCodeBench data {path} does not exist; set dataset_path to a local "
             "code_generation_lite JSONL."
         )
+    start, end = lcb_window(window) if window else ("", "")
     records, problems = [], []
     with path.open("rb") as f:
         for line_no, raw in enumerate(f, start=1):
@@ -310,15 +332,22 @@ def load_livecodebench(path: str | Path) -> list[dict[str, Any]]:
                     problems.append(f"line {line_no}: {e}")
     if problems:
         raise EvalDataError(f"{path}: {len(problems)} bad problem(s): {'; '.join(problems[:5])}")
+    if window:
+        undated = [r["id"] for r in records if not isinstance(r["contest_date"], str)]
+        if undated:
+            raise EvalDataError(f"{path}: problems {undated[:5]} have no contest_date to window.")
+        records = [r for r in records if start <= r["contest_date"][:10] < end]
     if not records:
-        raise EvalDataError(f"{path} holds no problems.")
+        where = f" in window {window}" if window else ""
+        raise EvalDataError(f"{path} holds no problems{where}.")
     return records
 
 
 def load_dataset(spec: str, *, path: str = "", **kwargs: Any) -> list[dict[str, Any]]:
     """Problems named by one string, for configs: `mmath:<subset>`, `reasoning_gym:<task>`
     (`size=` and `seed=` as keywords), `humaneval`, `livecodebench` (its JSONL in `path`, or
-    `livecodebench:<path>`) or the path of a JSONL file (keywords of `load_jsonl`)."""
+    `livecodebench:<path>`; `livecodebench:v5` / `:v6` / `:<start>..<end>` with `path` keeps
+    that release window) or the path of a JSONL file (keywords of `load_jsonl`)."""
     source, _, name = spec.partition(":")
     if path and source != coding.LIVECODEBENCH:
         raise EvalDataError(f"dataset_path is for livecodebench only, not {spec!r}; unset it.")
@@ -334,7 +363,9 @@ def load_dataset(spec: str, *, path: str = "", **kwargs: Any) -> list[dict[str, 
                 "livecodebench needs its data: set dataset_path to a local LiveCodeBench "
                 "code_generation_lite JSONL."
             )
-        return load_livecodebench(name or path)
+        if path:  # the name, if any, is a release window
+            return load_livecodebench(path, window=name)
+        return load_livecodebench(name)
     if spec.endswith(".jsonl"):
         return load_jsonl(spec, **kwargs)
     raise EvalDataError(

@@ -145,6 +145,19 @@ def test_livecodebench_records(lcb):
     assert datasets.load_dataset("livecodebench", path=str(LCB_FILE)) == list(lcb.values())
 
 
+def test_livecodebench_release_windows():
+    ids = lambda spec: [r["id"] for r in datasets.load_dataset(spec, path=str(LCB_FILE))]
+    assert ids("livecodebench:v5") == ["abc900_a", "abc900_b", "9001", "9002"]  # Sep/Oct 2024
+    assert ids("livecodebench:2024-09-15..2024-12-01") == ["9001", "9002"]  # end exclusive
+    assert ids("livecodebench:2024-09-01..2024-10-01") == ["abc900_a", "abc900_b"]
+    with pytest.raises(datasets.EvalDataError, match="no problems in window v6"):
+        ids("livecodebench:v6")
+    with pytest.raises(datasets.EvalDataError, match=r"'v7'.*YYYY-MM-DD"):
+        ids("livecodebench:v7")
+    with pytest.raises(datasets.EvalDataError, match="start before end"):
+        ids("livecodebench:2025-01-01..2024-01-01")
+
+
 def fenced(code):
     return f"Here it is:\n```python\n{code}```\n"
 
