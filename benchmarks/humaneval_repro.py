@@ -13,6 +13,9 @@ responses are identical; the table is printed, and with `--append` written to RE
         --limit 164 --chunk 41 --out runs/humaneval_repro/0.5b --published 61.6
 
 Each chunk re-runs `lopd evaluate` with a larger `limit`, which extends the same workdir.
+`--hf-limit N` gives transformers only the first N problems (on a slow CPU, lopd covers the
+benchmark and transformers a prefix of it, side by side); `--lopd-first` runs every lopd chunk
+before the transformers ones, so the benchmark's number comes first.
 """
 
 from __future__ import annotations
@@ -74,38 +77,84 @@ def hf_chunk(args, model, problems, ids, renderer, stop_ids) -> tuple[list[dict]
 
 def side(correct: list[bool], wall_s: float) -> dict:
     k, n = sum(correct), len(correct)
-    low, high = wilson_interval(k, n)
-    return {"passed": k, "problems": n, "pass@1": k / n, "ci95": [low, high], "wall_s": wall_s}
+    low, high = wilson_interval(k, n) if n else (0.0, 1.0)
+    rate = k / n if n else float("nan")
+    return {"passed": k, "problems": n, "pass@1": rate, "ci95": [low, high], "wall_s": wall_s}
 
 
 def table(summary: dict) -> list[str]:
     pct = lambda x: f"{100 * x:.1f}"
+    both, graded = summary["problems"], summary["lopd_all"]["problems"]
     rows = [
         f"## HumanEval greedy pass@1, {Path(summary['model']).name}, {time.strftime('%Y-%m-%d')}",
         "",
-        f"Device: {summary['device']}; load average at the end: {summary['load']}. The first "
-        f"{summary['problems']} of the 164 problems, float32, greedy, <= "
-        f"{summary['max_new_tokens']} new tokens, EvalPlus-style instruct prompt, the same "
-        "token ids and the same sandbox for both; 95% Wilson intervals.",
+        f"Device: {summary['device']}; load average at the end: {summary['load']}. Float32, "
+        f"greedy, <= {summary['max_new_tokens']} new tokens, EvalPlus-style instruct prompt, the "
+        "same token ids and the same sandbox for both sides; 95% Wilson intervals. "
+        f"Side by side on the first {both} problems (lopd's wall time there is its per-problem "
+        f"share); lopd alone on {graded}.",
         "",
-        "| side | passed | pass@1 % | 95% CI | wall s | s / problem |",
-        "|---|---:|---:|---|---:|---:|",
+        "| side | problems | passed | pass@1 % | 95% CI | wall s | s / problem |",
+        "|---|---:|---:|---:|---|---:|---:|",
     ]
-    for name, key in (("lopd evaluate", "lopd"), ("transformers generate", "hf")):
+    for name, key in (("lopd evaluate", "lopd"), ("transformers generate", "hf"),
+                      ("lopd evaluate", "lopd_all")):  # fmt: skip
         s = summary[key]
+        if key == "lopd_all" and s["problems"] == both:
+            continue
         rows.append(
-            f"| {name} | {s['passed']}/{s['problems']} | {pct(s['pass@1'])} | "
+            f"| {name} | {s['problems']} | {s['passed']} | {pct(s['pass@1'])} | "
             f"[{pct(s['ci95'][0])}, {pct(s['ci95'][1])}] | {s['wall_s']:.0f} | "
-            f"{s['wall_s'] / s['problems']:.1f} |"
+            f"{s['wall_s'] / max(s['problems'], 1):.1f} |"
         )
     if summary.get("published") is not None:
-        rows.append(f"| published (Qwen2.5-Coder report, bf16) | | {summary['published']} | | | |")
+        rows.append(f"| published (Qwen2.5-Coder report, bf16) | 164 | | {summary['published']} "
+                    "| | | |")  # fmt: skip
     rows += [
         "",
         f"Identical responses (lopd vs transformers): {summary['identical_responses']} of "
-        f"{summary['problems']}; same verdict: {summary['same_verdict']}.",
+        f"{both}; same verdict: {summary['same_verdict']}.",
     ]
     return rows
+
+
+def hf_up_to(end, args, hf_model, problems, ids, renderer, stop_ids, hf_done, walls) -> list:
+    """transformers' results on the first `end` problems (resuming from `<out>/hf.jsonl`)."""
+    if len(hf_done) < end:
+        lines, wall = hf_chunk(
+            args, hf_model, problems[len(hf_done) : end], ids[len(hf_done) : end],
+            renderer, stop_ids,
+        )  # fmt: skip
+        walls["hf"] += wall
+        hf_done = hf_done + lines
+        artifacts.atomic_write_text(
+            args.out / "hf.jsonl", "".join(json.dumps(x) + "\n" for x in hf_done)
+        )
+        artifacts.atomic_write_text(args.out / "walls.json", json.dumps(walls))
+    return hf_done
+
+
+def summarize(args, problems, lopd_results, hf_done, walls) -> dict:
+    """pass@1 of each side on the problems both graded, and of lopd on all it graded; written
+    to `<out>/summary.json` and printed."""
+    lopd = {r["id"]: r for r in map(json.loads, lopd_results.read_text().splitlines())}
+    hf = {r["id"]: r for r in hf_done}
+    both = [p["id"] for p in problems if p["id"] in lopd and p["id"] in hf]
+    lopd_all = [p["id"] for p in problems if p["id"] in lopd]
+    summary = {
+        "model": str(args.model), "device": device_name(), "load": load_average(),
+        "problems": len(both), "max_new_tokens": args.max_new_tokens,
+        "published": args.published,
+        "lopd": side([lopd[i]["correct"][0] for i in both], walls["lopd"] * len(both)
+                     / max(len(lopd_all), 1)),
+        "hf": side([hf[i]["correct"] for i in both], walls["hf"]),
+        "lopd_all": side([lopd[i]["correct"][0] for i in lopd_all], walls["lopd"]),
+        "identical_responses": sum(lopd[i]["response"] == hf[i]["response"] for i in both),
+        "same_verdict": sum(lopd[i]["verdicts"][0] == hf[i]["verdict"] for i in both),
+    }  # fmt: skip
+    artifacts.atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2))
+    print("\n".join(table(summary)), flush=True)
+    return summary
 
 
 def main() -> None:
@@ -116,6 +165,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=16)
     parser.add_argument("--hf-batch", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--hf-limit", type=int, default=None, help="transformers' problems")
+    parser.add_argument("--lopd-first", action="store_true")
     parser.add_argument("--published", type=float, default=None)
     parser.add_argument("--append", action="store_true", help="append the table to RESULTS.md")
     args = parser.parse_args()
@@ -141,36 +192,23 @@ def main() -> None:
     hf_done = [json.loads(x) for x in hf_file.read_text().splitlines()] if hf_file.exists() else []
     state_file = args.out / "walls.json"
     walls = json.loads(state_file.read_text()) if state_file.exists() else {"lopd": 0, "hf": 0}
-    for end in range(args.chunk, args.limit + args.chunk, args.chunk):
-        end = min(end, args.limit)
-        lopd_results = args.out / "lopd" / "results.jsonl"
+    hf_limit = min(args.limit, args.hf_limit if args.hf_limit is not None else args.limit)
+    ends = [*range(args.chunk, args.limit, args.chunk), args.limit]
+    lopd_results = args.out / "lopd" / "results.jsonl"
+    for end in ends:
         done = len(lopd_results.read_text().splitlines()) if lopd_results.exists() else 0
         if done < end:
             walls["lopd"] += lopd_chunk(args, end)
-        if len(hf_done) < end:
-            lines, wall = hf_chunk(
-                args, hf_model, problems[len(hf_done) : end], ids[len(hf_done) : end],
-                renderer, stop_ids,
-            )  # fmt: skip
-            walls["hf"] += wall
-            hf_done += lines
-            artifacts.atomic_write_text(hf_file, "".join(json.dumps(x) + "\n" for x in hf_done))
-        artifacts.atomic_write_text(state_file, json.dumps(walls))
-
-        lopd = {r["id"]: r for r in map(json.loads, lopd_results.read_text().splitlines())}
-        hf = {r["id"]: r for r in hf_done}
-        both = [p["id"] for p in problems[:end] if p["id"] in lopd and p["id"] in hf]
-        summary = {
-            "model": str(args.model), "device": device_name(), "load": load_average(),
-            "problems": len(both), "max_new_tokens": args.max_new_tokens,
-            "published": args.published,
-            "lopd": side([lopd[i]["correct"][0] for i in both], walls["lopd"]),
-            "hf": side([hf[i]["correct"] for i in both], walls["hf"]),
-            "identical_responses": sum(lopd[i]["response"] == hf[i]["response"] for i in both),
-            "same_verdict": sum(lopd[i]["verdicts"][0] == hf[i]["verdict"] for i in both),
-        }  # fmt: skip
-        artifacts.atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2))
-        print("\n".join(table(summary)), flush=True)
+            artifacts.atomic_write_text(state_file, json.dumps(walls))
+        if not args.lopd_first:
+            hf_done = hf_up_to(min(end, hf_limit), args, hf_model, problems, ids, renderer,
+                               stop_ids, hf_done, walls)  # fmt: skip
+        summary = summarize(args, problems[:end], lopd_results, hf_done, walls)
+    if args.lopd_first:
+        for end in ends:
+            hf_done = hf_up_to(min(end, hf_limit), args, hf_model, problems, ids, renderer,
+                               stop_ids, hf_done, walls)  # fmt: skip
+            summary = summarize(args, problems, lopd_results, hf_done, walls)
     if args.append:
         append_results(table(summary))
 
