@@ -15,7 +15,9 @@ responses are identical; the table is printed, and with `--append` written to RE
 Each chunk re-runs `lopd evaluate` with a larger `limit`, which extends the same workdir.
 `--hf-limit N` gives transformers only the first N problems (on a slow CPU, lopd covers the
 benchmark and transformers a prefix of it, side by side); `--lopd-first` runs every lopd chunk
-before the transformers ones, so the benchmark's number comes first.
+before the transformers ones, so the benchmark's number comes first; `--sides lopd` (or `hf`)
+runs one side only, e.g. two processes at once on a CPU that one decode loop leaves half idle
+(each resumes its own results; the last to finish writes the complete summary).
 """
 
 from __future__ import annotations
@@ -118,14 +120,18 @@ def table(summary: dict) -> list[str]:
     return rows
 
 
+def read_walls(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"lopd": 0, "hf": 0}
+
+
 def hf_up_to(end, args, hf_model, problems, ids, renderer, stop_ids, hf_done, walls) -> list:
     """transformers' results on the first `end` problems (resuming from `<out>/hf.jsonl`)."""
-    if len(hf_done) < end:
+    if len(hf_done) < end and "hf" in args.sides:
         lines, wall = hf_chunk(
             args, hf_model, problems[len(hf_done) : end], ids[len(hf_done) : end],
             renderer, stop_ids,
         )  # fmt: skip
-        walls["hf"] += wall
+        walls.update(read_walls(args.out / "walls.json"), hf=walls["hf"] + wall)
         hf_done = hf_done + lines
         artifacts.atomic_write_text(
             args.out / "hf.jsonl", "".join(json.dumps(x) + "\n" for x in hf_done)
@@ -167,6 +173,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--hf-limit", type=int, default=None, help="transformers' problems")
     parser.add_argument("--lopd-first", action="store_true")
+    parser.add_argument("--sides", default="lopd,hf", help="the sides this process runs")
     parser.add_argument("--published", type=float, default=None)
     parser.add_argument("--append", action="store_true", help="append the table to RESULTS.md")
     args = parser.parse_args()
@@ -183,21 +190,24 @@ def main() -> None:
         max_len=model_ref.config.max_position_embeddings,
     )  # fmt: skip
     stop_ids = model_ref.stop_ids() | {renderer.eos_id}  # what `lopd evaluate` stops at
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(
-        args.model, dtype=torch.float32
-    ).eval()
+    hf_model = None
+    if "hf" in args.sides:
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+            args.model, dtype=torch.float32
+        ).eval()
 
     args.out.mkdir(parents=True, exist_ok=True)
     hf_file = args.out / "hf.jsonl"
     hf_done = [json.loads(x) for x in hf_file.read_text().splitlines()] if hf_file.exists() else []
     state_file = args.out / "walls.json"
-    walls = json.loads(state_file.read_text()) if state_file.exists() else {"lopd": 0, "hf": 0}
+    walls = read_walls(state_file)
     hf_limit = min(args.limit, args.hf_limit if args.hf_limit is not None else args.limit)
     ends = [*range(args.chunk, args.limit, args.chunk), args.limit]
     lopd_results = args.out / "lopd" / "results.jsonl"
     for end in ends:
         done = len(lopd_results.read_text().splitlines()) if lopd_results.exists() else 0
-        if done < end:
+        if done < end and "lopd" in args.sides:
+            walls = read_walls(state_file)  # another process may run the other side
             walls["lopd"] += lopd_chunk(args, end)
             artifacts.atomic_write_text(state_file, json.dumps(walls))
         if not args.lopd_first:
