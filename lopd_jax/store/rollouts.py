@@ -225,13 +225,11 @@ class RolloutStore:
         if _open_kvstore(path).read(artifacts.MANIFEST).result().state == "missing":
             return cls.create(path, identity=identity, **metadata)
         store = cls.open(path)
-        stored = store.manifest.get("identity", {})
-        if changed := artifacts.changed_fields(stored, identity):
-            raise StoreError(
-                f"{path} holds rollouts made from other inputs, so resuming would mix two runs "
-                "in one store:\n  " + "\n  ".join(changed) + "\nUse a new output path, or "
-                "rerun with the inputs that store was made from (its manifest.json records them)."
-            )
+        artifacts.check_same_identity(
+            path, "rollouts", store.manifest.get("identity", {}), identity,
+            "Use a new output path, or rerun with the inputs that store was made from (its "
+            "manifest.json records them).", error=StoreError,
+        )  # fmt: skip
         if verify:
             store.verify()
         return store

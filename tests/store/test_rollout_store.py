@@ -266,7 +266,7 @@ def test_open_or_create_names_every_identity_field_that_differs(tmp_path):
     message = str(e.value)
     for line in (
         "model: stored 'sha256:aa', now 'sha256:bb'",
-        "sampling: stored {'temperature': 1.0}, now {'temperature': 0.5}",
+        "sampling.temperature: stored 1.0, now 0.5",
         "n: stored 2, now '<absent>'",
         "dtype: stored '<absent>', now 'bfloat16'",
         "new output path",
