@@ -21,6 +21,7 @@ that fails never blocks the fixed rerun.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -32,6 +33,7 @@ from ml_collections import ConfigDict
 
 from lopd_jax import artifacts, io
 from lopd_jax.configs import sections
+from lopd_jax.errors import ConfigError
 
 # A range rule: (field, accepts(value), what it must be), e.g. ("top_p", lambda p: 0 < p <= 1,
 # "in (0, 1]").
@@ -69,12 +71,12 @@ def start(config: ConfigDict, rules: Rules):
     for name, ok, rule in rules.ranges:
         sections.require(config, name, ok, rule)
     for name, what in rules.required.items():
-        sections.require_path(sections._field(config, name), name, what)
+        sections.require_path(_value(config, name), name, what)
     if rules.check is not None:
         rules.check(config)
     if rules.output is not None:
         field, marker, allowed = rules.output
-        _check_output(sections._field(config, field), field, marker, allowed)
+        _check_output(_value(config, field), field, marker, allowed)
     from lopd_jax.parallel import mesh as mesh_lib
 
     mesh_lib.maybe_initialize_distributed()
@@ -83,10 +85,24 @@ def start(config: ConfigDict, rules: Rules):
     devices = jax.local_devices() if rules.mesh == "local" else None
     mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh), devices=devices)
     if rules.batch is not None:
-        from lopd_jax.sampling import check_batch_size
-
-        check_batch_size(sections._field(config, rules.batch), mesh)
+        _check_batch_split(config, rules.batch, mesh)
     return mesh
+
+
+def _check_batch_split(config: ConfigDict, name: str, mesh) -> None:
+    """A batch splits evenly over the mesh's data-parallel devices (and, for training, into
+    `train.num_microbatches` on each)."""
+    from lopd_jax.sampling.generate import data_parallel_size
+
+    microbatches = config.train.num_microbatches if name == "train.batch_size" else 1
+    split = microbatches * data_parallel_size(mesh)
+    if (size := _value(config, name)) % split:
+        per = f"{microbatches} microbatches over " if microbatches > 1 else ""
+        raise ConfigError(
+            f"{name}={size} does not split into {per}the mesh's {data_parallel_size(mesh)} "
+            f"data-parallel devices (mesh.preset={config.mesh.preset!r}); make it a multiple "
+            f"of {split}."
+        )
 
 
 def load(section: ConfigDict, mesh=None, *, path: str | None = None, params: bool = True):
@@ -161,6 +177,11 @@ def claim(
     if jax.process_index() == 0:  # one writer; the others checked what was there
         manifest = artifacts.write_manifest(directory, kind, manifest_file=record, **manifest)
     return Claim(directory, file, False, manifest)
+
+
+def _value(config: ConfigDict, name: str) -> Any:
+    """A field by its dotted name (`model.path`)."""
+    return functools.reduce(lambda section, key: section[key], name.split("."), config)
 
 
 def _check_output(output: Any, field: str, marker: str, allowed: tuple[str, ...]) -> None:

@@ -10,11 +10,12 @@ batches:
 
 The checkpoint directory `<workdir>/checkpoints` holds a run manifest with the run's
 *identity*: its inputs (base model, data, teacher, tokenizer identities) and every config field
-that changes the result. A re-run with the same workdir resumes exactly (params, optimizer, RNG,
-data position) and is refused, naming the fields, if any of them changed. The manifest is
-written only once the inputs are loaded, and removed again when the run fails before its first
-checkpoint (a non-finite loss stops it: `NonFiniteLossError`), so a start that fails does not
-block the fixed re-run.
+that changes the result. It is the run's claim on the workdir (`stages.kit.claim`): a re-run
+with the same workdir resumes exactly (params, optimizer, RNG, data position) and is refused,
+naming the fields, if any of them changed. The claim is taken only once the inputs are loaded
+and training begins, and given up again when the run fails before its first checkpoint (a
+non-finite loss stops it: `NonFiniteLossError`), so a start that fails does not block the fixed
+re-run.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from lopd_jax import artifacts, io
 from lopd_jax.errors import LopdError
 from lopd_jax.models import qwen3
 from lopd_jax.parallel import rules
+from lopd_jax.stages import kit
 from lopd_jax.training import checkpoint, metrics, optimizer, state, step
 from lopd_jax.training.losses import LossFn
 
@@ -88,20 +90,6 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_same_run(
-    existing: Mapping[str, Any], identity: Mapping[str, Any], where: str | os.PathLike
-) -> None:
-    """Refuses a resume whose identity-bearing inputs or config changed, naming each."""
-    old, new = _flatten(existing), _flatten(identity)
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    if changed:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-        raise artifacts.ArtifactError(
-            f"{where} holds a run made with different inputs or settings ({details}). Resuming "
-            "would mix two runs: use a new workdir, or rerun with the original values."
-        )
-
-
 class Trainer:
     """The training loop over any `LossFn` (see `lopd_jax.training.losses`)."""
 
@@ -147,7 +135,7 @@ class Trainer:
         )
         self._hooks: list[tuple[int, Hook, bool]] = []
         self.resumed_step: int | None = None
-        self._wrote_manifest = False
+        self._claim: kit.Claim | None = None
         self.manager: checkpoint.CheckpointManager | None = None
 
     def add_hook(self, fn: Hook, *, every: int, at_start: bool = False) -> None:
@@ -161,10 +149,8 @@ class Trainer:
     ) -> state.TrainState:
         """The state of the last checkpoint (moving `data_iterator` to its position), else a
         fresh one around `init_params(param_shardings)`."""
-        existing = None
-        if (self.ckpt_dir / artifacts.MANIFEST).exists():
-            existing = artifacts.read_manifest(self.ckpt_dir)
-            check_same_run(existing.get("identity", {}), self.manifest["identity"], self.ckpt_dir)
+        if (self.ckpt_dir / artifacts.MANIFEST).exists():  # compared before anything is read
+            self._take_claim()
         self.manager = checkpoint.CheckpointManager(
             self.ckpt_dir,
             save_every=self.config.checkpoint.save_every,
@@ -179,11 +165,15 @@ class Trainer:
             _log.info("Resumed %s at step %d.", self.ckpt_dir, self.resumed_step)
             return train_state
         params = init_params(self.shardings.params)
-        train_state = state.init_state(params, self.tx, self.config.seed, self.shardings)
-        if existing is None and jax.process_index() == 0:  # the inputs loaded: now record them
-            artifacts.write_manifest(self.ckpt_dir, self.kind, **self.manifest)
-            self._wrote_manifest = True
-        return train_state
+        return state.init_state(params, self.tx, self.config.seed, self.shardings)
+
+    def _take_claim(self) -> None:
+        fields = {k: v for k, v in self.manifest.items() if k != "identity"}
+        self._claim = kit.claim(
+            self.workdir, self.kind, self.manifest["identity"], field="workdir",
+            record=f"{self.ckpt_dir.name}/{artifacts.MANIFEST}", marker=self.ckpt_dir.name,
+            **fields,
+        )  # fmt: skip
 
     def train(
         self,
@@ -199,11 +189,14 @@ class Trainer:
         """
         steps, log_every = self.config.train.steps, self.config.train.log_every
         first = int(train_state.step)
-        writer = metrics.MetricsWriter(self.workdir, resume_step=self.resumed_step)
         last: dict[str, float] = {}
         window = _Throughput()
         meta = {"manifest": self.manifest}
+        writer = None
         try:
+            if self._claim is None:  # a fresh run: its inputs loaded, it claims the workdir
+                self._take_claim()
+            writer = metrics.MetricsWriter(self.workdir, resume_step=self.resumed_step)
             if self.resumed_step is None:
                 for _, hook, at_start in self._hooks:
                     if at_start and (extra := hook(StepInfo(0, train_state, {}))):
@@ -246,13 +239,14 @@ class Trainer:
             # leaves no claim: the rerun with the value fixed starts afresh, not refused as
             # "different inputs".
             self.manager.wait()
-            if self._wrote_manifest and not self.manager.all_steps():
-                (self.ckpt_dir / artifacts.MANIFEST).unlink(missing_ok=True)
+            if self._claim is not None and not self.manager.all_steps():
+                self._claim.release()
             raise
         finally:
             self.manager.wait()
             self.manager.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
         if jax.process_index() == 0 and self.plots:
             metrics.plot_metrics(self.workdir, self.plots)
         return {k: float(v) for k, v in last.items()}
