@@ -103,7 +103,10 @@ def run(config: ConfigDict) -> dict[str, Any]:
     }
     scorer = _teacher_scorer(teacher, config, mesh) if teacher else None
     workdir = Path(config.workdir).absolute()
-    kit.claim(workdir, KIND, identity, field="workdir", config=config.to_dict())
+    kit.claim(
+        workdir, KIND, identity, field="workdir", config=config.to_dict(),
+        committed=lambda: bool(metrics.read_jsonl(workdir / RESULTS)),
+    )  # fmt: skip
     ids = [str(p["id"]) for p in problems]
     fingerprints = [prompts_lib.fingerprint([p]) for p in prompts]
     graded = {row["id"]: row for row in metrics.read_jsonl(workdir / RESULTS)}

@@ -149,6 +149,7 @@ def claim(
     record: str = artifacts.MANIFEST,
     marker: str | None = None,
     allowed: tuple[str, ...] = (),
+    committed: Callable[[], bool] | None = None,
     **fields: Any,
 ):
     """Claims `output` for a run of `kind` whose results are decided by `identity`; returns a
@@ -157,7 +158,8 @@ def claim(
     A new or empty directory is claimed by writing `record` (the identity and `fields`); one
     whose `record` exists is resumed only if its identity is the same, else refused naming each
     field that differs; one holding anything else (no `marker`: the entry the stage creates
-    first, default `record`; `allowed` entries aside) is refused."""
+    first, default `record`; `allowed` entries aside) is refused. A claim under which nothing
+    was `committed()` (a start that failed, even by kill -9) is replaced, not compared."""
     from lopd_jax.store import rollouts
 
     if kind == rollouts.KIND:
@@ -166,7 +168,7 @@ def claim(
     identity = json.loads(json.dumps(identity, default=str))  # as stored: tuples are lists
     _check_output(directory, field, marker or record, allowed)
     file = directory / record
-    if file.exists():
+    if file.exists() and (committed is None or committed()):
         stored = artifacts.read_manifest(directory, kind, manifest_file=record)
         artifacts.check_same_identity(
             f"{field}={output}", f"a {kind} run", stored.get("identity", {}), identity,

@@ -93,7 +93,6 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
         pipeline.batches(data, config.train.batch_size, jax.process_index(), jax.process_count())
     )
     inputs = {
-        "store": str(config.store),
         "rollouts": store.manifest.get("identity"),
         "teacher": scoring["teacher"]["identity"],
         **guard,
@@ -147,9 +146,10 @@ def run(config: ConfigDict) -> dict[str, Any]:
         kind=CHECKPOINT_KIND, workdir=config.workdir, model_config=model_config,
         loss_fn=losses.opd_loss_fn(model_config, opd), config=config, mesh=mesh,
         manifest={
-            "mode": config.mode, "pi_ref": pi_ref.identity, "pi_ref_path": str(pi_ref.path),
-            "sft_teacher": pi_ref.sft_teacher, "tokenizer": pi_ref.tokenizer_identity, **inputs,
+            "mode": config.mode, "pi_ref": pi_ref.identity, "sft_teacher": pi_ref.sft_teacher,
+            "tokenizer": pi_ref.tokenizer_identity, **inputs,
         },
+        recorded={"pi_ref_path": str(pi_ref.path)},
         summarize=lambda m: _reported(m, next_batch),
         plots=("train/loss", "train/advantage_mean", "train/w_mean", "train/w_std",
                "train/kl_k3", "train/kl_to_ref", "train/student_rest_mass"),

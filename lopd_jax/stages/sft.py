@@ -140,11 +140,11 @@ def run(config: ConfigDict) -> dict[str, Any]:
         manifest={
             "base_model": base.identity if base else random_init,
             "sft_data": source.fingerprint,
-            "sft_data_path": str(source.jsonl),
             "teacher": source.teacher,
             "tokenizer": renderer.name,
             "data_stats": stats.__dict__,
         },
+        recorded={"sft_data_path": str(source.jsonl)},
         plots=("train/loss", "eval/loss", "train/grad_norm", "train/lr"),
     )  # fmt: skip
     row_options = dict(

@@ -133,7 +133,10 @@ def run(config: ConfigDict) -> dict[str, Any]:
         "dtype": [teacher_config.param_dtype, teacher_config.dtype],
     }
     output = Path(config.output)
-    kit.claim(output, MADE_BY, identity, record=CLAIM)
+    kit.claim(
+        output, MADE_BY, identity, record=CLAIM,
+        committed=lambda: any((output / parts.PARTS).glob("*.jsonl")),
+    )  # fmt: skip
     num_parts = math.ceil(len(prompts) / config.chunk_prompts)
     if todo := parts.missing(output, num_parts):
         sampler = Sampler(teacher_config, params, mesh=mesh, batch_size=config.batch_size)

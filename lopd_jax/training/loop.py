@@ -48,6 +48,9 @@ OPERATIONAL_FIELDS = (
     "workdir", "checkpoint", "mesh", "train.log_every", "train.eval_every", "eval",
     "model.scan_unroll",
 )  # fmt: skip
+# Config fields naming an input by its path: recorded, never compared on resume (a copy of the
+# input elsewhere is the same input; its content identity is among the run's inputs).
+PATH_FIELDS = ("model.path", "data.path", "store", "teacher")
 
 
 # Step metrics that must stay finite: a NaN loss or gradient corrupts every later update.
@@ -71,12 +74,11 @@ Hook = Callable[[StepInfo], Mapping[str, float] | None]
 
 
 def result_config(config: ConfigDict) -> dict[str, Any]:
-    """The config without its operational fields: what a resume must agree on."""
+    """The config without its operational and path fields: what a resume must agree on."""
     flat = _flatten(config.to_dict())
+    skipped = (*OPERATIONAL_FIELDS, *PATH_FIELDS)
     return {
-        k: v
-        for k, v in flat.items()
-        if not any(k == f or k.startswith(f + ".") for f in OPERATIONAL_FIELDS)
+        k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in skipped)
     }
 
 
@@ -103,12 +105,14 @@ class Trainer:
         config: ConfigDict,
         mesh: jax.sharding.Mesh,
         manifest: dict[str, Any],
+        recorded: Mapping[str, Any] | None = None,
         summarize: Callable[[dict[str, float]], dict[str, float]] | None = None,
         plots: tuple[str, ...] = ("train/loss", "train/grad_norm", "train/lr"),
     ):
         """`config` holds the shared `train`, `optimizer` and `checkpoint` sections;
         `manifest` the run's inputs (identities), recorded in the checkpoint manifest and
-        compared on resume with the result-bearing config; `summarize` turns the step's
+        compared on resume with the result-bearing config; `recorded` more fields recorded,
+        never compared (where the inputs were: paths); `summarize` turns the step's
         summed metrics into reported ones (default: as they are)."""
         self.kind = kind
         self.workdir = io.path(workdir)  # local or gs://
@@ -120,6 +124,7 @@ class Trainer:
         self.summarize = summarize or (lambda m: m)
         self.manifest = {
             **manifest,
+            **(recorded or {}),
             "model_config": checkpoint.model_config_fields(model_config),
             "identity": {"inputs": manifest, "config": result_config(config)},
             "config": config.to_dict(),
@@ -172,7 +177,7 @@ class Trainer:
         self._claim = kit.claim(
             self.workdir, self.kind, self.manifest["identity"], field="workdir",
             record=f"{self.ckpt_dir.name}/{artifacts.MANIFEST}", marker=self.ckpt_dir.name,
-            **fields,
+            committed=lambda: any(p.name.isdigit() for p in self.ckpt_dir.iterdir()), **fields,
         )  # fmt: skip
 
     def train(

@@ -40,6 +40,21 @@ def test_claim_resumes_the_same_identity_and_names_each_field_that_differs(tmp_p
         kit.claim(output, "other", IDENTITY)
 
 
+def test_a_claim_under_which_nothing_was_committed_is_replaced(tmp_path):
+    """A start killed after its claim (kill -9: nothing released it) does not block a rerun
+    with other values; once work is committed, the claim is compared."""
+    output = tmp_path / "out"
+    kit.claim(output, "demo", IDENTITY)
+    work = output / "part.jsonl"
+    committed = work.exists
+    other = {**IDENTITY, "seed": 1}
+    assert not kit.claim(output, "demo", other, committed=committed).resumed
+    work.write_text("{}\n")
+    assert kit.claim(output, "demo", other, committed=committed).resumed
+    with pytest.raises(artifacts.ArtifactError, match="seed: stored 1, now 0"):
+        kit.claim(output, "demo", IDENTITY, committed=committed)
+
+
 def test_claim_refuses_a_directory_it_did_not_make(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()

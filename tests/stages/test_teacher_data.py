@@ -152,7 +152,7 @@ def test_unusable_inputs_are_refused(inputs, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(artifacts.ArtifactError, match="not written by `lopd teacher-data`"):
+    with pytest.raises(artifacts.ArtifactError, match="holds files lopd did not write"):
         teacher_data.run(_config(root, foreign))
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
 
