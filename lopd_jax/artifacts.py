@@ -37,21 +37,27 @@ def versions() -> dict[str, str]:
     return {"lopd_jax": lopd_jax.__version__, "jax": jax.__version__, "flax": flax.__version__}
 
 
-def write_manifest(directory: str | os.PathLike, kind: str, **fields: Any) -> dict[str, Any]:
-    """Writes `<directory>/manifest.json` atomically and returns it."""
+def write_manifest(
+    directory: str | os.PathLike, kind: str, *, manifest_file: str = MANIFEST, **fields: Any
+) -> dict[str, Any]:
+    """Writes `<directory>/manifest.json` (or `manifest_file`) atomically and returns it."""
     manifest = {
         "kind": kind,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": versions(),
         **fields,
     }
-    atomic_write_text(io.path(directory) / MANIFEST, json.dumps(manifest, indent=2, default=str))
+    atomic_write_text(
+        io.path(directory) / manifest_file, json.dumps(manifest, indent=2, default=str)
+    )
     return manifest
 
 
-def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
-    """Reads `<directory>/manifest.json`, checking its kind when given."""
-    path = io.path(directory) / MANIFEST
+def read_manifest(
+    directory: str | os.PathLike, kind: str | None = None, *, manifest_file: str = MANIFEST
+) -> dict[str, Any]:
+    """Reads `<directory>/manifest.json` (or `manifest_file`), checking its kind when given."""
+    path = io.path(directory) / manifest_file
     if not path.exists():
         raise ArtifactError(
             f"{path} not found: {directory} was not written by a lopd stage (or the stage did "
@@ -107,13 +113,39 @@ def check_lopd_directory(
         )
 
 
-def changed_fields(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """`key: stored ..., now ...` for every field of two identities that differs."""
-    return [
-        f"{key}: stored {stored.get(key, '<absent>')!r}, now {now.get(key, '<absent>')!r}"
-        for key in sorted(set(stored) | set(now))
-        if stored.get(key) != now.get(key)
-    ]
+def check_same_identity(
+    where: str | os.PathLike,
+    what: str,
+    stored: dict[str, Any],
+    now: dict[str, Any],
+    fix: str,
+    error: type[ArtifactError] = ArtifactError,
+) -> None:
+    """The one resume comparison: refuses `now` unless every field of the identity `stored` by
+    the run that made `where` is equal, naming each that differs (nested fields by their dotted
+    name). Identities hold contents (model fingerprints, not paths), so a byte-identical copy
+    of an input elsewhere is the same input."""
+    old, new = _flatten(stored), _flatten(json.loads(json.dumps(now, default=str)))
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if changed:
+        details = "; ".join(
+            f"{k}: stored {old.get(k, '<absent>')!r}, now {new.get(k, '<absent>')!r}"
+            for k in changed[:8]
+        ) + ("; ..." if len(changed) > 8 else "")
+        raise error(
+            f"{where} holds {what} made with a different {', '.join(changed[:8])} ({details}), "
+            f"so resuming would mix two runs. {fix}"
+        )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def fingerprint_file(path: str | os.PathLike) -> str:

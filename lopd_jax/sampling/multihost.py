@@ -1,6 +1,6 @@
 """Sampling with several processes (hosts): each samples its share of the rows on its own
-devices (`local_mesh`, `local_sampler`), and every process gets all the rows back, in order
-(`sample_shared`).
+devices (a mesh of its local devices: `kit.Rules(mesh="local")`), and every process gets all
+the rows back, in order (`sample_shared`).
 
 Row `k` of a call is sampled by process `k % process_count`; its draws depend only on the seed
 and its row id, so the rows are the same whatever the process count.
@@ -12,39 +12,16 @@ from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
 
-from lopd_jax.models import qwen3, ref
-from lopd_jax.parallel import mesh as mesh_lib
-from lopd_jax.parallel import rules
 from lopd_jax.sampling.generate import (
     FINISH_LENGTH,
     FINISH_STOP,
     Generation,
     Sampler,
-    check_batch_size,
 )
 from lopd_jax.sampling.sample import SamplingParams
 
 _FINISH = (FINISH_STOP, FINISH_LENGTH)  # finish reasons as integers, for the all-gather
-
-
-def local_mesh(config: mesh_lib.MeshConfig) -> Mesh | None:
-    """This process's devices as a mesh (None: one device)."""
-    if jax.local_device_count() == 1:
-        return None
-    return mesh_lib.make_mesh(config, devices=jax.local_devices())
-
-
-def local_sampler(
-    model: ref.ModelRef, model_config: qwen3.Qwen3Config, mesh: Mesh | None, batch_size: int
-) -> Sampler:
-    """A sampler of `model` on a `local_mesh`, its weights read straight into their shardings
-    (`fsdp` splits a model too big for one device); the batch size is checked first."""
-    check_batch_size(batch_size, mesh)
-    shardings = rules.param_shardings(model_config, mesh) if mesh else None
-    params = model.load(model_config.param_dtype, shardings)
-    return Sampler(model_config, params, mesh=mesh, batch_size=batch_size)
 
 
 def sample_shared(

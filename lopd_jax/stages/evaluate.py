@@ -34,29 +34,12 @@ from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref, scoring
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
-from lopd_jax.sampling import Sampler, SamplingParams, check_batch_size
+from lopd_jax.sampling import Sampler, SamplingParams
+from lopd_jax.stages import kit
 from lopd_jax.training import metrics
 
 KIND = "evaluation"
 RESULTS = "results.jsonl"
-
-
-def open_run(workdir: Path, identity: dict[str, Any], config) -> dict[str, dict]:
-    """Results already graded by this same evaluation (by problem id); refuses another's, and
-    a workdir holding results it did not write (no manifest). The problem set is not part of
-    the identity, so a larger `limit` extends a run: `reusable` checks each result's prompt."""
-    artifacts.check_lopd_directory(workdir, artifacts.MANIFEST, field="workdir")
-    if (workdir / artifacts.MANIFEST).exists():
-        existing = artifacts.read_manifest(workdir, KIND).get("identity")
-        if existing != identity:
-            changed = [k for k in identity if existing.get(k) != identity[k]]
-            raise artifacts.ArtifactError(
-                f"{workdir} holds an evaluation with a different {', '.join(changed)}; use a new "
-                "workdir or the original settings."
-            )
-    elif jax.process_index() == 0:  # one writer; the others checked a manifest, if any
-        artifacts.write_manifest(workdir, KIND, identity=identity, config=config.to_dict())
-    return {row["id"]: row for row in metrics.read_jsonl(workdir / RESULTS)}
 
 
 def reusable(done: dict[str, dict], ids: list[str], fingerprints: list[str], workdir) -> set[str]:
@@ -73,21 +56,24 @@ def reusable(done: dict[str, dict], ids: list[str], fingerprints: list[str], wor
     return {i for i in ids if i in done}
 
 
-def run(config: ConfigDict) -> dict[str, Any]:
-    sections.validate(config)
-    sections.require_positive(config, "n", "batch_size", "max_new_tokens")
+def _ks_within_n(config: ConfigDict) -> None:
     if bad := [k for k in config.ks if not 1 <= k <= config.n]:
         raise ConfigError(f"ks={list(config.ks)}: each k must lie in [1, n={config.n}] ({bad}).")
-    mesh_lib.maybe_initialize_distributed()
-    model = ref.resolve(
-        sections.require_path(config.model.path, "model.path", "the model to evaluate"),
-        sections.model_step(config.model),
-    )
-    model_config = sections.model_config(config.model, model.config)
-    problems = eval_lib.load_dataset(
-        sections.require_path(config.dataset, "dataset", "a JSONL path, mmath:<subset> or ..."),
-        path=config.dataset_path,
-    )
+
+
+RULES = kit.Rules(
+    "evaluate", positive=("n", "batch_size", "max_new_tokens"),
+    required={"model.path": "the model to evaluate",
+              "dataset": "a JSONL path, mmath:<subset> or ..."},
+    mesh="global", batch="batch_size", output=("workdir", artifacts.MANIFEST, ()),
+    check=_ks_within_n,
+)  # fmt: skip
+
+
+def run(config: ConfigDict) -> dict[str, Any]:
+    mesh = kit.start(config, RULES)
+    model, model_config, params = kit.load(config.model, mesh)
+    problems = eval_lib.load_dataset(config.dataset, path=config.dataset_path)
     problems = problems[: config.limit or None]
     rows = [eval_lib.prompt_row(p) for p in problems]
     prompts, renderer = prompts_lib.tokenize(
@@ -106,24 +92,27 @@ def run(config: ConfigDict) -> dict[str, Any]:
             model.tokenizer_name(), teacher.tokenizer_name(), allow_unknown=True, where=where
         )
         artifacts.check_vocabulary(model_config.vocab_size, teacher.config.vocab_size, where=where)
+    # The problem set is not part of the identity (a larger `limit` extends a run): each result
+    # records its rendered prompt's fingerprint, checked on reuse (`reusable`).
     identity = {
         "model": model.identity,
-        "dataset": config.dataset,
         "sampling": json.loads(json.dumps(sampling.__dict__)),
         "n": config.n,
         "seed": config.seed,
         "teacher": teacher.identity if teacher else None,
     }
-    mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
-    check_batch_size(config.batch_size, mesh)  # before the workdir is claimed
+    scorer = _teacher_scorer(teacher, config, mesh) if teacher else None
     workdir = Path(config.workdir).absolute()
+    kit.claim(
+        workdir, KIND, identity, field="workdir", config=config.to_dict(),
+        committed=lambda: bool(metrics.read_jsonl(workdir / RESULTS)),
+    )  # fmt: skip
     ids = [str(p["id"]) for p in problems]
     fingerprints = [prompts_lib.fingerprint([p]) for p in prompts]
-    done = reusable(open_run(workdir, identity, config), ids, fingerprints, workdir)
+    graded = {row["id"]: row for row in metrics.read_jsonl(workdir / RESULTS)}
+    done = reusable(graded, ids, fingerprints, workdir)
 
-    params = model.load(model_config.param_dtype, rules.param_shardings(model_config, mesh))
     sampler = Sampler(model_config, params, mesh=mesh, batch_size=config.batch_size)
-    scorer = _teacher_scorer(teacher, config, mesh) if teacher else None
     todo = [i for i, problem_id in enumerate(ids) if problem_id not in done]
     per_batch = max(1, config.batch_size // config.n)
     start = time.perf_counter()
@@ -174,16 +163,13 @@ def run(config: ConfigDict) -> dict[str, Any]:
                 "eval_s_this_run": time.perf_counter() - start}  # fmt: skip
     if "verdicts" in results[0]:
         summary["sandbox"] = eval_lib.default_sandbox(config.grade_workers).isolation
-    if jax.process_index() == 0:
-        artifacts.atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
-        if model.kind == "checkpoint":  # the evaluated model's record of its scores
-            manifest = artifacts.read_manifest(model.path)
-            manifest.setdefault("evaluations", {})[f"{config.dataset}@step{model.step}"] = summary
-            artifacts.atomic_write_text(
-                model.path / artifacts.MANIFEST, json.dumps(manifest, indent=2, default=str)
-            )
-    print(f"evaluate: {json.dumps({k: v for k, v in summary.items() if k != 'model'})}")
-    return summary
+    if jax.process_index() == 0 and model.kind == "checkpoint":  # the model's record of scores
+        manifest = artifacts.read_manifest(model.path)
+        manifest.setdefault("evaluations", {})[f"{config.dataset}@step{model.step}"] = summary
+        artifacts.atomic_write_text(
+            model.path / artifacts.MANIFEST, json.dumps(manifest, indent=2, default=str)
+        )
+    return kit.report("evaluate", str(workdir), summary, path=workdir / "summary.json")
 
 
 def _teacher_scorer(teacher: ref.ModelRef, config, mesh):

@@ -16,9 +16,9 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from lopd_jax import artifacts
-from lopd_jax.configs import sections
 from lopd_jax.data import sft
 from lopd_jax.models import hf, ref
+from lopd_jax.stages import kit
 
 
 def check_output(output: Path) -> None:
@@ -41,22 +41,24 @@ def check_output(output: Path) -> None:
             )
 
 
+RULES = kit.Rules(
+    "export",
+    required={"output": "the HF directory to write", "model.path": "the checkpoint to export"},
+)  # fmt: skip
+
+
 def run(config: ConfigDict) -> dict[str, Any]:
-    sections.validate(config)
-    output = Path(sections.require_path(config.output, "output", "the HF directory to write"))
+    kit.start(config, RULES)
+    output = Path(config.output)
     check_output(output.absolute())
-    model = ref.resolve(
-        sections.require_path(config.model.path, "model.path", "the checkpoint to export"),
-        sections.model_step(config.model),
-    )
+    model, model_config, _ = kit.load(config.model, params=False)
     if model.kind != "checkpoint":
         raise artifacts.ArtifactError(
             f"model.path={model.path} is already a Hugging Face directory; nothing to export."
         )
     spec = model.tokenizer_spec()
     tokenizer = None if spec == sft.BYTES else sft.load_renderer(spec).tokenizer
-    model_config = sections.model_config(config.model, model.config)
-    params = model.load(model_config.param_dtype)
+    params = kit.load_params(model, model_config)
     record = {
         "identity": model.identity,
         "checkpoint": model.describe(),
@@ -73,5 +75,4 @@ def run(config: ConfigDict) -> dict[str, Any]:
         model_config, params, output, tokenizer=tokenizer, stop_ids=model.stop_ids(),
         finalize=write_manifest,
     )  # fmt: skip
-    print(f"export: wrote {output} ({model.identity}, step {model.step})")
-    return record
+    return kit.report("export", f"wrote {output} ({model.identity}, step {model.step})", record)

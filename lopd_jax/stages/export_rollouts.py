@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from lopd_jax.configs import sections
 from lopd_jax.data import rollout_jsonl
 from lopd_jax.errors import ConfigError
+from lopd_jax.stages import kit
 from lopd_jax.store import FINISH_REASONS, RolloutStore
 
 # Per-token columns in the order they are written; any other column follows, sorted.
@@ -55,13 +55,22 @@ def export_lines(store: RolloutStore) -> Iterator[str]:
             yield rollout_jsonl.to_json(line)
 
 
+def _output_is_a_file(config: ConfigDict) -> None:
+    if Path(config.output).is_dir():
+        raise ConfigError(f"output={config.output} is a directory; set output to a JSONL file.")
+
+
+RULES = kit.Rules(
+    "export-rollouts", check=_output_is_a_file,
+    required={"store": "a rollout store", "output": "the JSONL file to write"},
+)  # fmt: skip
+
+
 def run(config: ConfigDict) -> dict[str, Any]:
-    output = sections.require_path(config.output, "output", "the JSONL file to write")
-    if Path(output).is_dir():
-        raise ConfigError(f"output={output} is a directory; set output to a JSONL file path.")
-    store = RolloutStore.open(sections.require_path(config.store, "store", "a rollout store"))
-    rows = rollout_jsonl.write_lines(output, export_lines(store))
+    kit.start(config, RULES)
+    store = RolloutStore.open(config.store)
+    rows = rollout_jsonl.write_lines(config.output, export_lines(store))
     if not store.manifest.get("complete"):
         print(f"export-rollouts: {config.store} is not complete; exported its committed rows.")
-    print(f"export-rollouts: wrote {rows} rows to {output}")
-    return {"rows": rows, "output": output}
+    summary = {"rows": rows, "output": config.output}
+    return kit.report("export-rollouts", f"wrote {rows} rows to {config.output}", summary)

@@ -13,18 +13,21 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from lopd_jax.configs import sections
 from lopd_jax.models import gguf
+from lopd_jax.stages import kit
+
+RULES = kit.Rules(
+    "import-gguf", choices={"dtype": ("float32", "bfloat16")},
+    required={"gguf": "the .gguf file to import", "output": "the HF directory to write"},
+)  # fmt: skip
 
 
 def run(config: ConfigDict) -> dict[str, Any]:
-    source = sections.require_path(config.gguf, "gguf", "the .gguf file to import")
-    output = sections.require_path(config.output, "output", "the HF directory to write")
-    if config.dtype not in ("float32", "bfloat16"):
-        raise sections.ConfigError(f"dtype={config.dtype!r}; choose 'float32' or 'bfloat16'.")
-    manifest = gguf.convert(source, output, dtype=config.dtype)
+    kit.start(config, RULES)
+    manifest = gguf.convert(config.gguf, config.output, dtype=config.dtype)
     if manifest.get("skipped"):
-        print(f"import-gguf: {output} already holds this GGUF ({manifest['gguf_sha256'][:16]})")
+        headline = f"{config.output} already holds this GGUF ({manifest['gguf_sha256'][:16]})"
     else:
-        print(f"import-gguf: wrote {output} ({manifest['architecture']}, {config.dtype})")
+        headline = f"wrote {config.output} ({manifest['architecture']}, {config.dtype})"
+    kit.report("import-gguf", headline, {})
     return manifest

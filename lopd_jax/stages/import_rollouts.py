@@ -36,21 +36,18 @@ from lopd_jax.configs import sections
 from lopd_jax.data import rollout_jsonl, sft
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref, scoring
-from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
-from lopd_jax.store import RolloutStore, summarize
+from lopd_jax.stages import kit
+from lopd_jax.store import summarize
+from lopd_jax.store.rollouts import KIND
 
 
-def provenance(config: ConfigDict) -> tuple[ref.ModelRef | None, sft.Renderer | None, str | None]:
-    """The sampling model (None: unknown), the configured tokenizer and the tokenizer identity."""
-    if not config.model.path and not config.tokenizer:
-        raise ConfigError(
-            "Set model.path (the model that sampled the rollouts) or at least `tokenizer` (its "
-            "tokenizer directory, or 'bytes'): the import needs a vocabulary to check ids against."
-        )
-    model = None
+def provenance(config: ConfigDict):
+    """The sampling model and its config (None: unknown), the configured tokenizer and the
+    tokenizer identity."""
+    model = model_config = None
     if config.model.path:
-        model = ref.resolve(config.model.path, sections.model_step(config.model))
+        model, model_config, _ = kit.load(config.model, params=False)
     renderer = sft.load_renderer(config.tokenizer) if config.tokenizer else None
     known = model.tokenizer_name() if model is not None else None
     if renderer is not None and known not in (None, renderer.name):
@@ -58,16 +55,15 @@ def provenance(config: ConfigDict) -> tuple[ref.ModelRef | None, sft.Renderer | 
             f"model.path={model.path} was trained with tokenizer {known!r} but `tokenizer` is "
             f"{renderer.name!r}; leave `tokenizer` empty to use the model's."
         )
-    return model, renderer, renderer.name if renderer is not None else known
+    return model, model_config, renderer, renderer.name if renderer is not None else known
 
 
-def sampler_scorer(config: ConfigDict, model: ref.ModelRef, seq_len: int):
+def sampler_scorer(config: ConfigDict, model: ref.ModelRef, model_config, mesh, seq_len: int):
     """`rows -> [log pi(response tokens)]` of the model, teacher-forced (loads it once)."""
-    model_config = sections.model_config(config.model, model.config)
-    mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh), devices=jax.local_devices())
-    param_shardings = rules.param_shardings(model_config, mesh)
-    params = model.load(model_config.param_dtype, param_shardings)
-    forward = scoring.make_forward(model_config, param_shardings, mesh, topk=0)
+    params = kit.load_params(model, model_config, mesh)
+    forward = scoring.make_forward(
+        model_config, rules.param_shardings(model_config, mesh), mesh, topk=0
+    )
 
     def log_pi(rows: list[rollout_jsonl.Row]) -> list[np.ndarray]:
         full = [np.concatenate([r.prompt_ids, r.response_ids]) for r in rows]
@@ -94,10 +90,23 @@ def finish_reason(row: rollout_jsonl.Row, stop_ids: set[int]) -> str:
     return "stop" if row.response_ids.size and int(row.response_ids[-1]) in stop_ids else "length"
 
 
+def _model_or_tokenizer(config: ConfigDict) -> None:
+    if not config.model.path and not config.tokenizer:
+        raise ConfigError(
+            "Set model.path (the model that sampled the rollouts) or at least `tokenizer` (its "
+            "tokenizer directory, or 'bytes'): the import needs a vocabulary to check ids against."
+        )
+
+
+RULES = kit.Rules(
+    "import-rollouts", positive=("chunk_rows", "batch_size"),
+    required={"input": "a rollouts JSONL file", "output": "a new rollout store path"},
+    mesh="local", check=_model_or_tokenizer,
+)  # fmt: skip
+
+
 def run(config: ConfigDict) -> dict[str, Any]:
-    sections.validate(config)
-    sections.require_positive(config, "chunk_rows", "batch_size")
-    mesh_lib.maybe_initialize_distributed()
+    mesh = kit.start(config, RULES)
     # Not multi-process: a store has one writer, and orbax (which loads a checkpoint model)
     # waits for every process of the job, so process 0 cannot load one alone.
     if jax.process_count() > 1:
@@ -105,9 +114,8 @@ def run(config: ConfigDict) -> dict[str, Any]:
             f"lopd import-rollouts is single-host, but this job has {jax.process_count()} "
             "processes; run it as one process (no launcher), then the later stages on many."
         )
-    source = Path(sections.require_path(config.input, "input", "a rollouts JSONL file"))
-    output = sections.require_path(config.output, "output", "a new rollout store path")
-    model, renderer, tokenizer = provenance(config)
+    source, output = Path(config.input), config.output
+    model, model_config, renderer, tokenizer = provenance(config)
     vocab_size = model.config.vocab_size if model is not None else renderer.vocab_size
     max_len = model.config.max_position_embeddings if model is not None else None
     found = rollout_jsonl.scan(source, vocab_size, max_len)
@@ -147,14 +155,14 @@ def run(config: ConfigDict) -> dict[str, Any]:
         "imported_from": {"path": str(source.absolute()), "fingerprint": identity["input"]},
         "config": config.to_dict(),
     }
-    store = RolloutStore.open_or_create(output, identity, **metadata)
+    store = kit.claim(output, KIND, identity, **metadata)
     log_pi = None  # the model is loaded only if a row needs its log-probs
     lines = rollout_jsonl.read(source, vocab_size, max_len, skip=store.num_rows)
     while rows := list(itertools.islice(lines, config.chunk_rows)):
         missing = [i for i, r in enumerate(rows) if r.sampler_logprobs is None]
         sampler = [r.sampler_logprobs for r in rows]
         if missing:
-            log_pi = log_pi or sampler_scorer(config, model, seq_len)
+            log_pi = log_pi or sampler_scorer(config, model, model_config, mesh, seq_len)
             for i, values in zip(missing, log_pi([rows[i] for i in missing]), strict=True):
                 sampler[i] = values
         first = store.num_rows
@@ -174,7 +182,4 @@ def run(config: ConfigDict) -> dict[str, Any]:
 
     summary = summarize(store) | {"sampler_logprobs_computed": len(found.lacking_logprobs)}
     store.update_manifest(complete=store.num_rows == found.rows, summary=summary)
-    print(f"import-rollouts: wrote {output}")
-    for key, value in summary.items():
-        print(f"  {key:<26} {value}")
-    return summary
+    return kit.report("import-rollouts", f"wrote {output}", summary)

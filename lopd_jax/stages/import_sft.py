@@ -24,10 +24,10 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from lopd_jax import artifacts
-from lopd_jax.configs import sections
 from lopd_jax.data import sft
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref
+from lopd_jax.stages import kit
 
 IMPORTED = "import-sft"  # the manifest's `made_by`: what may be replaced by a re-import
 MAX_LISTED = 10
@@ -92,12 +92,18 @@ def check_replaceable(output: Path) -> None:
         )
 
 
+RULES = kit.Rules(
+    "import-sft",
+    required={"input": "the SFT JSONL to import", "output": "a new SFT data directory",
+              "teacher": "the teacher's model dir or name"},
+)  # fmt: skip
+
+
 def run(config: ConfigDict) -> dict[str, Any]:
-    source = Path(sections.require_path(config.input, "input", "the SFT JSONL to import"))
-    output = Path(sections.require_path(config.output, "output", "a new SFT data directory"))
-    spec = sections.require_path(config.teacher, "teacher", "the teacher's model dir or name")
+    kit.start(config, RULES)
+    source, output = Path(config.input), Path(config.output)
     check_replaceable(output)
-    teacher = declared_teacher(spec)
+    teacher = declared_teacher(config.teacher)
     records = read_records(source)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
@@ -118,5 +124,5 @@ def run(config: ConfigDict) -> dict[str, Any]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     state = "verified" if teacher["teacher_verified"] else "unverified (a name)"
-    print(f"import-sft: {len(records)} examples -> {output}, teacher {teacher['teacher']} {state}")
-    return {"examples": len(records), **teacher}
+    headline = f"{len(records)} examples -> {output}, teacher {teacher['teacher']} {state}"
+    return kit.report("import-sft", headline, {"examples": len(records), **teacher})

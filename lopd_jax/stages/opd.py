@@ -36,8 +36,7 @@ from lopd_jax.configs import sections
 from lopd_jax.data import pipeline, sft
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref
-from lopd_jax.parallel import mesh as mesh_lib
-from lopd_jax.stages import score
+from lopd_jax.stages import kit, score
 from lopd_jax.store import RolloutStore, StoreError
 from lopd_jax.training import loop, losses, online
 
@@ -94,7 +93,6 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
         pipeline.batches(data, config.train.batch_size, jax.process_index(), jax.process_count())
     )
     inputs = {
-        "store": str(config.store),
         "rollouts": store.manifest.get("identity"),
         "teacher": scoring["teacher"]["identity"],
         **guard,
@@ -102,27 +100,25 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
     return iterator, inputs
 
 
+RULES = kit.Rules(
+    "opd", choices={"mode": MODES},
+    positive=("data.seq_len", "data.num_packing_bins", "online.prompts_per_step",
+              "online.samples_per_prompt", "online.reuse_steps", "online.max_new_tokens"),
+    ranges=(("data.rollouts_per_prompt", lambda n: n >= 0, ">= 0 (0 = all)"),
+            ("online.topk", lambda k: k >= 0, ">= 0"),
+            ("online.temperature", lambda t: t >= 0, ">= 0"),
+            ("online.top_p", lambda p: 0 < p <= 1, "in (0, 1]")),
+    required={"model.path": "the SFT checkpoint (pi_ref)"},
+    mesh="global", batch="train.batch_size", output=("workdir", "checkpoints", ()),
+    check=loss_config,
+)  # fmt: skip
+
+
 def run(config: ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) OPD; returns the final metrics."""
-    sections.validate(config)
-    sections.require_choice(config, "mode", MODES)
-    sections.require_positive(
-        config, "data.seq_len", "data.num_packing_bins", "online.prompts_per_step",
-        "online.samples_per_prompt", "online.reuse_steps", "online.max_new_tokens",
-    )  # fmt: skip
-    sections.require(config, "data.rollouts_per_prompt", lambda n: n >= 0, ">= 0 (0 = all)")
-    sections.require(config, "online.topk", lambda k: k >= 0, ">= 0")
-    sections.require(config, "online.temperature", lambda t: t >= 0, ">= 0")
-    sections.require(config, "online.top_p", lambda p: 0 < p <= 1, "in (0, 1]")
+    mesh = kit.start(config, RULES)
     opd = loss_config(config)
-    artifacts.check_lopd_directory(config.workdir, "checkpoints", field="workdir")
-    mesh_lib.maybe_initialize_distributed()
-    mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
-    pi_ref = ref.resolve(
-        sections.require_path(config.model.path, "model.path", "the SFT checkpoint (pi_ref)"),
-        sections.model_step(config.model),
-    )
-    model_config = sections.model_config(config.model, pi_ref.config)
+    pi_ref, model_config, _ = kit.load(config.model, params=False)  # loaded by the Trainer
 
     if config.mode == "lightning":  # never touches config.teacher
         data_iterator, inputs = lightning_source(config, pi_ref, opd)
@@ -150,9 +146,10 @@ def run(config: ConfigDict) -> dict[str, Any]:
         kind=CHECKPOINT_KIND, workdir=config.workdir, model_config=model_config,
         loss_fn=losses.opd_loss_fn(model_config, opd), config=config, mesh=mesh,
         manifest={
-            "mode": config.mode, "pi_ref": pi_ref.identity, "pi_ref_path": str(pi_ref.path),
-            "sft_teacher": pi_ref.sft_teacher, "tokenizer": pi_ref.tokenizer_identity, **inputs,
+            "mode": config.mode, "pi_ref": pi_ref.identity, "sft_teacher": pi_ref.sft_teacher,
+            "tokenizer": pi_ref.tokenizer_identity, **inputs,
         },
+        recorded={"pi_ref_path": str(pi_ref.path)},
         summarize=lambda m: _reported(m, next_batch),
         plots=("train/loss", "train/advantage_mean", "train/w_mean", "train/w_std",
                "train/kl_k3", "train/kl_to_ref", "train/student_rest_mass"),

@@ -46,8 +46,10 @@ from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.data import sft, synthetic
 from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
-from lopd_jax.sampling import multihost
+from lopd_jax.sampling import Sampler, multihost
+from lopd_jax.stages import kit
 from lopd_jax.store import RolloutStore, summarize
+from lopd_jax.store.rollouts import KIND
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +89,16 @@ def _check_tokenizer(model: ref.ModelRef, prompts_tokenizer: str) -> None:
         )
 
 
+RULES = kit.Rules(
+    "rollout", positive=("n", "batch_size", "chunk_rows", "max_new_tokens"),
+    required={"model.path": "the SFT checkpoint"}, mesh="local", batch="batch_size",
+)  # fmt: skip
+
+
 def run(config) -> dict[str, Any]:
-    sections.validate(config)
-    sections.require_positive(config, "n", "batch_size", "chunk_rows", "max_new_tokens")
-    mesh_lib.maybe_initialize_distributed()
-    path = sections.require_path(config.model.path, "model.path", "the SFT checkpoint")
-    model = ref.resolve(path, sections.model_step(config.model))
-    model_config = sections.model_config(config.model, model.config)
+    mesh = kit.start(config, RULES)
+    # Loaded before the store is claimed: weights that fail to load leave nothing behind.
+    model, model_config, params = kit.load(config.model, mesh)
     prompts, renderer, prompts_source = load_prompts(config, model)
     sampling = sections.sampling_params(config, model, renderer)
     if not sampling.stop_ids:
@@ -124,13 +129,10 @@ def run(config) -> dict[str, Any]:
         "num_prompts": len(prompts),
         "config": config.to_dict(),
     }
-    # Loaded before the store is created: weights that fail to load (or a batch size the mesh
-    # cannot split) leave nothing behind.
-    mesh = multihost.local_mesh(sections.mesh_config(config.mesh))
-    sampler = multihost.local_sampler(model, model_config, mesh, config.batch_size)
+    sampler = Sampler(model_config, params, mesh=mesh, batch_size=config.batch_size)
     writer = jax.process_index() == 0
     if writer:
-        store = RolloutStore.open_or_create(config.output, identity, **metadata)
+        store = kit.claim(config.output, KIND, identity, **metadata)
     mesh_lib.sync_processes("lopd rollout: store opened")
     if not writer:
         store = RolloutStore.open(config.output)
@@ -178,7 +180,4 @@ def run(config) -> dict[str, Any]:
         summary["tokens_per_s"] = store.manifest["summary"]["tokens_per_s"]
     store.update_manifest(complete=summary["rows"] == len(order), summary=summary)
     mesh_lib.sync_processes(done)
-    print(f"rollout: wrote {config.output}")
-    for key, value in summary.items():
-        print(f"  {key:<24} {value}")
-    return summary
+    return kit.report("rollout", f"wrote {config.output}", summary)

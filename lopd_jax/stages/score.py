@@ -28,12 +28,11 @@ import tqdm
 from ml_collections import ConfigDict
 
 from lopd_jax import artifacts
-from lopd_jax.configs import sections
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref, scoring
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
-from lopd_jax.sampling.generate import data_parallel_size
+from lopd_jax.stages import kit
 from lopd_jax.store import RolloutStore, StoreError
 
 COLUMNS = ("teacher_logprobs", "teacher_topk_ids", "teacher_topk_logprobs")
@@ -59,43 +58,44 @@ def check_guard(store: RolloutStore, teacher: ref.ModelRef, allow: bool) -> dict
 
 
 def open_scoring(store: RolloutStore, scoring: dict[str, Any]) -> None:
-    """Records what scores the store, refusing a resume by another teacher or settings."""
+    """Records what scores the store, refusing a resume by another teacher (by content: a copy
+    of the teacher anywhere is the same teacher) or other settings."""
     previous = store.manifest.get("scoring")
     # A record with no scored chunk is a start that failed (e.g. unloadable weights): replace it.
     if previous is not None and any(store.complete_chunks(c) for c in COLUMNS[:1]):
-        changed = [k for k in ("teacher", "topk", "dtype") if previous.get(k) != scoring[k]]
-        if changed:
-            raise StoreError(
-                f"{store.path} was partly scored with a different "
-                + "; ".join(f"{k} ({previous.get(k)!r} -> {scoring[k]!r})" for k in changed)
-                + ". Rerun with the original teacher and settings, or score a copy of the store."
-            )
+        artifacts.check_same_identity(
+            store.path, "teacher columns", _identity(previous), _identity(scoring),
+            "Rerun with the original teacher and settings, or score a copy of the store.",
+            error=StoreError,
+        )  # fmt: skip
         return
     store.update_manifest(scoring=scoring)
 
 
+def _identity(scoring: dict[str, Any]) -> dict[str, Any]:
+    """What decides the teacher columns (the teacher's path is recorded, never compared)."""
+    return {"teacher": scoring["teacher"]["identity"], "topk": scoring["topk"],
+            "dtype": scoring["dtype"]}  # fmt: skip
+
+
+RULES = kit.Rules(
+    "score", positive=("seq_len", "batch_size"),
+    ranges=(("topk", lambda k: k >= 0, ">= 0 (0 stores no top-k)"),),
+    required={"store": "a complete rollout store", "teacher": "the teacher model"},
+    mesh="local", batch="batch_size",  # each process scores its own chunks on its own devices
+)  # fmt: skip
+
+
 def run(config: ConfigDict) -> dict[str, Any]:
-    sections.validate(config)
-    sections.require_positive(config, "seq_len", "batch_size")
-    if config.topk < 0:
-        raise ConfigError(f"topk={config.topk} must be >= 0 (0 stores no top-k).")
-    mesh_lib.maybe_initialize_distributed()
-    # Each process scores its own chunks on its own devices: one local mesh per process.
-    mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh), devices=jax.local_devices())
-    if config.batch_size % (shards := data_parallel_size(mesh)):
-        raise ConfigError(
-            f"batch_size={config.batch_size} must be a multiple of the mesh's data-parallel "
-            f"size {shards} (mesh.preset={config.mesh.preset!r}); set it to a multiple."
-        )
+    mesh = kit.start(config, RULES)
     store = RolloutStore.open(config.store)
     if not store.manifest.get("complete"):
         raise StoreError(
             f"{config.store}: the rollout is not complete ({store.num_rows} rows so far); "
             "finish `lopd rollout` (re-run it with the same settings) before scoring."
         )
-    teacher = ref.resolve(sections.require_path(config.teacher, "teacher", "the teacher model"))
+    teacher, teacher_config, _ = kit.load(config.model, path=config.teacher, params=False)
     guard = check_guard(store, teacher, config.allow_inconsistent_teacher)
-    teacher_config = sections.model_config(config.model, teacher.config)
     if config.topk > teacher_config.vocab_size:  # before the [rows, topk] columns exist
         raise ConfigError(
             f"topk={config.topk} exceeds the teacher's vocabulary of "
@@ -143,8 +143,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     }
     if jax.process_index() == 0:
         store.update_manifest(scoring_summary=summary)
-    print(f"score: {config.store}: {summary}")
-    return summary
+    return kit.report("score", f"scored {config.store}", summary)
 
 
 def score_chunks(config, store, teacher, teacher_config, mesh, columns, chunks) -> int:

@@ -35,6 +35,7 @@ from lopd_jax.errors import ConfigError
 from lopd_jax.models import qwen3, ref
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.parallel import rules
+from lopd_jax.stages import kit
 from lopd_jax.training import loop, losses, step
 
 CHECKPOINT_KIND = "sft_checkpoint"
@@ -99,23 +100,22 @@ def base_model(config: ConfigDict) -> tuple[ref.ModelRef | None, qwen3.Qwen3Conf
     """The base model's reference (None for a random init) and its config in our numerics."""
     if not config.model.path:
         return None, sections.model_config(config.model)
-    base = ref.resolve(config.model.path, sections.model_step(config.model))
-    return base, sections.model_config(config.model, base.config)
+    base, model_config, _ = kit.load(config.model, params=False)  # loaded by the Trainer
+    return base, model_config
+
+
+RULES = kit.Rules(
+    "sft", positive=("data.seq_len", "data.num_packing_bins", "data.synthetic_examples"),
+    choices={"data.on_bad_example": sft.POLICIES, "data.overlong": sft.OVERLONG_POLICIES},
+    ranges=(("data.eval_examples", lambda n: n >= 0, ">= 0 (0 = no eval loss)"),),
+    mesh="global", batch="train.batch_size", output=("workdir", "checkpoints", ("sft_data",)),
+)  # fmt: skip
 
 
 def run(config: ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) SFT; returns the final metrics."""
-    sections.validate(config)
-    sections.require_positive(
-        config, "data.seq_len", "data.num_packing_bins", "data.synthetic_examples"
-    )
-    sections.require(config, "data.eval_examples", lambda n: n >= 0, ">= 0 (0 = no eval loss)")
-    sections.require_choice(config, "data.on_bad_example", sft.POLICIES)
-    sections.require_choice(config, "data.overlong", sft.OVERLONG_POLICIES)
-    mesh_lib.maybe_initialize_distributed()
+    mesh = kit.start(config, RULES)
     workdir = io.path(config.workdir)  # local or gs://
-    artifacts.check_lopd_directory(workdir, "checkpoints", field="workdir", allowed=("sft_data",))
-    mesh = mesh_lib.make_mesh(sections.mesh_config(config.mesh))
 
     # Everything is read and checked before anything is written.
     base, model_config = base_model(config)
@@ -140,11 +140,11 @@ def run(config: ConfigDict) -> dict[str, Any]:
         manifest={
             "base_model": base.identity if base else random_init,
             "sft_data": source.fingerprint,
-            "sft_data_path": str(source.jsonl),
             "teacher": source.teacher,
             "tokenizer": renderer.name,
             "data_stats": stats.__dict__,
         },
+        recorded={"sft_data_path": str(source.jsonl)},
         plots=("train/loss", "eval/loss", "train/grad_norm", "train/lr"),
     )  # fmt: skip
     row_options = dict(

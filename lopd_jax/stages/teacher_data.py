@@ -40,15 +40,15 @@ from lopd_jax.data import parts, sft
 from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref
-from lopd_jax.parallel import mesh as mesh_lib
-from lopd_jax.sampling import FINISH_LENGTH, FINISH_STOP, check_batch_size, multihost
+from lopd_jax.sampling import FINISH_LENGTH, FINISH_STOP, Sampler
+from lopd_jax.stages import kit
 
 MADE_BY = "teacher-data"
 
 
 def read_prompts(config: ConfigDict, teacher: ref.ModelRef):
     """The prompt rows (text), their token ids and the renderer."""
-    path = sections.require_path(config.prompts, "prompts", "a prompts JSONL file")
+    path = config.prompts
     rows = prompts_lib.read_rows(path, limit=config.limit)
     pretokenized = [
         i for i, row in enumerate(rows) if "prompt" not in row and "messages" not in row
@@ -93,24 +93,32 @@ def assemble(output: Path, rows: list[dict], num_parts: int, drop_truncated: boo
     return records, counts | {"examples": len(records)}
 
 
-def run(config: ConfigDict) -> dict[str, Any]:
-    sections.validate(config)
-    sections.require_positive(config, "n", "batch_size", "chunk_prompts", "max_new_tokens")
+def _model_path_unused(config: ConfigDict) -> None:
     if config.model.path:
         raise ConfigError(
             f"model.path={config.model.path!r} is not read here: the model is `teacher` "
             "(--config.teacher=...); the model section sets its dtype and numerics."
         )
-    mesh_lib.maybe_initialize_distributed()
+
+
+CLAIM = ".lopd_teacher_data.json"  # the run's identity, written first
+RULES = kit.Rules(
+    MADE_BY, positive=("n", "batch_size", "chunk_prompts", "max_new_tokens"),
+    required={"teacher": "the teacher's model directory", "prompts": "a prompts JSONL file",
+              "output": "a new SFT data directory"},
+    mesh="local", batch="batch_size", output=("output", CLAIM, ()), check=_model_path_unused,
+)  # fmt: skip
+
+
+def run(config: ConfigDict) -> dict[str, Any]:
+    mesh = kit.start(config, RULES)
     if jax.process_count() > 1:  # the sampler gathers its outputs on one host
         raise ConfigError(
             f"lopd teacher-data is single-host for now, but this job has {jax.process_count()} "
             "processes. Run it on one host, or split the prompts across hosts into separate "
             "output directories."
         )
-    spec = sections.require_path(config.teacher, "teacher", "the teacher's model directory")
-    teacher = ref.resolve(spec, sections.model_step(config.model))
-    teacher_config = sections.model_config(config.model, teacher.config)
+    teacher, teacher_config, params = kit.load(config.model, mesh, path=config.teacher)
     rows, prompts, renderer = read_prompts(config, teacher)
     sampling = sections.sampling_params(config, teacher, renderer)
     # What decides every sample: a resume that changes any of it would mix two runs.
@@ -124,13 +132,14 @@ def run(config: ConfigDict) -> dict[str, Any]:
         "chunk_prompts": config.chunk_prompts,
         "dtype": [teacher_config.param_dtype, teacher_config.dtype],
     }
-    output = Path(sections.require_path(config.output, "output", "a new SFT data directory"))
-    mesh = multihost.local_mesh(sections.mesh_config(config.mesh))
-    check_batch_size(config.batch_size, mesh)  # before the output is claimed
-    parts.claim(output, identity, MADE_BY)
+    output = Path(config.output)
+    kit.claim(
+        output, MADE_BY, identity, record=CLAIM,
+        committed=lambda: any((output / parts.PARTS).glob("*.jsonl")),
+    )  # fmt: skip
     num_parts = math.ceil(len(prompts) / config.chunk_prompts)
     if todo := parts.missing(output, num_parts):
-        sampler = multihost.local_sampler(teacher, teacher_config, mesh, config.batch_size)
+        sampler = Sampler(teacher_config, params, mesh=mesh, batch_size=config.batch_size)
         sample_parts(config, sampler, prompts, renderer, sampling, output, todo)
 
     records, counts = assemble(output, rows, num_parts, config.drop_truncated)
@@ -147,10 +156,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         prompts={"path": str(Path(config.prompts).absolute()), "num_prompts": len(prompts)},
         config=config.to_dict(),
     )  # fmt: skip
-    print(f"teacher-data: wrote {output} (teacher {teacher.identity})")
-    for key, value in counts.items():
-        print(f"  {key:<18} {value}")
-    return counts
+    return kit.report(MADE_BY, f"wrote {output} (teacher {teacher.identity})", counts)
 
 
 def sample_parts(config, sampler, prompts, renderer, sampling, output, todo):

@@ -218,20 +218,22 @@ class RolloutStore:
         """Resumes the store at `path` if it was made from the same `identity` (everything
         that changes its rows: model, prompts, sampling, seed, ...), else creates one.
 
-        A resume over a different identity is refused, naming every field that differs; with
+        A resume over a different identity is refused, naming every field that differs (a
+        store with no committed chunk is a failed start: it takes the new identity); with
         `verify`, the committed data is checked (`verify`) before anything is appended to it.
         """
         identity = _jsonable(identity)
         if _open_kvstore(path).read(artifacts.MANIFEST).result().state == "missing":
             return cls.create(path, identity=identity, **metadata)
         store = cls.open(path)
-        stored = store.manifest.get("identity", {})
-        if changed := artifacts.changed_fields(stored, identity):
-            raise StoreError(
-                f"{path} holds rollouts made from other inputs, so resuming would mix two runs "
-                "in one store:\n  " + "\n  ".join(changed) + "\nUse a new output path, or "
-                "rerun with the inputs that store was made from (its manifest.json records them)."
-            )
+        if not store.chunks:  # a start that failed before its first chunk: replaced
+            store.update_manifest(identity=identity, **metadata)
+            return store
+        artifacts.check_same_identity(
+            path, "rollouts", store.manifest.get("identity", {}), identity,
+            "Use a new output path, or rerun with the inputs that store was made from (its "
+            "manifest.json records them).", error=StoreError,
+        )  # fmt: skip
         if verify:
             store.verify()
         return store

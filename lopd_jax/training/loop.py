@@ -10,11 +10,12 @@ batches:
 
 The checkpoint directory `<workdir>/checkpoints` holds a run manifest with the run's
 *identity*: its inputs (base model, data, teacher, tokenizer identities) and every config field
-that changes the result. A re-run with the same workdir resumes exactly (params, optimizer, RNG,
-data position) and is refused, naming the fields, if any of them changed. The manifest is
-written only once the inputs are loaded, and removed again when the run fails before its first
-checkpoint (a non-finite loss stops it: `NonFiniteLossError`), so a start that fails does not
-block the fixed re-run.
+that changes the result. It is the run's claim on the workdir (`stages.kit.claim`): a re-run
+with the same workdir resumes exactly (params, optimizer, RNG, data position) and is refused,
+naming the fields, if any of them changed. The claim is taken only once the inputs are loaded
+and training begins, and given up again when the run fails before its first checkpoint (a
+non-finite loss stops it: `NonFiniteLossError`), so a start that fails does not block the fixed
+re-run.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from lopd_jax import artifacts, io
 from lopd_jax.errors import LopdError
 from lopd_jax.models import qwen3
 from lopd_jax.parallel import rules
+from lopd_jax.stages import kit
 from lopd_jax.training import checkpoint, metrics, optimizer, state, step
 from lopd_jax.training.losses import LossFn
 
@@ -46,6 +48,9 @@ OPERATIONAL_FIELDS = (
     "workdir", "checkpoint", "mesh", "train.log_every", "train.eval_every", "eval",
     "model.scan_unroll",
 )  # fmt: skip
+# Config fields naming an input by its path: recorded, never compared on resume (a copy of the
+# input elsewhere is the same input; its content identity is among the run's inputs).
+PATH_FIELDS = ("model.path", "data.path", "store", "teacher")
 
 
 # Step metrics that must stay finite: a NaN loss or gradient corrupts every later update.
@@ -69,12 +74,11 @@ Hook = Callable[[StepInfo], Mapping[str, float] | None]
 
 
 def result_config(config: ConfigDict) -> dict[str, Any]:
-    """The config without its operational fields: what a resume must agree on."""
+    """The config without its operational and path fields: what a resume must agree on."""
     flat = _flatten(config.to_dict())
+    skipped = (*OPERATIONAL_FIELDS, *PATH_FIELDS)
     return {
-        k: v
-        for k, v in flat.items()
-        if not any(k == f or k.startswith(f + ".") for f in OPERATIONAL_FIELDS)
+        k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in skipped)
     }
 
 
@@ -86,20 +90,6 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return out
-
-
-def check_same_run(
-    existing: Mapping[str, Any], identity: Mapping[str, Any], where: str | os.PathLike
-) -> None:
-    """Refuses a resume whose identity-bearing inputs or config changed, naming each."""
-    old, new = _flatten(existing), _flatten(identity)
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    if changed:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-        raise artifacts.ArtifactError(
-            f"{where} holds a run made with different inputs or settings ({details}). Resuming "
-            "would mix two runs: use a new workdir, or rerun with the original values."
-        )
 
 
 class Trainer:
@@ -115,12 +105,14 @@ class Trainer:
         config: ConfigDict,
         mesh: jax.sharding.Mesh,
         manifest: dict[str, Any],
+        recorded: Mapping[str, Any] | None = None,
         summarize: Callable[[dict[str, float]], dict[str, float]] | None = None,
         plots: tuple[str, ...] = ("train/loss", "train/grad_norm", "train/lr"),
     ):
         """`config` holds the shared `train`, `optimizer` and `checkpoint` sections;
         `manifest` the run's inputs (identities), recorded in the checkpoint manifest and
-        compared on resume with the result-bearing config; `summarize` turns the step's
+        compared on resume with the result-bearing config; `recorded` more fields recorded,
+        never compared (where the inputs were: paths); `summarize` turns the step's
         summed metrics into reported ones (default: as they are)."""
         self.kind = kind
         self.workdir = io.path(workdir)  # local or gs://
@@ -132,6 +124,7 @@ class Trainer:
         self.summarize = summarize or (lambda m: m)
         self.manifest = {
             **manifest,
+            **(recorded or {}),
             "model_config": checkpoint.model_config_fields(model_config),
             "identity": {"inputs": manifest, "config": result_config(config)},
             "config": config.to_dict(),
@@ -147,7 +140,7 @@ class Trainer:
         )
         self._hooks: list[tuple[int, Hook, bool]] = []
         self.resumed_step: int | None = None
-        self._wrote_manifest = False
+        self._claim: kit.Claim | None = None
         self.manager: checkpoint.CheckpointManager | None = None
 
     def add_hook(self, fn: Hook, *, every: int, at_start: bool = False) -> None:
@@ -161,10 +154,8 @@ class Trainer:
     ) -> state.TrainState:
         """The state of the last checkpoint (moving `data_iterator` to its position), else a
         fresh one around `init_params(param_shardings)`."""
-        existing = None
-        if (self.ckpt_dir / artifacts.MANIFEST).exists():
-            existing = artifacts.read_manifest(self.ckpt_dir)
-            check_same_run(existing.get("identity", {}), self.manifest["identity"], self.ckpt_dir)
+        if (self.ckpt_dir / artifacts.MANIFEST).exists():  # compared before anything is read
+            self._take_claim()
         self.manager = checkpoint.CheckpointManager(
             self.ckpt_dir,
             save_every=self.config.checkpoint.save_every,
@@ -179,11 +170,15 @@ class Trainer:
             _log.info("Resumed %s at step %d.", self.ckpt_dir, self.resumed_step)
             return train_state
         params = init_params(self.shardings.params)
-        train_state = state.init_state(params, self.tx, self.config.seed, self.shardings)
-        if existing is None and jax.process_index() == 0:  # the inputs loaded: now record them
-            artifacts.write_manifest(self.ckpt_dir, self.kind, **self.manifest)
-            self._wrote_manifest = True
-        return train_state
+        return state.init_state(params, self.tx, self.config.seed, self.shardings)
+
+    def _take_claim(self) -> None:
+        fields = {k: v for k, v in self.manifest.items() if k != "identity"}
+        self._claim = kit.claim(
+            self.workdir, self.kind, self.manifest["identity"], field="workdir",
+            record=f"{self.ckpt_dir.name}/{artifacts.MANIFEST}", marker=self.ckpt_dir.name,
+            committed=lambda: any(p.name.isdigit() for p in self.ckpt_dir.iterdir()), **fields,
+        )  # fmt: skip
 
     def train(
         self,
@@ -199,11 +194,14 @@ class Trainer:
         """
         steps, log_every = self.config.train.steps, self.config.train.log_every
         first = int(train_state.step)
-        writer = metrics.MetricsWriter(self.workdir, resume_step=self.resumed_step)
         last: dict[str, float] = {}
         window = _Throughput()
         meta = {"manifest": self.manifest}
+        writer = None
         try:
+            if self._claim is None:  # a fresh run: its inputs loaded, it claims the workdir
+                self._take_claim()
+            writer = metrics.MetricsWriter(self.workdir, resume_step=self.resumed_step)
             if self.resumed_step is None:
                 for _, hook, at_start in self._hooks:
                     if at_start and (extra := hook(StepInfo(0, train_state, {}))):
@@ -246,13 +244,14 @@ class Trainer:
             # leaves no claim: the rerun with the value fixed starts afresh, not refused as
             # "different inputs".
             self.manager.wait()
-            if self._wrote_manifest and not self.manager.all_steps():
-                (self.ckpt_dir / artifacts.MANIFEST).unlink(missing_ok=True)
+            if self._claim is not None and not self.manager.all_steps():
+                self._claim.release()
             raise
         finally:
             self.manager.wait()
             self.manager.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
         if jax.process_index() == 0 and self.plots:
             metrics.plot_metrics(self.workdir, self.plots)
         return {k: float(v) for k, v in last.items()}

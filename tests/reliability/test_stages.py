@@ -11,6 +11,7 @@ uninterrupted, once, if one of its cases runs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from lopd_jax.configs import import_rollouts as import_rollouts_config
 from lopd_jax.configs import import_sft as import_sft_config
 from lopd_jax.configs import teacher_data as teacher_data_config
 from lopd_jax.data import parts, rollout_jsonl
+from lopd_jax.data import sft as sft_data
 from lopd_jax.data.tasks import addition
 from lopd_jax.errors import LopdError
 from lopd_jax.models import ref
@@ -194,7 +196,7 @@ def _rollout_copy(p, d):
 
 
 def _train_kills(after_manifest):
-    """Training stages: killed once the run manifest is written (before the first update),
+    """Training stages: killed once the inputs are loaded (before the claim and first update),
     at step 2's metrics (after step 1's checkpoint), and inside step 2's checkpoint save."""
     return {
         "setup": lambda: after_manifest,
@@ -261,7 +263,7 @@ STAGES = [
             "setup": lambda: kill_on_call(Sampler, "sample", lambda *a, **k: True),
             "mid-run": lambda: kill_on_call(parts, "write_part", lambda out, i, lines: i == 1),
             "commit": lambda: kill_on_call(  # data.jsonl written, its manifest not
-                artifacts, "write_manifest", lambda *a, **k: True
+                artifacts, "write_manifest", lambda d, kind, **k: kind == sft_data.SFT_DATA_KIND
             ),
         },
     ),
@@ -547,6 +549,7 @@ BAD_INPUTS = [
     ("sft", "invalid UTF-8", _sft_data(b'{"prompt": "1+1=", "response": "\xff\xfe"}\n')),
     ("sft", "unknown model.preset", _set(**{"model.path": "", "model.preset": "qwen9"})),
     ("sft", "train.steps=0", _set(**{"train.steps": 0})),
+    ("sft", "batch not split by microbatches x mesh", _set(**{"train.num_microbatches": 2})),
     ("sft", "workdir holds a user's metrics.jsonl", _foreign_output("workdir", "metrics.jsonl")),
     ("score", "store is a file", _file_output("store")),
     ("score", "topk<0", _set(topk=-1)),
@@ -559,6 +562,7 @@ BAD_INPUTS = [
     ("score", "batch_size not a multiple of the mesh", _set(batch_size=3)),
     ("score", "missing teacher", _set(teacher="")),
     ("opd", "unknown mode", _set(mode="offline")),
+    ("opd", "batch not split by microbatches x mesh", _set(**{"train.batch_size": 12})),
     ("opd", "missing model.path", _set(**{"model.path": ""})),
     ("opd", "store is a file", _file_output("store")),
     ("opd", "unknown loss", _set(**{"loss.loss": "forward_kl"})),
@@ -799,6 +803,84 @@ def test_ctrl_c_is_one_line_and_exit_130(stage, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ref, "resolve", interrupted)
     config = cli._SHIPPED / f"{cli.STAGES[stage]}.py"
     output = f"--config.{OUTPUT_FIELD[stage]}={tmp_path / 'out'}"
-    assert _cli(stage, str(config), output) == 130
+    required = ["--config.dataset=problems.jsonl"] if stage == "evaluate" else []
+    assert _cli(stage, str(config), output, *required) == 130
     err = capsys.readouterr().err.strip()
     assert err == f"lopd {stage}: interrupted; rerun the same command to resume."
+
+
+# ------------------------------------------------------------------------------------------
+# The resume protocol (`stages.kit.claim`), issue 20's defects 1 and 9.
+
+# Defect 1: a resume compares inputs by content, never by path: killed mid-run, the run resumes
+# from a byte-identical copy of its input in another directory. (stage, kill point, the field
+# of the copied input)
+MOVED_INPUTS = [
+    ("score", "mid-run", "teacher"),
+    ("teacher-data", "mid-run", "teacher"),
+    ("evaluate", "mid-run", "model.path"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "point", "field"), MOVED_INPUTS, ids=[f"{s}-{f}" for s, _, f in MOVED_INPUTS]
+)
+def test_a_resume_from_a_copy_of_an_input_elsewhere_is_the_same_run(
+    name, point, field, pipeline, uninterrupted, tmp_path, monkeypatch
+):
+    stage = STAGE[name]
+    want = stage.artifacts(uninterrupted(stage))
+    _calls.clear()
+    with monkeypatch.context() as m:
+        m.setattr(*stage.kills[point]())
+        with pytest.raises(Killed):
+            stage.run(stage.config(pipeline, tmp_path))
+    config = stage.config(pipeline, tmp_path)
+    original = Path(functools.reduce(getattr, field.split("."), config))
+    copy = shutil.copytree(original, tmp_path / "elsewhere" / original.name)
+    config.update_from_flattened_dict({field: str(copy)})
+    stage.run(config)  # resumed, not refused as another input
+    got = stage.artifacts(stage.output(tmp_path))
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+class DiskFull(OSError):
+    """A failure of the start after the inputs are loaded (before the first update)."""
+
+
+def _fail_on_call(target, name):
+    def failing(*args, **kwargs):
+        raise DiskFull(f"{name}: no space left on device")
+
+    return target, name, failing
+
+
+# Defect 9: a start that fails after its inputs are loaded leaves no claim, so the rerun with a
+# value changed is not refused as "different inputs". (stage, where it fails, the changed value)
+FAILED_STARTS = [
+    ("opd", lambda: _fail_on_call(opd, "_copy_generation_files"), {"optimizer.warmup": 0.5}),
+    ("sft", lambda: _fail_on_call(sft, "save_generation_files"), {"optimizer.warmup": 0.5}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "fail", "changed"), FAILED_STARTS, ids=[s for s, _, _ in FAILED_STARTS]
+)
+def test_a_failed_start_leaves_no_claim_and_the_changed_rerun_runs(
+    name, fail, changed, pipeline, tmp_path, monkeypatch
+):
+    stage = STAGE[name]
+    config = stage.config(pipeline, tmp_path)
+    record = stage.output(tmp_path) / "checkpoints" / artifacts.MANIFEST
+    with monkeypatch.context() as m:
+        m.setattr(*fail())
+        with pytest.raises(DiskFull):
+            stage.run(config)
+    assert not record.exists(), "the failed start claimed its workdir"
+    config.update_from_flattened_dict(changed)
+    with monkeypatch.context() as m:  # the rerun gets past its claim (stopped right after it)
+        m.setattr(*kill_on_call(metrics.MetricsWriter, "__init__", lambda *a, **k: True))
+        with pytest.raises(Killed):
+            stage.run(config)

@@ -133,8 +133,10 @@ def test_larger_limit_extends_a_run_and_the_summary_covers_its_limit(setup, tmp_
     rows = [json.loads(x) for x in dataset.read_text().splitlines()]
     other.write_text("".join(json.dumps(r | {"prompt": r["prompt"] + " "}) + "\n" for r in rows))
     c.dataset, c.limit = str(other), 0
-    with pytest.raises(artifacts.ArtifactError, match="different dataset"):
+    with pytest.raises(artifacts.ArtifactError, match="graded on other prompts"):
         evaluate.run(c)
+    c.dataset = str(shutil.copy(dataset, tmp_path / "moved.jsonl"))  # compared by content
+    assert evaluate.run(c)["problems"] == PROBLEMS
     shutil.copy(other, dataset_copy := tmp_path / "copy.jsonl")  # the same file, edited
     c.dataset, c.workdir, c.limit = str(dataset_copy), str(tmp_path / "edited"), 2
     evaluate.run(c)

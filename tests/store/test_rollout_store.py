@@ -266,7 +266,7 @@ def test_open_or_create_names_every_identity_field_that_differs(tmp_path):
     message = str(e.value)
     for line in (
         "model: stored 'sha256:aa', now 'sha256:bb'",
-        "sampling: stored {'temperature': 1.0}, now {'temperature': 0.5}",
+        "sampling.temperature: stored 1.0, now 0.5",
         "n: stored 2, now '<absent>'",
         "dtype: stored '<absent>', now 'bfloat16'",
         "new output path",
@@ -354,3 +354,15 @@ def test_a_marker_altered_to_another_range_is_refused(tmp_path):
     marker.write_text(json.dumps({**fields, "token_start": fields["token_start"] + 1}))
     with pytest.raises(StoreError, match="does not continue chunk 0"):
         RolloutStore.open(path)
+
+
+def test_a_store_with_no_committed_chunk_takes_the_new_identity(tmp_path):
+    """A start that failed (even killed) after creating its store, before its first chunk,
+    does not block the rerun with another value."""
+    RolloutStore.open_or_create(tmp_path / "r.zarr", {"seed": 0}, chunk_rows=4)
+    store = RolloutStore.open_or_create(tmp_path / "r.zarr", {"seed": 1}, chunk_rows=2)
+    assert store.manifest["identity"] == {"seed": 1} and store.manifest["chunk_rows"] == 2
+    tokens, kw = _chunk(np.random.default_rng(4), 3)
+    store.append_chunk(tokens, **kw)
+    with pytest.raises(StoreError, match="seed: stored 1, now 0"):
+        RolloutStore.open_or_create(tmp_path / "r.zarr", {"seed": 0})
