@@ -26,6 +26,16 @@ def get_config() -> ConfigDict:
     c.teacher = ""  # online (and refresh_every > 0): the teacher model directory
     # Let an inconsistent (or unknown) SFT teacher through, for ablations; recorded.
     c.allow_inconsistent_teacher = False
+    # Deviations from the paper's recipe, each refused unless set, and recorded in the manifest:
+    # - continue_run: continue the run in `workdir` (finished or stopped) to a larger
+    #   train.steps on the same inputs (manifest `extensions`);
+    # - allow_other_start (lightning): start from model.path although it is not the checkpoint
+    #   that sampled the store's rollouts, e.g. a later checkpoint of the SFT run or an OPD
+    #   checkpoint trained on this store (manifest `other_start`). Lightning OPD has no
+    #   importance weights because it starts at the sampler; from elsewhere w_t != 1 from the
+    #   first update (see `lopd opd --help`).
+    c.continue_run = False
+    c.allow_other_start = False
 
     c.loss = ConfigDict()
     # "sampled_token" (the paper's: -A_t log pi_theta(a_t), A_t = log pi_T - log pi_theta) or

@@ -30,7 +30,7 @@ from tokenizers import (
     pre_tokenizers,
     processors,
 )
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from lopd_jax import io
@@ -333,6 +333,10 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
             "lopd_jax.data.tokenizer.save_tokenizer(build_qwen3_tokenizer(), path) "
             "or point to a directory saved by save_pretrained"
         )
+    # Imported here: `transformers`' auto classes import torch (seconds), which a stage that
+    # never loads a Hugging Face tokenizer does not need.
+    from transformers import AutoTokenizer
+
     with io.local_copy(path, TOKENIZER_FILES) as local:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(local), local_files_only=True)

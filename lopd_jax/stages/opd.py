@@ -5,8 +5,25 @@ the teacher (`lopd rollout`, `lopd score`) are read from the store as packed row
 every epoch and never refreshed; the student's log-probs are recomputed every step and the
 per-token advantage is `A_t = stored log pi_T - log pi_theta`, clipped; no importance weights.
 No teacher is loaded. The run is refused if scoring is incomplete, if the store's rollouts were
-not sampled from this SFT checkpoint, or if the scoring teacher is not the teacher that wrote
-the SFT data (unless `allow_inconsistent_teacher=True`, recorded).
+not sampled from this SFT checkpoint (unless `allow_other_start=True`, below), or if the
+scoring teacher is not the teacher that wrote the SFT data (unless
+`allow_inconsistent_teacher=True`, recorded).
+
+Two explicit deviations from the paper's recipe, each recorded in the run manifest:
+- `continue_run=True`: a run (finished or stopped) continues to a larger `train.steps` on the
+  same store and inputs, from its last checkpoint (`extensions`); with the paper's constant lr
+  it equals one longer run. Without it a larger `train.steps` is refused, naming the option.
+- `allow_other_start=True` (lightning): the student starts from `model.path` although another
+  checkpoint sampled the store's rollouts, e.g. a later SFT checkpoint or an OPD checkpoint
+  trained on this store (`other_start`: both identities). The store's tokenizer must be the
+  start's. What it means: the OPD gradient is an expectation over the student's own samples;
+  Lightning takes it over the sampler's stored rollouts and drops the importance weight
+  `w_t = pi_theta / pi_sampler`, which is exact at the first update only because the student
+  starts at the sampler (`w_t = 1`), and close while it stays near. From another checkpoint
+  `w_t != 1` from the first update: the update is biased by the start's distance from the
+  sampler. `w_mean`, `w_std` and `kl_to_ref` (measured against the sampler, not the start)
+  show how far; `loss.importance_weight_cap` or `loss.ratio_clip` correct for it. A continued
+  run drifts further from the sampler in the same way.
 
 `mode=online` (standard OPD, the baseline): every `online.reuse_steps` steps, fresh responses
 are sampled from the current student and scored by the live teacher held in the same job on the
@@ -55,12 +72,23 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
     """The store's packed rows for this process, after every check; and what to record."""
     store = RolloutStore.open(config.store)
     sampled_by = (store.manifest.get("sft_checkpoint") or {}).get("identity")
+    other_start = {}
     if sampled_by != pi_ref.identity:
-        raise StoreError(
-            f"{config.store} holds rollouts sampled from model {sampled_by!r}, not from "
-            f"model.path={pi_ref.path} ({pi_ref.identity}). Lightning OPD starts from the "
-            "checkpoint that sampled its rollouts: point model.path at it, or re-run rollout."
-        )
+        if not config.allow_other_start:
+            raise StoreError(
+                f"{config.store} holds rollouts sampled from model {sampled_by!r}, not from "
+                f"model.path={pi_ref.path} ({pi_ref.identity}). Lightning OPD starts from the "
+                "checkpoint that sampled its rollouts: point model.path at it, re-run rollout, "
+                "or set allow_other_start=True to start from this checkpoint anyway (a "
+                "recorded deviation: w_t != 1 from the first update)."
+            )
+        if store.manifest.get("tokenizer") != pi_ref.tokenizer_name():
+            raise StoreError(
+                f"{config.store} was tokenized with {store.manifest.get('tokenizer')!r} but "
+                f"model.path={pi_ref.path} with {pi_ref.tokenizer_name()!r}; "
+                "allow_other_start needs a start of the store's tokenizer."
+            )
+        other_start = {"other_start": {"start": pi_ref.identity, "sampled_by": sampled_by}}
     scoring = store.manifest.get("scoring")
     topk_stored = all(store.column_complete(c) for c in losses.TOPK_COLUMNS)
     columns = losses.batch_columns(opd, topk_available=topk_stored)
@@ -96,6 +124,7 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
         "rollouts": store.manifest.get("identity"),
         "teacher": scoring["teacher"]["identity"],
         **guard,
+        **other_start,
     }
     return iterator, inputs
 

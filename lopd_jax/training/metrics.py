@@ -3,10 +3,11 @@
 Only process 0 writes. A resumed run first drops what was logged after its checkpoint (a run
 restarted before its first checkpoint: everything), so the logs read as one uninterrupted run.
 
-A run directory on an object store (`gs://`) cannot be appended to, and tensorboardX writes
-local files: both logs are written to a local mirror (`lopd_jax.io.LocalMirror`) and uploaded
-by `sync()` (the training loop calls it after every checkpoint) and `close()`. What a killed
-run logged after its last sync is lost, which is what its resume would drop anyway.
+TensorBoard's event files are written by `lopd_jax.training.tensorboard` (no tensorboardX: it
+imports torch). A run directory on an object store (`gs://`) cannot be appended to: both logs
+are written to a local mirror (`lopd_jax.io.LocalMirror`) and uploaded by `sync()` (as often as
+checkpoints are saved) and `close()`. What a killed run logged after its last sync is lost,
+which is what its resume would drop anyway.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax
 from etils import epath
 
 from lopd_jax import artifacts, io
+from lopd_jax.training import tensorboard as tensorboard_lib
 
 METRICS_FILE = "metrics.jsonl"
 _log = logging.getLogger(__name__)
@@ -50,11 +52,10 @@ class MetricsWriter:
             ]
             artifacts.atomic_write_text(local, "".join(kept))
         self._file = open(local, "a")
-        if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            # TensorBoard hides the earlier events at steps >= purge_step.
-            self._tb = SummaryWriter(str(self._mirror.local / "tb"), purge_step=first_new_step)
+        if tensorboard:  # TensorBoard hides the earlier events at steps >= purge_step
+            self._tb = tensorboard_lib.EventWriter(
+                self._mirror.local / "tb", purge_step=first_new_step
+            )
 
     def write(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
         if not self.enabled:

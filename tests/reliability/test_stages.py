@@ -49,7 +49,7 @@ from lopd_jax.stages import (
     teacher_data,
 )
 from lopd_jax.store import RolloutStore
-from lopd_jax.training import checkpoint, loop, metrics
+from lopd_jax.training import checkpoint, metrics
 
 
 class Killed(BaseException):
@@ -776,19 +776,68 @@ def _nan_weights(p, d):
     return toy_sft_config(d / "sft", base, p["data"])
 
 
+def _config_file(config, path: Path) -> Path:
+    """`config` as a config file the CLI reads (`--config=PATH`)."""
+    path.write_text(
+        "import json\nfrom ml_collections import ConfigDict\n\n\ndef get_config():\n"
+        f"    return ConfigDict(json.loads({config.to_json()!r}))\n"
+    )
+    return path
+
+
 @pytest.mark.slow  # a training compile
 @pytest.mark.parametrize("make_config", [_nan_weights], ids=["sft-nan-base-weights"])
 def test_non_finite_loss_stops_at_the_first_step_with_nothing_saved(
-    make_config, pipeline, tmp_path
+    make_config, pipeline, tmp_path, capsys
 ):
+    """Through the CLI: exit 2 and one line naming the value and the step (after the
+    progress bar's)."""
     config = make_config(pipeline, tmp_path)
-    with pytest.raises(loop.NonFiniteLossError, match="loss=nan at step 1"):
-        sft.run(config)
+    assert _cli("sft", str(_config_file(config, tmp_path / "nan_config.py"))) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("lopd sft: error: ")
+    assert "loss=nan at step 1" in err and "not saved" in err
     ckpt = Path(config.workdir) / "checkpoints"
     assert not (ckpt / artifacts.MANIFEST).exists(), "the failed start blocks a fixed rerun"
     assert not [d for d in ckpt.iterdir() if d.name.isdigit()], "a step was saved"
     config.model.path = str(pipeline["base"])  # the fixed rerun is not refused
     assert np.isfinite(sft.run(config)["loss"])
+
+
+# ------------------------------------------------------------------------------------------
+# A deviation from the paper's recipe is refused unless its option is set (it is then recorded
+# in the manifest): the refusal names the option and leaves everything as it was.
+
+
+def _more_steps(c, d, finished):
+    """The finished run in the workdir, asked for more steps."""
+    shutil.copytree(finished(), c.workdir)
+    c.train.steps += 2
+
+
+DEVIATIONS = [
+    pytest.param("opd", "continue_run", _more_steps, id="opd-more-steps-on-a-finished-run",
+                 marks=pytest.mark.slow),  # the finished run: a training compile
+    pytest.param("opd", "allow_other_start", lambda c, d, f: setattr(c.model, "step", 1),
+                 id="opd-start-at-an-earlier-step-than-the-sampler"),
+    pytest.param("opd", "allow_other_start",
+                 lambda c, d, f: setattr(c.model, "path", str(PIPELINE["base"])),
+                 id="opd-start-from-the-base-model"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("stage", "option", "use"), DEVIATIONS)
+def test_a_deviation_without_its_option_is_refused_naming_it(
+    stage, option, use, pipeline, uninterrupted, tmp_path
+):
+    config = STAGE[stage].config(pipeline, tmp_path)
+    use(config, tmp_path, lambda: uninterrupted(STAGE[stage]))
+    before, inputs_before = _snapshot(tmp_path), _snapshot(pipeline["root"])
+    with pytest.raises(LopdError, match=f"{option}=True"):
+        STAGE[stage].run(config)
+    assert _snapshot(tmp_path) == before, "the refused run created or changed files"
+    assert _snapshot(pipeline["root"]) == inputs_before, "the refused run changed its inputs"
 
 
 @pytest.mark.parametrize("stage", ["rollout", "opd", "evaluate", "export"])

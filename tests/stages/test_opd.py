@@ -143,3 +143,61 @@ def test_online_runs_and_records_its_time_split(toy_pipeline, tmp_path):
         assert m["train/sample_s"] > 0 and m["train/teacher_s"] > 0
         assert m["train/step_s"] >= m["train/sample_s"] + m["train/teacher_s"]
         assert math.isfinite(m["train/loss"])
+
+
+# ------------------------------------------------------------------------------------------
+# The recorded deviations: continuing a run, starting from another checkpoint than the sampler.
+
+
+def _manifest(workdir):
+    return artifacts.read_manifest(workdir / "checkpoints", opd.CHECKPOINT_KIND)
+
+
+@pytest.mark.slow  # two more training runs
+def test_continue_run_equals_one_longer_run(lightning, toy_pipeline, tmp_path):
+    steps = STEPS + 2
+    shutil.copytree(lightning[0], tmp_path / "run")
+    before = _manifest(tmp_path / "run")
+    with pytest.raises(artifacts.ArtifactError, match="continue_run=True"):
+        opd.run(config(toy_pipeline, tmp_path / "run", **{"train.steps": steps}))
+    assert _manifest(tmp_path / "run") == before  # the refusal changed nothing
+    opd.run(config(toy_pipeline, tmp_path / "run", continue_run=True, **{"train.steps": steps}))
+    opd.run(config(toy_pipeline, tmp_path / "long", **{"train.steps": steps}))
+
+    got, want = final_params(tmp_path / "run"), final_params(tmp_path / "long")
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    keys = ("step", "train/loss", "train/w_mean", "train/kl_to_ref")
+    rows = lambda d: [[m[k] for k in keys] for m in train_metrics(d)]
+    assert rows(tmp_path / "run") == rows(tmp_path / "long")
+    extensions = _manifest(tmp_path / "run")["extensions"]
+    assert [(e["from_steps"], e["to_steps"], e["at_step"]) for e in extensions] == [
+        (STEPS, steps, STEPS)
+    ]
+
+
+def test_a_start_other_than_the_sampler_is_refused_without_allow_other_start(toy_pipeline):
+    c = config(toy_pipeline, "unused", **{"model.step": 1})  # the store was sampled at step 2
+    earlier = ref.resolve(c.model.path, 1)
+    with pytest.raises(StoreError, match="allow_other_start=True"):
+        opd.lightning_source(c, earlier, opd.loss_config(c))
+    c.allow_other_start = True
+    _, inputs = opd.lightning_source(c, earlier, opd.loss_config(c))
+    sampler = ref.resolve(toy_pipeline["ckpt"]).identity
+    assert inputs["other_start"] == {"start": earlier.identity, "sampled_by": sampler}
+
+
+def test_start_from_a_later_checkpoint_on_the_same_store_is_recorded(
+    lightning, toy_pipeline, tmp_path
+):
+    """From the Lightning run's last checkpoint, trained on this very store: w_t != 1 at the
+    first update (the start is not the sampler), and the manifest names both."""
+    start = lightning[0] / "checkpoints"
+    c = config(toy_pipeline, tmp_path, allow_other_start=True, **{"model.path": str(start)})
+    c.train.steps = 2
+    opd.run(c)
+    manifest = _manifest(tmp_path)
+    sampler = ref.resolve(toy_pipeline["ckpt"]).identity
+    assert manifest["other_start"] == {"start": ref.resolve(start).identity, "sampled_by": sampler}
+    assert manifest["pi_ref"] == ref.resolve(start).identity
+    first = train_metrics(tmp_path)[0]
+    assert abs(first["train/w_mean"] - 1.0) > 1e-3 and first["train/kl_to_ref"] > 0
