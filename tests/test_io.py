@@ -133,7 +133,7 @@ def test_sft_on_gcs_saves_resumes_and_loads_there(gcs, caplog):
     assert train == [1, 2, 3]
     model = ref.resolve("gs://bucket/run/checkpoints")
     assert (str(model.path), model.step) == ("gs://bucket/run/checkpoints", 3)
-    assert model.stop_ids() == {sft.ByteRenderer.EOS}
+    assert model.stop_ids() == (sft.ByteRenderer.EOS,)
     assert ref.weights_digest(model.load()) == ref.checkpoint_meta(model.path, 3)["weights_digest"]
     manifest = artifacts.read_manifest(model.path, sft_stage.CHECKPOINT_KIND)
     assert manifest["sft_data_path"] == "gs://bucket/sft/data.jsonl"
