@@ -104,7 +104,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         raise ConfigError("workers must be >= 1 and seeds non-empty.")
     start = time.perf_counter()
     workdir = Path(config.workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
+    Demo(config, None).claim()  # before anything is written
     with worker_pool(config, workdir) as pool:
         demo = Demo(config, pool)
         demo.write_problems()

@@ -681,11 +681,11 @@ OUTPUT_FIELD = {
 
 
 def _invalid_rows():
-    from lopd_jax import cli
+    from lopd_jax import cli, configs
 
     rows = []
     for stage, own in OWN_INVALID.items():
-        default = cli._load_config(cli._SHIPPED / f"{cli.STAGES[stage]}.py", "")
+        default = configs.load(cli.STAGES[stage])
         fields = {k for k in SHARED_INVALID if k.split(".")[0] in default}
         for field in sorted(fields) + sorted(own):
             value = own.get(field, SHARED_INVALID.get(field))

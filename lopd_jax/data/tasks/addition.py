@@ -222,11 +222,15 @@ def prompt_records(problems: Sequence[Problem]) -> list[dict[str, Any]]:
     return [{"id": p.id, "prompt": p.prompt, "answer": p.answer} for p in problems]
 
 
+def prompts_text(problems: Sequence[Problem]) -> str:
+    """`prompt_records(problems)` as JSONL."""
+    return "".join(json.dumps(r) + "\n" for r in prompt_records(problems))
+
+
 def write_prompts(path: str | Path, problems: Sequence[Problem]) -> Path:
-    """Writes `prompt_records(problems)` as JSONL, atomically."""
+    """Writes `prompts_text(problems)`, atomically."""
     path = Path(path)
-    text = "".join(json.dumps(r) + "\n" for r in prompt_records(problems))
-    artifacts.atomic_write_text(path, text)
+    artifacts.atomic_write_text(path, prompts_text(problems))
     return path
 
 
