@@ -42,7 +42,7 @@ import tqdm
 
 from lopd_jax.configs import sections
 from lopd_jax.data import prompts as prompts_lib
-from lopd_jax.data import synthetic
+from lopd_jax.data.tasks import addition
 from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.sampling import multihost
@@ -57,8 +57,8 @@ def load_prompts(config, model: ref.ModelRef) -> prompts_lib.PromptSet:
         source, where = config.prompts, ""
     else:  # the default task of `lopd sft`, so the defaults run end to end
         count = config.limit or 256
-        source = synthetic.addition_records(count, seed=config.seed + 1)
-        where = f"{synthetic.TEACHER} prompts (seed {config.seed + 1}, {count})"
+        source = addition.train_prompts(count, seed=config.seed + 1)
+        where = f"{addition.NAME} prompts (train split, seed {config.seed + 1}, {count})"
     return prompts_lib.load(
         source, config.tokenizer or model.tokenizer_spec(), chat_template=config.chat_template,
         vocab_size=model.config.vocab_size, max_len=model.config.max_position_embeddings,

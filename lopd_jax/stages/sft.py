@@ -13,7 +13,8 @@ optimizer, step, data position); a re-run with other inputs or settings is refus
 
 Outputs in the workdir: checkpoints/, metrics.jsonl (train loss, grad norm, lr, tokens/s,
 padding efficiency; held-out loss, the base model's at step 0), tb/, metrics.png. With no
-data path, a generated addition task is written to <workdir>/sft_data first.
+data path, the addition task (`lopd_jax.data.tasks.addition`, the demo's) is written to
+<workdir>/sft_data first.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from ml_collections import ConfigDict
 from lopd_jax import artifacts, io
 from lopd_jax import eval as eval_lib
 from lopd_jax.configs import sections
-from lopd_jax.data import pipeline, sft, synthetic
+from lopd_jax.data import pipeline, sft
 from lopd_jax.data import tokenizer as tokenizer_lib
+from lopd_jax.data.tasks import addition
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import qwen3, ref
 from lopd_jax.parallel import mesh as mesh_lib
@@ -67,7 +69,7 @@ def resolve_data(config: ConfigDict, workdir: Path) -> sft.SftSource:
         return sft.resolve_source(config.data.path)
     generated = workdir / "sft_data"
     if not (generated / artifacts.MANIFEST).exists() and jax.process_index() == 0:
-        synthetic.write_addition_data(generated, config.data.synthetic_examples, seed=config.seed)
+        addition.write_train_data(generated, config.data.synthetic_examples, seed=config.seed)
     mesh_lib.sync_processes("lopd sft: generated data written")
     return sft.resolve_source(generated)
 

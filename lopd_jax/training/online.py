@@ -9,8 +9,9 @@ import jax
 import numpy as np
 
 from lopd_jax.configs import sections
-from lopd_jax.data import pipeline, synthetic
+from lopd_jax.data import pipeline
 from lopd_jax.data import prompts as prompts_lib
+from lopd_jax.data.tasks import addition
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref, scoring
 from lopd_jax.parallel import rules
@@ -103,10 +104,10 @@ class OnlineSource:
 
 
 def load_prompts(config, model_config, renderer) -> prompts_lib.PromptSet:
-    """The online prompts (`online.prompts`; "" = generated addition prompts), chat-rendered by
+    """The online prompts (`online.prompts`; "" = the addition task's), chat-rendered by
     `renderer`: the student's, since the student samples them."""
     path = config.online.prompts
-    source = path or synthetic.addition_records(256, seed=config.seed + 1)
+    source = path or addition.train_prompts(256, seed=config.seed + 1)
     return prompts_lib.load(
         source, renderer, vocab_size=model_config.vocab_size,
         max_len=model_config.max_position_embeddings, where=path or "generated prompts",

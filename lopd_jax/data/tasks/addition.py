@@ -189,6 +189,16 @@ def style_a_fraction(choices: Sequence[Sequence[bool | None] | None]) -> float:
 # Files: SFT data directories and prompt sets.
 
 
+# The task of a stage run without data: `lopd sft`'s SFT data, and the prompts of `lopd rollout`
+# and online `lopd opd`, all drawn from the train split.
+DEFAULT_STYLE_BIAS = 1.0  # one style: a deterministic teacher, the easiest task to learn
+
+
+def train_prompts(num: int, *, seed: int) -> list[dict[str, Any]]:
+    """`prompt_records` of `num` train problems drawn by `seed`."""
+    return prompt_records(sample_problems(num, split="train", seed=seed))
+
+
 def ground_truth_teacher(style_bias: float) -> str:
     """The teacher identity recorded in the manifest of ground-truth SFT data."""
     return f"ground-truth:{NAME}:style_bias={style_bias}"
@@ -215,6 +225,13 @@ def write_sft_data(
         teacher=ground_truth_teacher(style_bias),
         generator={"task": NAME, "style_bias": style_bias, "seed": seed},
     )
+
+
+def write_train_data(directory: str | Path, num: int, *, seed: int) -> sft.SftSource:
+    """`lopd sft`'s data when none is given: `num` train problems drawn by `seed`, with traces
+    of DEFAULT_STYLE_BIAS."""
+    problems = sample_problems(num, split="train", seed=seed)
+    return write_sft_data(directory, problems, style_bias=DEFAULT_STYLE_BIAS, seed=seed)
 
 
 def prompt_records(problems: Sequence[Problem]) -> list[dict[str, Any]]:
