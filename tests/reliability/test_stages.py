@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from stage_helpers import toy_opd_config, toy_rollout_config, toy_score_config, toy_sft_config
 
-from lopd_jax import artifacts
+from lopd_jax import artifacts, configs
 from lopd_jax.configs import evaluate as evaluate_config
 from lopd_jax.configs import export as export_config
 from lopd_jax.configs import export_rollouts as export_rollouts_config
@@ -681,7 +681,7 @@ OUTPUT_FIELD = {
 
 
 def _invalid_rows():
-    from lopd_jax import cli, configs
+    from lopd_jax import cli
 
     rows = []
     for stage, own in OWN_INVALID.items():
@@ -715,7 +715,7 @@ def test_invalid_config_value_is_one_line_naming_the_field(
     from lopd_jax import cli
 
     monkeypatch.chdir(tmp_path)  # a default relative path that were written lands here
-    config = cli._SHIPPED / f"{cli.STAGES[stage]}.py"
+    config = configs.SHIPPED / f"{cli.STAGES[stage]}.py"
     output = f"--config.{OUTPUT_FIELD[stage]}={tmp_path / 'out'}"
     assert _cli(stage, str(config), output, f"--config.{field}={value}") == 2
     _one_line_error(capsys, stage, field)
@@ -738,10 +738,9 @@ CLI_MISUSE = [
 def test_another_stages_config_or_unknown_field_is_named(
     stage, config, overrides, names, tmp_path, monkeypatch, capsys
 ):
-    from lopd_jax import cli
 
     monkeypatch.chdir(tmp_path)
-    assert _cli(stage, str(cli._SHIPPED / f"{config}.py"), *overrides) == 2
+    assert _cli(stage, str(configs.SHIPPED / f"{config}.py"), *overrides) == 2
     _one_line_error(capsys, stage, *names)
     assert not list(tmp_path.iterdir())
 
@@ -752,7 +751,7 @@ def test_workdir_that_is_a_file_is_named(stage, tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("mine")
-    config = cli._SHIPPED / f"{cli.STAGES[stage]}.py"
+    config = configs.SHIPPED / f"{cli.STAGES[stage]}.py"
     assert _cli(stage, str(config), f"--config.workdir={tmp_path / 'afile'}") == 2
     _one_line_error(capsys, stage, "workdir", "is a file")
     assert _snapshot(tmp_path) == {"afile": b"mine"}
@@ -797,7 +796,7 @@ def test_ctrl_c_is_one_line_and_exit_130(stage, tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(ref, "resolve", interrupted)
-    config = cli._SHIPPED / f"{cli.STAGES[stage]}.py"
+    config = configs.SHIPPED / f"{cli.STAGES[stage]}.py"
     output = f"--config.{OUTPUT_FIELD[stage]}={tmp_path / 'out'}"
     assert _cli(stage, str(config), output) == 130
     err = capsys.readouterr().err.strip()
