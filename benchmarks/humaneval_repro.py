@@ -184,12 +184,13 @@ def main() -> None:
     torch.set_num_threads(2)
     problems = load_dataset("humaneval")[: args.limit]
     model_ref = ref.resolve(args.model)
-    ids, renderer = prompts_lib.tokenize(
-        [prompt_row(p) for p in problems], model_ref.tokenizer_spec(), chat_template=True,
+    prompt_set = prompts_lib.load(  # what `lopd evaluate` renders and stops at
+        [prompt_row(p) for p in problems], model_ref.tokenizer_spec(),
         vocab_size=model_ref.config.vocab_size,
         max_len=model_ref.config.max_position_embeddings,
     )  # fmt: skip
-    stop_ids = model_ref.stop_ids() | {renderer.eos_id}  # what `lopd evaluate` stops at
+    ids, renderer = prompt_set.ids, prompt_set.renderer
+    stop_ids = set(model_ref.stop_ids(renderer))  # what `lopd evaluate` stops at
     hf_model = None
     if "hf" in args.sides:
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(

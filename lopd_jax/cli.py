@@ -33,8 +33,6 @@ STAGES: dict[str, str] = {
     "study": "study",
 }
 
-_SHIPPED = Path(__file__).resolve().parent / "configs"
-
 
 def _stage_doc(stage: str) -> str:
     """The stage module's docstring, read from its source: help never imports jax."""
@@ -52,27 +50,17 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def config_file(spec: str) -> tuple[Path, str]:
-    """`NAME[:ARG]` of a shipped config or `PATH[:ARG]` -> (file, ':ARG' or '')."""
-    path, sep, arg = spec.partition(":")
-    candidate = Path(path)
-    if candidate.suffix != ".py" and (_SHIPPED / f"{path}.py").exists():
-        candidate = _SHIPPED / f"{path}.py"
-    return candidate, f"{sep}{arg}"
-
-
-def _stage_help(stage: str, config_path: Path, config_param: str) -> str:
+def _stage_help(stage: str, config_path: Path, config_arg: str) -> str:
     """The stage's docstring, its config file (comments document each field), the shared
     sections it builds on, and every field's current value as an override."""
     import inspect
 
+    from lopd_jax import configs
     from lopd_jax.configs import sections
 
     text = [_stage_doc(stage), "", f"Config file {config_path}:", ""]
-    if not config_path.exists():
-        return "\n".join([*text, "(config file not found)"])
     text.append(config_path.read_text())
-    config = _load_config(config_path, config_param)
+    config = configs.load_file(config_path, config_arg)
     shared = [name for name in SECTIONS if name in config]
     if shared:
         text += ["Shared sections (lopd_jax/configs/sections.py):", ""]
@@ -83,16 +71,6 @@ def _stage_help(stage: str, config_path: Path, config_param: str) -> str:
 
 
 SECTIONS = ("model", "mesh", "optimizer", "checkpoint", "train")
-
-
-def _load_config(config_path: Path, config_param: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_lopd_config_{config_path.stem}", config_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    param = config_param.lstrip(":")
-    return module.get_config(param) if param else module.get_config()
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -120,36 +98,44 @@ def main(argv: list[str] | None = None) -> None:
     if stage not in STAGES:
         sys.exit(f"lopd: unknown stage {stage!r}.\n\n{_usage()}")
 
+    from lopd_jax import configs
+    from lopd_jax.errors import ConfigError
+
     config_arg = next((a for a in rest if a.startswith("--config=")), None)
     spec = config_arg.split("=", 1)[1] if config_arg else STAGES[stage]
-    config_path, config_param = config_file(spec)
+    try:
+        config_path, arg = configs.config_file(spec)
+    except ConfigError as e:
+        sys.exit(f"lopd {stage}: {e}")
     if "--help" in rest or "-h" in rest:
-        _print(_stage_help(stage, config_path, config_param))
+        _print(_stage_help(stage, config_path, arg))
         return
-    if not config_path.exists():
-        sys.exit(
-            f"lopd {stage}: config {spec!r} not found: neither a file nor one of the shipped "
-            f"configs {sorted(p.stem for p in _SHIPPED.glob('*.py') if p.stem != '__init__')}."
-        )
     rest = [a for a in rest if a != config_arg]
-    argv = [f"lopd {stage}", f"--config={config_path}{config_param}", *rest]
-    sys.exit(_run(stage, argv))
+    sys.exit(_run(stage, [f"lopd {stage}", f"--config={spec}", *rest]))
 
 
 def _run(stage: str, argv: list[str]) -> int:
+    """Runs `stage` with `argv` = [program, --config=SPEC, --config.FIELD=VALUE ...]."""
     from absl import flags, logging
     from ml_collections import config_flags
 
-    from lopd_jax.configs import sections
+    from lopd_jax import configs
     from lopd_jax.errors import LopdError
 
-    # config_flags discovers the `--config.*` overrides from the argv it is given here.
-    # Its own flag registry: `_run` can be called again in one process (tests, the demo).
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), STAGES[stage])
+    argv = [a for a in argv if not a.startswith("--config=")]
+    try:  # the file: what the demo loads too (`configs.load`)
+        config = configs.load(STAGES[stage], spec)
+    except LopdError as e:
+        print(f"lopd {stage}: error: {e}", file=sys.stderr)
+        return 2
+    # config_flags applies the `--config.*` overrides of the argv it is given here, parsed
+    # by each field's type. Its own flag registry: `_run` can be called again in one process.
     registry = flags.FlagValues()
-    config_flag = config_flags.DEFINE_config_file(
-        "config", None, flag_values=registry, lock_config=True, sys_argv=argv
-    )
     try:
+        config_flag = config_flags.DEFINE_config_dict(
+            "config", config, flag_values=registry, lock_config=True, sys_argv=argv
+        )
         registry(argv)
     except Exception as e:  # a typo'd field or a bad value: one clear line, not three traces
         print(f"lopd {stage}: error: {_flag_error(e, argv)}", file=sys.stderr)
@@ -157,8 +143,6 @@ def _run(stage: str, argv: list[str]) -> int:
     logging.set_verbosity(logging.WARNING)  # absl's INFO lines drown the progress bars
     try:
         module = importlib.import_module(f"lopd_jax.stages.{STAGES[stage]}")
-        default = _load_config(_SHIPPED / f"{STAGES[stage]}.py", "")
-        sections.check_stage_fields(config_flag.value, default, stage)
         module.run(config_flag.value)
     except LopdError as e:
         print(f"lopd {stage}: error: {e}", file=sys.stderr)

@@ -147,15 +147,21 @@ def toy_opd_config(workdir: Path, ckpt: Path, store: Path, *, steps: int = 2) ->
     return c
 
 
-def toy_prompts(path: Path, num: int, *, seed: int = 1) -> Path:
-    """Addition prompts of 1-3 digit operands (prompt lengths differ)."""
-    from lopd_jax.data import synthetic
+def addition_records(num: int, *, seed: int = 0) -> list[dict]:
+    """SFT records of the addition task (`lopd_jax.data.tasks.addition`): `num` train problems
+    with one-style traces, as `lopd sft` generates them."""
+    from lopd_jax.data.tasks import addition
 
+    problems = addition.sample_problems(num, split="train", seed=seed)
+    return addition.sft_records(problems, style_bias=addition.DEFAULT_STYLE_BIAS, seed=seed)
+
+
+def toy_prompts(path: Path, num: int, *, seed: int = 1) -> Path:
+    """Sums of 1-3 digit operands as prompts (of different lengths, unlike the task's)."""
     rng = np.random.default_rng(seed)
     a, b = rng.integers(0, 10 ** rng.integers(1, 4, num)), rng.integers(0, 1000, num)
-    records = [synthetic.addition_record(int(x), int(y)) for x, y in zip(a, b)]
-    path.write_text("".join(json.dumps({"prompt": r["prompt"], "id": i}) + "\n"
-                            for i, r in enumerate(records)))  # fmt: skip
+    path.write_text("".join(json.dumps({"prompt": f"{x}+{y}=", "id": i}) + "\n"
+                            for i, (x, y) in enumerate(zip(a, b))))  # fmt: skip
     return path
 
 
@@ -164,7 +170,7 @@ def build_toy_pipeline(root: Path, *, moe: bool = False) -> dict:
 
     Every path and config of the chain, so each test can re-run a stage elsewhere. `moe`: the
     teacher and the student are Qwen3-MoE models."""
-    from lopd_jax.data import sft, synthetic
+    from lopd_jax.data import sft
     from lopd_jax.models import ref
     from lopd_jax.stages import rollout, score
     from lopd_jax.stages import sft as sft_stage
@@ -172,7 +178,7 @@ def build_toy_pipeline(root: Path, *, moe: bool = False) -> dict:
     teacher_model, teacher = write_hf_teacher(root / "teacher", moe=moe)
     base = write_hf_student_base(root / "base", moe=moe)
     data = root / "sft_data"
-    records = synthetic.addition_records(48, seed=0, max_digits=2)
+    records = addition_records(48)
     sft.write_sft_data(data, records, teacher=ref.resolve(teacher).identity)
     sft_cfg = toy_sft_config(root / "sft", base, data, steps=2)
     sft_stage.run(sft_cfg)

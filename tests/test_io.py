@@ -9,10 +9,10 @@ import jax
 import numpy as np
 import pytest
 from fake_gcs import fake_gcs
-from stage_helpers import TOY_TOKENIZER, tiny_sft_config
+from stage_helpers import TOY_TOKENIZER, addition_records, tiny_sft_config
 
 from lopd_jax import artifacts, io
-from lopd_jax.data import prompts, sft, synthetic
+from lopd_jax.data import prompts, sft
 from lopd_jax.data import tokenizer as tokenizer_lib
 from lopd_jax.models import ref
 from lopd_jax.stages import sft as sft_stage
@@ -54,7 +54,7 @@ def test_manifest_round_trips_on_gcs(gcs):
 
 
 def test_sft_data_and_prompts_round_trip_on_gcs(gcs, tmp_path):
-    records = synthetic.addition_records(20, seed=0)
+    records = addition_records(20)
     local = sft.write_sft_data(tmp_path / "local", records, teacher="hf:t")
     remote = sft.write_sft_data("gs://bucket/sft", records, teacher="hf:t")
     assert str(remote.jsonl) == "gs://bucket/sft/data.jsonl"
@@ -113,7 +113,7 @@ def _gcs_sft_config(workdir, data):
 
 
 def _records():
-    return synthetic.addition_records(64, seed=0, max_digits=2)
+    return addition_records(64)
 
 
 def test_sft_on_gcs_saves_resumes_and_loads_there(gcs, caplog):
@@ -133,7 +133,7 @@ def test_sft_on_gcs_saves_resumes_and_loads_there(gcs, caplog):
     assert train == [1, 2, 3]
     model = ref.resolve("gs://bucket/run/checkpoints")
     assert (str(model.path), model.step) == ("gs://bucket/run/checkpoints", 3)
-    assert model.stop_ids() == {sft.ByteRenderer.EOS}
+    assert model.stop_ids() == (sft.ByteRenderer.EOS,)
     assert ref.weights_digest(model.load()) == ref.checkpoint_meta(model.path, 3)["weights_digest"]
     manifest = artifacts.read_manifest(model.path, sft_stage.CHECKPOINT_KIND)
     assert manifest["sft_data_path"] == "gs://bucket/sft/data.jsonl"

@@ -260,25 +260,14 @@ def mesh_config(section: ConfigDict):
 def sampling_params(
     config: ConfigDict, model: ModelRef, renderer: Renderer | None
 ) -> SamplingParams:
-    """The `SamplingParams` of a sampling stage's fields (rollout, teacher-data), with its stop
-    ids (`stop_ids`)."""
+    """The `SamplingParams` of a sampling stage's fields (rollout, teacher-data), with the
+    model's stop ids (`ModelRef.stop_ids`; the configured `eos_ids` override them)."""
     from lopd_jax.sampling import SamplingParams
 
     return SamplingParams(
         max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-        top_k=config.top_k, top_p=config.top_p, stop_ids=stop_ids(config, model, renderer),
+        top_k=config.top_k, top_p=config.top_p, stop_ids=model.stop_ids(renderer, config.eos_ids),
     )  # fmt: skip
-
-
-def stop_ids(config: ConfigDict, model: ModelRef, renderer: Renderer | None) -> tuple[int, ...]:
-    """The configured `eos_ids`, else the model's generation_config.json and the renderer's
-    EOS."""
-    if config.eos_ids:
-        return tuple(config.eos_ids)
-    ids = model.stop_ids()
-    if renderer is not None and renderer.eos_id is not None:
-        ids.add(renderer.eos_id)
-    return tuple(sorted(ids))
 
 
 def require_positive(config: ConfigDict, *names: str) -> None:

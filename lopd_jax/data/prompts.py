@@ -1,4 +1,5 @@
-"""Prompt sets: JSONL lines -> validated token ids (rollout, teacher data, evaluation).
+"""Prompt sets: JSONL lines -> validated token ids. `load` is the one loader of every stage
+that samples: rollout, teacher-data, online OPD, evaluate and the held-out accuracy hook.
 
 One object per line: `{"prompt": "..."}` (a user turn, rendered with the chat template and the
 generation prompt, or encoded bare with `chat_template=False`), `{"messages": [...]}` (the
@@ -13,6 +14,7 @@ model's vocabulary, and a prompt must leave room for a response within the model
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lopd_jax import io
+from lopd_jax import artifacts, io
 from lopd_jax.data import sft
 from lopd_jax.errors import LopdError
 
@@ -34,7 +36,10 @@ class PromptError(LopdError, ValueError):
 
 
 def _parse(line: str) -> dict[str, Any]:
-    row = json.loads(line)
+    return _check_row(json.loads(line))
+
+
+def _check_row(row: Any) -> dict[str, Any]:
     if not isinstance(row, dict) or not any(k in row for k in FIELDS):
         raise ValueError(f"needs a JSON object with one of {FIELDS}")
     if "prompt_ids" in row:
@@ -122,27 +127,74 @@ def read_rows(path: str | os.PathLike, *, limit: int = 0) -> PromptRows:
     return rows
 
 
-def tokenize(
-    rows: Sequence[dict[str, Any]],
-    tokenizer: str | Path,
+@dataclasses.dataclass(frozen=True)
+class PromptSet:
+    """A prompt set as a sampling stage uses it."""
+
+    rows: list[dict[str, Any]]  # the parsed rows in order (text, `id`, `answer`, ...)
+    ids: list[list[int]]  # each row's rendered token ids, checked against the model
+    renderer: sft.Renderer | None  # None when every row was tokenized already
+    fingerprint: str  # of `ids` in order: what decides every sampled row (a resume compares it)
+    source: str  # where the rows came from, as errors and manifests name it
+
+
+def load(
+    source: str | os.PathLike | Sequence[dict[str, Any]],
+    tokenizer: str | os.PathLike | sft.Renderer,
     *,
-    chat_template: bool,
     vocab_size: int,
     max_len: int,
-    where: str = "prompts",
-) -> tuple[list[list[int]], sft.Renderer | None]:
-    """Token ids of every row (each checked), and the renderer (None if every row was
-    tokenized already)."""
+    chat_template: bool = True,
+    limit: int = 0,
+    trained_with: str | None = None,
+    text_only: bool = False,
+    where: str = "",
+) -> PromptSet:
+    """The one prompt-set loader.
+
+    `source`: a prompts JSONL (local or gs://), or rows already made (a generated task's, an
+    evaluation dataset's `prompt_row`s); its first `limit` rows (0 = all), each validated.
+    `tokenizer`: the sampled model's tokenizer spec (`ModelRef.tokenizer_spec()`, a stage's
+    `tokenizer` override, "bytes") or its renderer. `trained_with`: the tokenizer the model was
+    trained with (`ModelRef.tokenizer_identity`, None: unknown); a renderer of another one is
+    refused before any prompt is rendered (its ids may not even fit the vocabulary). Every
+    prompt's ids must lie in `[0, vocab_size)` and leave room for a response within `max_len`.
+    `text_only`: refuse rows given only as `prompt_ids` (a stage that writes text, e.g. SFT
+    data). `where`: how errors name the source (default: its path).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        rows, where = read_rows(source, limit=limit), where or str(source)
+    else:
+        where, rows = where or "prompts", PromptRows()
+        for n, row in enumerate(source[: limit or None], 1):
+            with line_context(where, n):
+                rows.append(_check_row(row))
+                rows.lines.append(n)
+        if not rows:
+            raise PromptError(f"{where} holds no prompts; nothing to do.")
+    if text_only:
+        for n, row in zip(rows.lines, rows, strict=True):
+            if "prompt" not in row and "messages" not in row:
+                raise PromptError(
+                    f"{where}, line {n}: the prompt has only 'prompt_ids', but text is needed "
+                    '(SFT data is text); give it as {"prompt": ...} or {"messages": [...]}.'
+                )
     renderer = None
     if any("prompt_ids" not in row for row in rows):
-        renderer = sft.load_renderer(tokenizer)
-    prompts = []
-    lines = rows.lines if isinstance(rows, PromptRows) else range(1, len(rows) + 1)
-    for n, row in zip(lines, rows, strict=True):
+        spec = isinstance(tokenizer, (str, os.PathLike))
+        renderer = sft.load_renderer(tokenizer) if spec else tokenizer
+        if trained_with not in (None, renderer.name):
+            raise artifacts.ArtifactError(
+                f"The model was trained with tokenizer {trained_with!r} but the prompts would be "
+                f"tokenized with {renderer.name!r}; leave `tokenizer` empty (the model's own) or "
+                "set `tokenizer` to the tokenizer the model was trained with."
+            )
+    ids = []
+    for n, row in zip(rows.lines, rows, strict=True):
         with line_context(where, n):
-            prompts.append(render(row, renderer, chat_template))
-            check_ids(prompts[-1], vocab_size, max_len)
-    return prompts, renderer
+            ids.append(render(row, renderer, chat_template))
+            check_ids(ids[-1], vocab_size, max_len)
+    return PromptSet(list(rows), ids, renderer, fingerprint(ids), where)
 
 
 def fingerprint(prompts: Sequence[Sequence[int]]) -> str:

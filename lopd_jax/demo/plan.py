@@ -33,6 +33,7 @@ LOSSES = {
 OPD_METHODS = tuple(f"{mode}_{loss}" for mode in MODES for loss in LOSSES)
 METHODS = ("sft", "continued_sft", *OPD_METHODS)
 HEADLINE = ("lightning_sampled", "lightning_topk", "online_sampled", "online_topk")
+WORKDIR_KIND = "demo_workdir"  # the manifest of a demo's (or a study's) workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,27 +71,17 @@ class Arm:
         return name + (f"_q{self.sft_steps}" if self.sft_steps is not None else "")
 
 
-def stage_config(stage: str, overrides: dict[str, Any]) -> ConfigDict:
-    """A stage's shipped default config with dotted-key overrides."""
-    import importlib
-
-    config = importlib.import_module(f"lopd_jax.configs.{stage}").get_config()
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        section = config
-        for parent in parents:
-            section = section[parent]
-        section[leaf] = value
-    return config
-
-
 def run_stage(stage: str, overrides: dict[str, Any]) -> tuple[Any, float, float]:
-    """Runs one stage (in a worker process); returns its result, wall and CPU seconds (CPU
-    time is what the stage costs whatever else shares the cores)."""
+    """Runs one stage (in a worker process) on its shipped config with `overrides`, loaded as
+    the CLI loads it (`configs.load`); returns its result, wall and CPU seconds (CPU time is
+    what the stage costs whatever else shares the cores)."""
     import importlib
+
+    from lopd_jax import configs
 
     start, cpu = time.perf_counter(), _cpu_seconds()
-    result = importlib.import_module(f"lopd_jax.stages.{stage}").run(stage_config(stage, overrides))
+    config = configs.load(stage, overrides=overrides)
+    result = importlib.import_module(f"lopd_jax.stages.{stage}").run(config)
     return result, time.perf_counter() - start, _cpu_seconds() - cpu
 
 
@@ -134,10 +125,30 @@ class Demo:
             )  # fmt: skip
         return results
 
-    # -- data -------------------------------------------------------------------------------
-    def write_problems(self) -> None:
-        """Prompts of SFT data, of the rollouts and online OPD (train split), and the held-out
-        problems (eval split: disjoint from the train split by construction)."""
+    # -- the workdir and its data ------------------------------------------------------------
+    def claim(self) -> None:
+        """Makes `workdir` the demo's (or the study's): refuses one holding files it did not
+        write (a user's `results.md` or `sft_prompts.jsonl` is never overwritten), before any
+        stage runs. A workdir of an earlier run without the manifest (written before it
+        existed) is recognized by its problem files, whose content the config decides."""
+        if (self.dir / artifacts.MANIFEST).exists():
+            if (kind := artifacts.read_manifest(self.dir).get("kind")) != WORKDIR_KIND:
+                raise artifacts.ArtifactError(
+                    f"workdir={self.dir} is a {kind!r} directory, not a demo's; choose a new or "
+                    "empty directory."
+                )
+            return
+        files = self.problem_files()
+        earlier = [name for name in files if (self.dir / name).is_file()]
+        if not earlier or any((self.dir / n).read_text() != files[n] for n in earlier):
+            artifacts.check_lopd_directory(self.dir, artifacts.MANIFEST, field="workdir")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        artifacts.write_manifest(self.dir, WORKDIR_KIND)
+
+    def problem_files(self) -> dict[str, str]:
+        """The text of each problem file: prompts of the SFT data, of the rollouts and online
+        OPD (train split), and the held-out problems (eval split: disjoint from the train split
+        by construction)."""
         from lopd_jax.data.tasks import addition
 
         c = self.c
@@ -145,13 +156,15 @@ class Demo:
             "sft_prompts.jsonl": addition.sample_problems(c.sft_examples, split="train", seed=10),
             "opd_prompts.jsonl": addition.sample_problems(c.opd_prompts, split="train", seed=11),
         }
-        for name, problems in sets.items():
-            addition.write_prompts(self.path(name), problems)
+        files = {name: addition.prompts_text(problems) for name, problems in sets.items()}
         problems = addition.sample_problems(c.eval_problems, split="eval", seed=1234)
         lines = [{**r, "grader": "addition"} for r in addition.prompt_records(problems)]
-        artifacts.atomic_write_text(
-            self.path("eval_problems.jsonl"), "".join(json.dumps(r) + "\n" for r in lines)
-        )
+        files["eval_problems.jsonl"] = "".join(json.dumps(r) + "\n" for r in lines)
+        return files
+
+    def write_problems(self) -> None:
+        for name, text in self.problem_files().items():
+            artifacts.atomic_write_text(self.path(name), text)
 
     def teacher(self, name: str) -> str:
         return str(ASSETS / f"teacher_{name.lower()}")

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,20 @@ def check_weight_files(path: Path) -> None:
             ) from e
 
 
+def stop_rule(
+    eos_ids: Iterable[int], renderer: Any = None, override: Sequence[int] = ()
+) -> tuple[int, ...]:
+    """The one stop-id rule: an explicit `override` (a stage's `eos_ids`) as given, else the
+    model's EOS ids (`generation_config.json`) and the renderer's EOS, which ends a chat turn
+    (`renderer`: a `lopd_jax.data.sft.Renderer`, or None for pre-tokenized prompts)."""
+    if override:
+        return tuple(int(i) for i in override)
+    ids = {int(i) for i in eos_ids}
+    if renderer is not None and renderer.eos_id is not None:
+        ids.add(int(renderer.eos_id))
+    return tuple(sorted(ids))
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelRef:
     """A resolved model: what it is, before any weight is read."""
@@ -180,9 +195,10 @@ class ModelRef:
 
         return sft.BYTES if self.tokenizer_identity == sft.ByteRenderer.name else str(self.path)
 
-    def stop_ids(self) -> set[int]:
-        """EOS ids of the directory's generation_config.json."""
-        return hf.generation_eos_ids(self.path)
+    def stop_ids(self, renderer: Any = None, override: Sequence[int] = ()) -> tuple[int, ...]:
+        """The ids sampling from this model stops at (`stop_rule` over the EOS ids of the
+        directory's generation_config.json): every stage that samples it asks here."""
+        return stop_rule(hf.generation_eos_ids(self.path), renderer, override)
 
     def describe(self) -> dict[str, Any]:
         """What a manifest records about this model."""

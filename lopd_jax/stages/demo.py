@@ -15,7 +15,8 @@ per-seed rows; `claims`: paired differences with paired-bootstrap CIs), `results
 tables, claims worded by whether their CI excludes 0, time per stage) and `curves.png`
 (held-out accuracy vs step, w_t as a band above 0, rest masses, kl_to_ref). Every stage is an
 ordinary `lopd` stage in its own directory, so a re-run resumes where it stopped. Independent
-stages run in `workers` processes.
+stages run in `workers` processes. The workdir is claimed first (`Demo.claim`): one holding
+files the demo did not write is refused, so a user's `results.md` is never overwritten.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         raise ConfigError("workers must be >= 1 and seeds non-empty.")
     start = time.perf_counter()
     workdir = Path(config.workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
+    Demo(config, None).claim()  # before anything is written
     with worker_pool(config, workdir) as pool:
         demo = Demo(config, pool)
         demo.write_problems()

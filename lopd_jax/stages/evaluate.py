@@ -75,15 +75,15 @@ def run(config: ConfigDict) -> dict[str, Any]:
     model, model_config, params = kit.load(config.model, mesh)
     problems = eval_lib.load_dataset(config.dataset, path=config.dataset_path)
     problems = problems[: config.limit or None]
-    rows = [eval_lib.prompt_row(p) for p in problems]
-    prompts, renderer = prompts_lib.tokenize(
-        rows, model.tokenizer_spec(), chat_template=config.chat_template,
-        vocab_size=model_config.vocab_size, max_len=model_config.max_position_embeddings,
-        where=config.dataset,
+    prompt_set = prompts_lib.load(
+        [eval_lib.prompt_row(p) for p in problems], model.tokenizer_spec(),
+        chat_template=config.chat_template, vocab_size=model_config.vocab_size,
+        max_len=model_config.max_position_embeddings, where=config.dataset,
     )  # fmt: skip
+    prompts, renderer = prompt_set.ids, prompt_set.renderer
     sampling = SamplingParams(
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-        stop_ids=tuple(sorted(model.stop_ids() | {renderer.eos_id})),
+        stop_ids=model.stop_ids(renderer),
     )  # fmt: skip
     teacher = ref.resolve(config.teacher) if config.teacher else None
     if teacher is not None:  # a reverse KL to another vocabulary's log-probs is meaningless

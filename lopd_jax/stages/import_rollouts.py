@@ -131,10 +131,11 @@ def run(config: ConfigDict) -> dict[str, Any]:
             f"The longest row has {found.longest} tokens but seq_len={seq_len}; set "
             f"--config.seq_len={found.longest} or more (or 0: the longest row)."
         )
-    if model is not None:  # the configured stop ids, else the model's and its tokenizer's
-        stop_ids = set(sections.stop_ids(config, model, renderer))
+    # The configured stop ids, else the model's and its tokenizer's (without a model: its).
+    if model is not None:
+        stop_ids = set(model.stop_ids(renderer, config.eos_ids))
     else:
-        stop_ids = set(config.eos_ids) or {renderer.eos_id}
+        stop_ids = set(ref.stop_rule((), renderer, config.eos_ids))
 
     # What decides every row: a resume that changes any of it would mix two imports.
     identity = {

@@ -149,6 +149,10 @@ def run(config: ConfigDict) -> dict[str, Any]:
     opd = loss_config(config)
     pi_ref, model_config, _ = kit.load(config.model, params=False)  # loaded by the Trainer
 
+    # The student's renderer: online OPD's prompts and the held-out accuracy are rendered by
+    # it, and sampling stops at its stop ids (`ModelRef.stop_ids`), as `lopd evaluate`'s do.
+    sampled = config.mode == "online" or config.eval.dataset
+    renderer = sft.load_renderer(pi_ref.tokenizer_spec()) if sampled else None
     if config.mode == "lightning":  # never touches config.teacher
         data_iterator, inputs = lightning_source(config, pi_ref, opd)
         next_batch = lambda _: next(data_iterator)
@@ -165,10 +169,12 @@ def run(config: ConfigDict) -> dict[str, Any]:
         artifacts.check_vocabulary(
             model_config.vocab_size, teacher.config.vocab_size, where="lopd opd (online)"
         )
-        stop_ids = tuple(sorted(pi_ref.stop_ids()))
         data_iterator = None  # batches are a function of the step: nothing to checkpoint
         columns = losses.batch_columns(opd, topk_available=config.online.topk > 0)
-        next_batch = online.OnlineSource(config, model_config, teacher, mesh, columns, stop_ids)
+        prompt_set = online.load_prompts(config, model_config, renderer)
+        next_batch = online.OnlineSource(
+            config, model_config, teacher, mesh, columns, prompt_set.ids, pi_ref.stop_ids(renderer)
+        )
         inputs = {"teacher": teacher.identity, **inputs}
 
     trainer = loop.Trainer(
@@ -186,7 +192,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     if config.eval.dataset:
         trainer.add_hook(
             eval_lib.greedy_accuracy_hook(
-                config.eval, model_config, sft.load_renderer(pi_ref.tokenizer_spec()), mesh
+                config.eval, model_config, renderer, pi_ref.stop_ids(renderer), mesh
             ),
             every=config.train.eval_every, at_start=config.eval.at_start,
         )  # fmt: skip

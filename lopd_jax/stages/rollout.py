@@ -40,10 +40,9 @@ from typing import Any
 import jax
 import tqdm
 
-from lopd_jax import artifacts
 from lopd_jax.configs import sections
 from lopd_jax.data import prompts as prompts_lib
-from lopd_jax.data import sft, synthetic
+from lopd_jax.data.tasks import addition
 from lopd_jax.models import ref
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.sampling import Sampler, multihost
@@ -54,39 +53,19 @@ from lopd_jax.store.rollouts import KIND
 log = logging.getLogger(__name__)
 
 
-def load_prompts(config, model: ref.ModelRef) -> tuple[list[list[int]], sft.Renderer | None, str]:
-    """The rendered prompts, their renderer, and where they came from."""
+def load_prompts(config, model: ref.ModelRef) -> prompts_lib.PromptSet:
+    """The prompt set, rendered by the model's tokenizer (or the configured one)."""
     if config.prompts:
-        rows, source = prompts_lib.read_rows(config.prompts, limit=config.limit), config.prompts
+        source, where = config.prompts, ""
     else:  # the default task of `lopd sft`, so the defaults run end to end
         count = config.limit or 256
-        rows = synthetic.addition_records(count, seed=config.seed + 1)
-        source = f"{synthetic.TEACHER} prompts (seed {config.seed + 1}, {count})"
-    tokenizer = config.tokenizer or model.tokenizer_spec()
-    if (
-        config.tokenizer
-        and model.tokenizer_identity is not None
-        and any("prompt_ids" not in row for row in rows)
-    ):  # checked before tokenizing: another tokenizer's ids may not even fit the vocabulary
-        _check_tokenizer(model, sft.load_renderer(tokenizer).name)
-    ids, renderer = prompts_lib.tokenize(
-        rows, tokenizer, chat_template=config.chat_template,
+        source = addition.train_prompts(count, seed=config.seed + 1)
+        where = f"{addition.NAME} prompts (train split, seed {config.seed + 1}, {count})"
+    return prompts_lib.load(
+        source, config.tokenizer or model.tokenizer_spec(), chat_template=config.chat_template,
         vocab_size=model.config.vocab_size, max_len=model.config.max_position_embeddings,
-        where=config.prompts or source,
+        limit=config.limit, trained_with=model.tokenizer_identity, where=where,
     )  # fmt: skip
-    if renderer is not None:
-        _check_tokenizer(model, renderer.name)
-    return ids, renderer, source
-
-
-def _check_tokenizer(model: ref.ModelRef, prompts_tokenizer: str) -> None:
-    """Prompts tokenized otherwise than the model was trained would be sampled as garbage."""
-    if model.tokenizer_identity not in (None, prompts_tokenizer):
-        raise artifacts.ArtifactError(
-            f"The model was trained with tokenizer {model.tokenizer_identity!r} but the prompts "
-            f"would be tokenized with {prompts_tokenizer!r}; set `tokenizer` to the directory "
-            "of the tokenizer the model was trained with."
-        )
 
 
 RULES = kit.Rules(
@@ -99,7 +78,8 @@ def run(config) -> dict[str, Any]:
     mesh = kit.start(config, RULES)
     # Loaded before the store is claimed: weights that fail to load leave nothing behind.
     model, model_config, params = kit.load(config.model, mesh)
-    prompts, renderer, prompts_source = load_prompts(config, model)
+    prompt_set = load_prompts(config, model)
+    prompts, renderer = prompt_set.ids, prompt_set.renderer
     sampling = sections.sampling_params(config, model, renderer)
     if not sampling.stop_ids:
         log.warning("No stop ids: every response runs to max_new_tokens.")
@@ -113,7 +93,7 @@ def run(config) -> dict[str, Any]:
     # What decides every row: a resume that changes any of it would mix two runs.
     identity = {
         "sft_model": model.identity,
-        "prompt_ids": prompts_lib.fingerprint(prompts),
+        "prompt_ids": prompt_set.fingerprint,
         "sampling": json.loads(json.dumps(dataclasses.asdict(sampling))),  # as stored
         "n": config.n,
         "seed": config.seed,
@@ -125,7 +105,7 @@ def run(config) -> dict[str, Any]:
         "sft_teacher": model.sft_teacher,  # the teacher that wrote the SFT data (None: unknown)
         "tokenizer": tokenizer,
         "vocab_size": model_config.vocab_size,  # the student's: a scoring teacher must match
-        "prompts": prompts_source,
+        "prompts": prompt_set.source,
         "num_prompts": len(prompts),
         "config": config.to_dict(),
     }

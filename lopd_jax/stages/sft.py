@@ -13,7 +13,8 @@ optimizer, step, data position); a re-run with other inputs or settings is refus
 
 Outputs in the workdir: checkpoints/, metrics.jsonl (train loss, grad norm, lr, tokens/s,
 padding efficiency; held-out loss, the base model's at step 0), tb/, metrics.png. With no
-data path, a generated addition task is written to <workdir>/sft_data first.
+data path, the addition task (`lopd_jax.data.tasks.addition`, the demo's) is written to
+<workdir>/sft_data first.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from ml_collections import ConfigDict
 from lopd_jax import artifacts, io
 from lopd_jax import eval as eval_lib
 from lopd_jax.configs import sections
-from lopd_jax.data import pipeline, sft, synthetic
+from lopd_jax.data import pipeline, sft
 from lopd_jax.data import tokenizer as tokenizer_lib
+from lopd_jax.data.tasks import addition
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import qwen3, ref
 from lopd_jax.parallel import mesh as mesh_lib
@@ -52,16 +54,14 @@ def make_renderer(config: ConfigDict) -> sft.Renderer:
     return sft.load_renderer(spec)
 
 
-def save_generation_files(renderer: sft.Renderer, base_stop_ids: set[int], ckpt: Path) -> None:
+def save_generation_files(renderer: sft.Renderer, stop_ids: tuple[int, ...], ckpt: Path) -> None:
     """Makes the checkpoint directory self-describing, like a HF directory: later stages find
-    the tokenizer there and the stop ids in `generation_config.json` (the tokenizer's EOS,
-    which ends a chat turn, plus the base model's own EOS ids)."""
+    the tokenizer there and the stop ids in `generation_config.json` (`ref.stop_rule`: the
+    tokenizer's EOS, which ends a chat turn, plus the base model's own EOS ids)."""
     if isinstance(renderer, sft.ChatTemplateRenderer):
         tokenizer_lib.save_tokenizer(renderer.tokenizer, ckpt)
-    stop_ids = {renderer.eos_id} | base_stop_ids
     artifacts.atomic_write_text(
-        ckpt / "generation_config.json",
-        json.dumps({"eos_token_id": sorted(i for i in stop_ids if i is not None)}, indent=2),
+        ckpt / "generation_config.json", json.dumps({"eos_token_id": list(stop_ids)}, indent=2)
     )
 
 
@@ -70,7 +70,7 @@ def resolve_data(config: ConfigDict, workdir: Path) -> sft.SftSource:
         return sft.resolve_source(config.data.path)
     generated = workdir / "sft_data"
     if not (generated / artifacts.MANIFEST).exists() and jax.process_index() == 0:
-        synthetic.write_addition_data(generated, config.data.synthetic_examples, seed=config.seed)
+        addition.write_train_data(generated, config.data.synthetic_examples, seed=config.seed)
     mesh_lib.sync_processes("lopd sft: generated data written")
     return sft.resolve_source(generated)
 
@@ -166,9 +166,11 @@ def run(config: ConfigDict) -> dict[str, Any]:
             at_start=True,  # the base model's loss: the baseline SFT should beat
         )
 
+    # What the checkpoint records and every later stage stops at (`ModelRef.stop_ids`).
+    stop_ids = base.stop_ids(renderer) if base else ref.stop_rule((), renderer)
     if config.eval.dataset:
         trainer.add_hook(
-            eval_lib.greedy_accuracy_hook(config.eval, model_config, renderer, mesh),
+            eval_lib.greedy_accuracy_hook(config.eval, model_config, renderer, stop_ids, mesh),
             every=config.train.eval_every, at_start=config.eval.at_start,
         )  # fmt: skip
 
@@ -180,5 +182,5 @@ def run(config: ConfigDict) -> dict[str, Any]:
 
     state = trainer.initial_state(init_params, train_iter)
     if trainer.resumed_step is None and jax.process_index() == 0:
-        save_generation_files(renderer, base.stop_ids() if base else set(), trainer.ckpt_dir)
+        save_generation_files(renderer, stop_ids, trainer.ckpt_dir)
     return trainer.train(state, lambda _: next(train_iter), train_iter)

@@ -67,8 +67,8 @@ def run(config: ConfigDict) -> list[dict[str, Any]]:
     check(config)
     start = time.perf_counter()
     workdir = Path(config.workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
     config = ConfigDict(config.to_dict() | {"grid": False})  # the plan's teacher A only
+    Demo(config, None).claim()  # before anything is written
     study_arms = arms(config)
     with worker_pool(config, workdir) as pool:
         plan = Demo(config, pool)

@@ -34,7 +34,6 @@ import jax
 import tqdm
 from ml_collections import ConfigDict
 
-from lopd_jax import artifacts
 from lopd_jax.configs import sections
 from lopd_jax.data import parts, sft
 from lopd_jax.data import prompts as prompts_lib
@@ -46,33 +45,18 @@ from lopd_jax.stages import kit
 MADE_BY = "teacher-data"
 
 
-def read_prompts(config: ConfigDict, teacher: ref.ModelRef):
-    """The prompt rows (text), their token ids and the renderer."""
-    path = config.prompts
-    rows = prompts_lib.read_rows(path, limit=config.limit)
-    pretokenized = [
-        i for i, row in enumerate(rows) if "prompt" not in row and "messages" not in row
-    ]
-    if pretokenized:
-        raise prompts_lib.PromptError(
-            f"{path}: prompt {pretokenized[0] + 1} (counting non-blank lines) has only "
-            "'prompt_ids'; SFT data is text, so give every prompt as {\"prompt\": ...} or "
-            '{"messages": [...]}.'
-        )
-    spec = config.tokenizer or teacher.tokenizer_spec()
+def read_prompts(config: ConfigDict, teacher: ref.ModelRef) -> prompts_lib.PromptSet:
+    """The prompt set (text: SFT data is text), rendered by the teacher's tokenizer."""
+    path = sections.require_path(config.prompts, "prompts", "a prompts JSONL file")
     try:
-        ids, renderer = prompts_lib.tokenize(
-            rows, spec, chat_template=True, vocab_size=teacher.config.vocab_size,
-            max_len=teacher.config.max_position_embeddings, where=path,
+        prompt_set = prompts_lib.load(
+            path, config.tokenizer or teacher.tokenizer_spec(), limit=config.limit,
+            vocab_size=teacher.config.vocab_size, max_len=teacher.config.max_position_embeddings,
+            trained_with=teacher.tokenizer_identity, text_only=True,
         )  # fmt: skip
     except FileNotFoundError as e:
         raise ConfigError(f"tokenizer: {e}; or set `tokenizer` ('bytes' for the toy one).") from e
-    if teacher.tokenizer_identity not in (None, renderer.name):
-        raise artifacts.ArtifactError(
-            f"The teacher was trained with tokenizer {teacher.tokenizer_identity!r} but the "
-            f"prompts would be tokenized with {renderer.name!r}; leave `tokenizer` empty."
-        )
-    return rows, ids, renderer
+    return prompt_set
 
 
 def assemble(output: Path, rows: list[dict], num_parts: int, drop_truncated: bool):
@@ -119,12 +103,13 @@ def run(config: ConfigDict) -> dict[str, Any]:
             "output directories."
         )
     teacher, teacher_config, params = kit.load(config.model, mesh, path=config.teacher)
-    rows, prompts, renderer = read_prompts(config, teacher)
+    prompt_set = read_prompts(config, teacher)
+    rows, prompts, renderer = prompt_set.rows, prompt_set.ids, prompt_set.renderer
     sampling = sections.sampling_params(config, teacher, renderer)
     # What decides every sample: a resume that changes any of it would mix two runs.
     identity = {
         "teacher": teacher.identity,
-        "prompt_ids": prompts_lib.fingerprint(prompts),  # the file, `limit` and tokenizer
+        "prompt_ids": prompt_set.fingerprint,  # the file, `limit` and tokenizer
         "tokenizer": renderer.name,
         "sampling": json.loads(json.dumps(dataclasses.asdict(sampling))),  # as stored
         "n": config.n,

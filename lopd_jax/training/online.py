@@ -9,8 +9,9 @@ import jax
 import numpy as np
 
 from lopd_jax.configs import sections
-from lopd_jax.data import pipeline, synthetic
+from lopd_jax.data import pipeline
 from lopd_jax.data import prompts as prompts_lib
+from lopd_jax.data.tasks import addition
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref, scoring
 from lopd_jax.parallel import rules
@@ -26,7 +27,9 @@ class OnlineSource:
     samples what an uninterrupted one would) and scores them with the teacher.
     """
 
-    def __init__(self, config, model_config, teacher: ref.ModelRef, mesh, columns, stop_ids):
+    def __init__(
+        self, config, model_config, teacher: ref.ModelRef, mesh, columns, prompts, stop_ids
+    ):
         self.config, self.model_config, self.mesh = config, model_config, mesh
         self.columns = [c for c in columns if c not in pipeline.FEATURES]
         teacher_config = sections.model_config(config.model, teacher.config)
@@ -35,7 +38,7 @@ class OnlineSource:
         self.topk = config.online.topk if "teacher_topk_ids" in columns else 0
         topk = self.topk
         self.teacher_forward = scoring.make_forward(teacher_config, shardings, mesh, topk=topk)
-        self.prompts = load_prompts(config.online.prompts, config.seed, model_config, teacher)
+        self.prompts = prompts  # the student's token ids (`load_prompts`)
         self.sampling = SamplingParams(
             max_new_tokens=config.online.max_new_tokens, temperature=config.online.temperature,
             top_p=config.online.top_p, stop_ids=stop_ids,
@@ -100,11 +103,12 @@ class OnlineSource:
         return batches
 
 
-def load_prompts(path: str, seed: int, model_config, model: ref.ModelRef) -> list[list[int]]:
-    """The online prompts, chat-rendered; "" = generated addition prompts."""
-    rows = prompts_lib.read_rows(path) if path else synthetic.addition_records(256, seed=seed + 1)
-    ids, _ = prompts_lib.tokenize(
-        rows, model.tokenizer_spec(), chat_template=True, vocab_size=model_config.vocab_size,
+def load_prompts(config, model_config, renderer) -> prompts_lib.PromptSet:
+    """The online prompts (`online.prompts`; "" = the addition task's), chat-rendered by
+    `renderer`: the student's, since the student samples them."""
+    path = config.online.prompts
+    source = path or addition.train_prompts(256, seed=config.seed + 1)
+    return prompts_lib.load(
+        source, renderer, vocab_size=model_config.vocab_size,
         max_len=model_config.max_position_embeddings, where=path or "generated prompts",
     )  # fmt: skip
-    return ids

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from lopd_jax import artifacts
-from lopd_jax.data import sft, synthetic
+from lopd_jax.data import sft
+from lopd_jax.data.tasks import addition
 
 BYTES = sft.ByteRenderer()
 
@@ -89,8 +90,8 @@ def test_no_usable_examples_is_an_error(tmp_path):
 
 
 def test_data_directory_carries_the_teacher(tmp_path):
-    source = synthetic.write_addition_data(tmp_path / "data", 8, seed=3)
-    assert source.teacher == synthetic.TEACHER
+    source = addition.write_train_data(tmp_path / "data", 8, seed=3)
+    assert source.teacher == addition.ground_truth_teacher(addition.DEFAULT_STYLE_BIAS)
     assert artifacts.read_manifest(tmp_path / "data", sft.SFT_DATA_KIND)["num_examples"] == 8
     assert source.fingerprint == artifacts.fingerprint_file(source.jsonl)
 
@@ -100,14 +101,6 @@ def test_bare_jsonl_has_no_teacher_and_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert sft.resolve_source(path).teacher is None
     assert "teacher is unknown" in caplog.text
-
-
-def test_addition_records_are_correct():
-    record = synthetic.addition_record(58, 67)
-    assert record == {"prompt": "58+67=", "response": "8+7+0=15 5+6+1=12; 125"}
-    for r in synthetic.addition_records(20, seed=0):
-        a, b = map(int, r["prompt"][:-1].split("+"))
-        assert int(r["response"].split("; ")[1]) == a + b
 
 
 def test_chat_template_renderer_masks_the_assistant_turn():

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from stage_helpers import toy_opd_config, toy_rollout_config, toy_score_config, toy_sft_config
 
-from lopd_jax import artifacts
+from lopd_jax import artifacts, configs
 from lopd_jax.configs import evaluate as evaluate_config
 from lopd_jax.configs import export as export_config
 from lopd_jax.configs import export_rollouts as export_rollouts_config
@@ -689,7 +689,7 @@ def _invalid_rows():
 
     rows = []
     for stage, own in OWN_INVALID.items():
-        default = cli._load_config(cli._SHIPPED / f"{cli.STAGES[stage]}.py", "")
+        default = configs.load(cli.STAGES[stage])
         fields = {k for k in SHARED_INVALID if k.split(".")[0] in default}
         for field in sorted(fields) + sorted(own):
             value = own.get(field, SHARED_INVALID.get(field))
@@ -719,7 +719,7 @@ def test_invalid_config_value_is_one_line_naming_the_field(
     from lopd_jax import cli
 
     monkeypatch.chdir(tmp_path)  # a default relative path that were written lands here
-    config = cli._SHIPPED / f"{cli.STAGES[stage]}.py"
+    config = configs.SHIPPED / f"{cli.STAGES[stage]}.py"
     output = f"--config.{OUTPUT_FIELD[stage]}={tmp_path / 'out'}"
     assert _cli(stage, str(config), output, f"--config.{field}={value}") == 2
     _one_line_error(capsys, stage, field)
@@ -742,10 +742,9 @@ CLI_MISUSE = [
 def test_another_stages_config_or_unknown_field_is_named(
     stage, config, overrides, names, tmp_path, monkeypatch, capsys
 ):
-    from lopd_jax import cli
 
     monkeypatch.chdir(tmp_path)
-    assert _cli(stage, str(cli._SHIPPED / f"{config}.py"), *overrides) == 2
+    assert _cli(stage, str(configs.SHIPPED / f"{config}.py"), *overrides) == 2
     _one_line_error(capsys, stage, *names)
     assert not list(tmp_path.iterdir())
 
@@ -756,7 +755,7 @@ def test_workdir_that_is_a_file_is_named(stage, tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("mine")
-    config = cli._SHIPPED / f"{cli.STAGES[stage]}.py"
+    config = configs.SHIPPED / f"{cli.STAGES[stage]}.py"
     assert _cli(stage, str(config), f"--config.workdir={tmp_path / 'afile'}") == 2
     _one_line_error(capsys, stage, "workdir", "is a file")
     assert _snapshot(tmp_path) == {"afile": b"mine"}
@@ -850,7 +849,7 @@ def test_ctrl_c_is_one_line_and_exit_130(stage, tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(ref, "resolve", interrupted)
-    config = cli._SHIPPED / f"{cli.STAGES[stage]}.py"
+    config = configs.SHIPPED / f"{cli.STAGES[stage]}.py"
     output = f"--config.{OUTPUT_FIELD[stage]}={tmp_path / 'out'}"
     required = ["--config.dataset=problems.jsonl"] if stage == "evaluate" else []
     assert _cli(stage, str(config), output, *required) == 130

@@ -131,10 +131,10 @@ def test_read_prompts_renders_chat_template(tmp_path):
     lines = [{"prompt": "What is 17 + 25?"}, {"messages": messages}, {"prompt_ids": [1, 2]}]
     (tmp_path / "p.jsonl").write_text("\n".join(map(json.dumps, lines)))
 
-    rows = prompts_lib.read_rows(tmp_path / "p.jsonl")
-    prompts, renderer = prompts_lib.tokenize(
-        rows, tmp_path / "tok", chat_template=True, vocab_size=len(tokenizer), max_len=4096
+    prompt_set = prompts_lib.load(
+        tmp_path / "p.jsonl", tmp_path / "tok", vocab_size=len(tokenizer), max_len=4096
     )
+    prompts, renderer = prompt_set.ids, prompt_set.renderer
     user = [{"role": "user", "content": "What is 17 + 25?"}]
     for ids, chat in zip(prompts, [user, messages]):
         text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)

@@ -6,10 +6,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from stage_helpers import tiny_sft_config
+from stage_helpers import addition_records, tiny_sft_config
 
 from lopd_jax import artifacts, cli
-from lopd_jax.data import sft, synthetic
+from lopd_jax.data import sft
 from lopd_jax.data.tasks import addition
 from lopd_jax.models import ref
 from lopd_jax.stages import sft as sft_stage
@@ -30,7 +30,7 @@ def _config(workdir, data_dir):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("data") / "sft_data"
-    records = synthetic.addition_records(256, seed=0, max_digits=2)
+    records = addition_records(256)
     sft.write_sft_data(directory, records[:100] + BAD_LINES + records[100:],
                        teacher="hf:teacher-under-test")  # fmt: skip
     return directory
@@ -130,7 +130,7 @@ def test_bad_data_stops_before_training_with_the_fix(tmp_path, data_dir):
 
 
 def test_different_data_in_same_workdir_is_refused(uninterrupted, tmp_path):
-    other = synthetic.write_addition_data(tmp_path / "other", 300, seed=1, max_digits=2)
+    other = addition.write_train_data(tmp_path / "other", 300, seed=1)
     config = _config(uninterrupted[0], other.jsonl.parent)
     with pytest.raises(artifacts.ArtifactError, match=r"different inputs.*inputs\.sft_data"):
         sft_stage.run(config)
@@ -160,12 +160,13 @@ def test_checkpoint_dir_carries_tokenizer_and_stop_ids(tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     renderer = sft.ChatTemplateRenderer(tok, "qwen3")
-    sft_stage.save_generation_files(renderer, hf.generation_eos_ids(base), ckpt)
+    stop_ids = ref.stop_rule(hf.generation_eos_ids(base), renderer)
+    sft_stage.save_generation_files(renderer, stop_ids, ckpt)
     assert hf.generation_eos_ids(ckpt) == {tokenizer_lib.IM_END_ID, tokenizer_lib.ENDOFTEXT_ID}
     reloaded = tokenizer_lib.load_tokenizer(ckpt)
     assert tokenizer_lib.tokenizer_fingerprint(reloaded) == tokenizer_lib.tokenizer_fingerprint(tok)
 
     toy = tmp_path / "toy"
     toy.mkdir()
-    sft_stage.save_generation_files(sft.ByteRenderer(), set(), toy)
+    sft_stage.save_generation_files(sft.ByteRenderer(), ref.stop_rule((), sft.ByteRenderer()), toy)
     assert hf.generation_eos_ids(toy) == {sft.ByteRenderer.EOS}

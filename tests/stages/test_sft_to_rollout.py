@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from stage_helpers import tiny_sft_config, write_prompt_ids
+from stage_helpers import addition_records, tiny_sft_config, write_prompt_ids
 
 import lopd_jax
 from lopd_jax import artifacts
 from lopd_jax.configs import rollout as rollout_config
-from lopd_jax.data import sft, synthetic
+from lopd_jax.data import sft
 from lopd_jax.models import ref
 from lopd_jax.parallel import rules
 from lopd_jax.parallel.mesh import MeshConfig, make_mesh
@@ -57,7 +57,7 @@ def _rollout(root, model, output):
 @pytest.fixture(scope="module")
 def teacher_a(root, prompts):
     """SFT on data written by teacher A, then a rollout from its checkpoint."""
-    records = synthetic.addition_records(64, seed=0, max_digits=2)
+    records = addition_records(64)
     sft.write_sft_data(root / "sft_data", records, teacher="hf:teacher-A")
     ckpt = _sft(root, "teacher_a", root / "sft_data")
     return ckpt, *_rollout(root, ckpt, root / "teacher_a.zarr")

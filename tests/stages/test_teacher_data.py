@@ -158,7 +158,7 @@ def test_unusable_inputs_are_refused(inputs, tmp_path):
 
     ids = tmp_path / "ids.jsonl"
     ids.write_text('{"prompt": "hi"}\n{"prompt_ids": [5, 6]}\n')
-    with pytest.raises(prompts_lib.PromptError, match=r"prompt 2 .*has only 'prompt_ids'"):
+    with pytest.raises(prompts_lib.PromptError, match=r"line 2: the prompt has only 'prompt_ids'"):
         teacher_data.run(_config(root, tmp_path / "out", prompts=str(ids)))
     with pytest.raises(ConfigError, match=r"model.path=.* is not read here"):
         c = _config(root, tmp_path / "out")

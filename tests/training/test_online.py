@@ -47,8 +47,9 @@ def test_lightning_and_online_gradients_agree_at_pi_ref(toy_pipeline, monkeypatc
     assert opd_cfg.loss == "sampled_token"  # top-k columns for the monitors only
     columns = losses.batch_columns(opd_cfg, topk_available=True)
     c.online.topk = store.manifest["scoring"]["topk"]
-    source = online.OnlineSource(c, model_config, ref.resolve(c.teacher), mesh, columns, ())
-    source.prompts = prompts
+    source = online.OnlineSource(
+        c, model_config, ref.resolve(c.teacher), mesh, columns, prompts, pi_ref.stop_ids()
+    )
     params = pi_ref.load()
     (fresh,) = source.sample_and_score(params, 0)
 

@@ -189,6 +189,16 @@ def style_a_fraction(choices: Sequence[Sequence[bool | None] | None]) -> float:
 # Files: SFT data directories and prompt sets.
 
 
+# The task of a stage run without data: `lopd sft`'s SFT data, and the prompts of `lopd rollout`
+# and online `lopd opd`, all drawn from the train split.
+DEFAULT_STYLE_BIAS = 1.0  # one style: a deterministic teacher, the easiest task to learn
+
+
+def train_prompts(num: int, *, seed: int) -> list[dict[str, Any]]:
+    """`prompt_records` of `num` train problems drawn by `seed`."""
+    return prompt_records(sample_problems(num, split="train", seed=seed))
+
+
 def ground_truth_teacher(style_bias: float) -> str:
     """The teacher identity recorded in the manifest of ground-truth SFT data."""
     return f"ground-truth:{NAME}:style_bias={style_bias}"
@@ -217,16 +227,27 @@ def write_sft_data(
     )
 
 
+def write_train_data(directory: str | Path, num: int, *, seed: int) -> sft.SftSource:
+    """`lopd sft`'s data when none is given: `num` train problems drawn by `seed`, with traces
+    of DEFAULT_STYLE_BIAS."""
+    problems = sample_problems(num, split="train", seed=seed)
+    return write_sft_data(directory, problems, style_bias=DEFAULT_STYLE_BIAS, seed=seed)
+
+
 def prompt_records(problems: Sequence[Problem]) -> list[dict[str, Any]]:
     """`{"id", "prompt", "answer"}` per problem: a prompt set for rollouts and evaluation."""
     return [{"id": p.id, "prompt": p.prompt, "answer": p.answer} for p in problems]
 
 
+def prompts_text(problems: Sequence[Problem]) -> str:
+    """`prompt_records(problems)` as JSONL."""
+    return "".join(json.dumps(r) + "\n" for r in prompt_records(problems))
+
+
 def write_prompts(path: str | Path, problems: Sequence[Problem]) -> Path:
-    """Writes `prompt_records(problems)` as JSONL, atomically."""
+    """Writes `prompts_text(problems)`, atomically."""
     path = Path(path)
-    text = "".join(json.dumps(r) + "\n" for r in prompt_records(problems))
-    artifacts.atomic_write_text(path, text)
+    artifacts.atomic_write_text(path, prompts_text(problems))
     return path
 
 

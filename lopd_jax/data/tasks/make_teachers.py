@@ -23,9 +23,10 @@ import numpy as np
 
 import lopd_jax
 from lopd_jax import artifacts
+from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.data import sft
 from lopd_jax.data.tasks import addition, toy_tokenizer
-from lopd_jax.models import qwen3
+from lopd_jax.models import qwen3, ref
 from lopd_jax.sampling.generate import FINISH_STOP
 
 ASSETS = Path(lopd_jax.__file__).resolve().parent / "assets" / "toy"
@@ -60,10 +61,13 @@ def measure(
 ) -> dict[str, float]:
     """Accuracy (`verify`) over `n` samples of each problem, and the fraction of style-A
     choices over the samples whose steps are all written correctly."""
-    prompts = [renderer.render_prompt([{"role": "user", "content": p.prompt}]) for p in problems]
+    prompts = prompts_lib.load(
+        addition.prompt_records(problems), renderer, vocab_size=config.vocab_size,
+        max_len=config.max_position_embeddings,
+    ).ids  # fmt: skip
     out = lopd_jax.generate(
         config, params, prompts, max_new_tokens=MAX_NEW_TOKENS, temperature=temperature,
-        eos_ids=(renderer.eos_id,), n=n, seed=seed,
+        eos_ids=ref.stop_rule((), renderer), n=n, seed=seed,
     )  # fmt: skip
     rows = [p for p in problems for _ in range(n)]  # generate's order: samples of a prompt adjacent
     texts = [

@@ -158,3 +158,17 @@ def test_prompt_set_round_trip(tmp_path):
     assert records[0] == {"id": problems[0].id, "prompt": problems[0].prompt,
                           "answer": problems[0].answer}  # fmt: skip
     assert addition.read_prompts(path) == problems
+
+
+def test_defaults_of_stages_run_without_data_are_the_task_train_split(tmp_path):
+    """`lopd sft` without data, `lopd rollout` and online `lopd opd` without prompts."""
+    source = addition.write_train_data(tmp_path / "data", 30, seed=5)
+    records = [json.loads(line) for line in source.jsonl.read_text().splitlines()]
+    problems = [addition.parse_problem(r["prompt"]) for r in records]
+    assert problems == addition.sample_problems(30, split="train", seed=5)
+    for record, problem in zip(records, problems):  # DEFAULT_STYLE_BIAS = 1: style A only
+        choices = addition.style_choices(record["response"], problem)
+        assert choices is not None and set(choices) <= {True, None}  # None: digits hide it
+    prompts = addition.train_prompts(30, seed=5)
+    assert [p["prompt"] for p in prompts] == [r["prompt"] for r in records]
+    assert all(p["answer"] == q.answer for p, q in zip(prompts, problems))
