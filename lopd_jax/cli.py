@@ -143,6 +143,7 @@ def _run(stage: str, argv: list[str]) -> int:
     from lopd_jax.configs import sections
     from lopd_jax.errors import LopdError
 
+    argv = _teacher_shorthand(stage, argv)
     # config_flags discovers the `--config.*` overrides from the argv it is given here.
     # Its own flag registry: `_run` can be called again in one process (tests, the demo).
     registry = flags.FlagValues()
@@ -167,6 +168,20 @@ def _run(stage: str, argv: list[str]) -> int:
         print(f"lopd {stage}: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
     return 0
+
+
+def _teacher_shorthand(stage: str, argv: list[str]) -> list[str]:
+    """`--config.teacher=PATH` -> `--config.teacher.path=PATH` where the stage's teacher is a
+    model section (score, opd, evaluate, teacher-data), as users and older scripts write it."""
+    if not any(a.startswith("--config.teacher=") for a in argv):
+        return argv
+    from ml_collections import ConfigDict
+
+    default = _load_config(_SHIPPED / f"{STAGES[stage]}.py", "")
+    if not isinstance(default.get("teacher"), ConfigDict):
+        return argv
+    return [a.replace("--config.teacher=", "--config.teacher.path=", 1)
+            if a.startswith("--config.teacher=") else a for a in argv]  # fmt: skip
 
 
 def _flag_error(error: BaseException, argv: list[str]) -> str:

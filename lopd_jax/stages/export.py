@@ -15,7 +15,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from lopd_jax import artifacts
+from lopd_jax import artifacts, provenance
 from lopd_jax.configs import sections
 from lopd_jax.data import sft
 from lopd_jax.models import hf, ref
@@ -60,8 +60,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     record = {
         "identity": model.identity,
         "checkpoint": model.describe(),
-        "teacher": model.sft_teacher,
-        "tokenizer": model.tokenizer_identity,
+        **provenance.read(model.manifest).fields(),
         "dtype": model_config.param_dtype,
     }
 

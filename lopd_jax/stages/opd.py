@@ -6,11 +6,14 @@ every epoch and never refreshed; the student's log-probs are recomputed every st
 per-token advantage is `A_t = stored log pi_T - log pi_theta`, clipped; no importance weights.
 No teacher is loaded. The run is refused if scoring is incomplete, if the store's rollouts were
 not sampled from this SFT checkpoint, or if the scoring teacher is not the teacher that wrote
-the SFT data (unless `allow_inconsistent_teacher=True`, recorded).
+the SFT data (unless `allow_inconsistent_teacher=True`, recorded). `teacher_columns` picks the
+store's teacher column set: "" (the default) or one that `lopd score --config.columns=NAME`
+wrote (the store scored again with another teacher or `topk`; `lopd_jax.store.schema`).
 
 `mode=online` (standard OPD, the baseline): every `online.reuse_steps` steps, fresh responses
-are sampled from the current student and scored by the live teacher held in the same job on the
-same mesh; same loss and optimizer. Metrics record the wall time of sampling, teacher and train.
+are sampled from the current student and scored by the live teacher (the `teacher` section:
+its path and numerics) held in the same job on the same mesh; same loss and optimizer. Metrics
+record the wall time of sampling, teacher and train.
 
 Losses (`loss.loss`): `sampled_token` (the paper's) or `topk_reverse_kl` (exact reverse KL over
 the teacher's top-k + a rest bucket; `lopd_jax.training.losses`). Ablations: advantage clip and
@@ -30,15 +33,14 @@ from typing import Any
 import jax
 from ml_collections import ConfigDict
 
-from lopd_jax import artifacts
+from lopd_jax import artifacts, provenance
 from lopd_jax import eval as eval_lib
 from lopd_jax.configs import sections
 from lopd_jax.data import pipeline, sft
 from lopd_jax.errors import ConfigError
-from lopd_jax.models import ref
+from lopd_jax.models import ref, scoring
 from lopd_jax.parallel import mesh as mesh_lib
-from lopd_jax.stages import score
-from lopd_jax.store import RolloutStore, StoreError
+from lopd_jax.store import RolloutStore, StoreError, schema
 from lopd_jax.training import loop, losses, online
 
 CHECKPOINT_KIND = "opd_checkpoint"
@@ -53,27 +55,26 @@ def loss_config(config: ConfigDict) -> losses.OpdLossConfig:
 
 
 def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
-    """The store's packed rows for this process, after every check; and what to record."""
+    """The store's packed rows for this process (of the teacher column set
+    `teacher_columns`), after every check; the inputs to record, and the run's provenance."""
     store = RolloutStore.open(config.store)
-    sampled_by = (store.manifest.get("sft_checkpoint") or {}).get("identity")
+    rollouts = provenance.read(store.manifest)
+    sampled_by = rollouts.sampled_by
     if sampled_by != pi_ref.identity:
         raise StoreError(
             f"{config.store} holds rollouts sampled from model {sampled_by!r}, not from "
             f"model.path={pi_ref.path} ({pi_ref.identity}). Lightning OPD starts from the "
             "checkpoint that sampled its rollouts: point model.path at it, or re-run rollout."
         )
-    scoring = store.manifest.get("scoring")
-    topk_stored = all(store.column_complete(c) for c in losses.TOPK_COLUMNS)
-    columns = losses.batch_columns(opd, topk_available=topk_stored)
-    incomplete = [c for c in columns if c in score.COLUMNS and not store.column_complete(c)]
-    if scoring is None or incomplete:
-        topk_hint = " with --config.topk > 0" if "teacher_topk_ids" in columns else ""
-        raise StoreError(
-            f"{config.store}: teacher columns {incomplete or list(score.COLUMNS)} are not "
-            f"complete; run (or finish) `lopd score`{topk_hint} first."
-        )
+    teacher_columns = schema.TeacherColumns(config.teacher_columns)
+    record = teacher_columns.record(store.manifest)
+    topk = (record or {}).get("topk", 0)
+    columns = losses.batch_columns(
+        opd, topk_available=bool(topk) and teacher_columns.complete(store, topk)
+    )
+    check_scored(store, teacher_columns, record, columns)
     guard = artifacts.check_teacher_consistency(
-        store.manifest.get("sft_teacher"), scoring["teacher"]["identity"],
+        rollouts.sft_teacher, record["teacher"]["identity"],
         allow_inconsistent=config.allow_inconsistent_teacher, where=f"lopd opd ({config.store})",
     )  # fmt: skip
     rows = None
@@ -85,10 +86,26 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
             seen[prompt] = seen.get(prompt, 0) + 1
             if seen[prompt] <= config.data.rollouts_per_prompt:
                 rows.append(row)
+    # The loss's column names -> the store's (the teacher columns of the chosen set).
+    names = {c: teacher_columns.store_name(c) if c in schema.COLUMNS else c
+             for c in columns if c not in pipeline.FEATURES}  # fmt: skip
+    stored = pipeline.store_rows(store, list(names.values()), seq_len=config.data.seq_len,
+                                 rows=rows)  # fmt: skip
+    flat = {"tokens": stored.flat["tokens"]} | {c: stored.flat[n] for c, n in names.items()}
+    ids = flat.get(schema.TOPK_IDS)
+    if ids is not None and ids.size and ids.max() >= pi_ref.config.vocab_size:
+        raise StoreError(  # a store scored before the vocabulary check: a NaN loss otherwise
+            f"{where_set(store, teacher_columns)} holds top-k id {int(ids.max())}, outside the "
+            f"student's vocabulary of {pi_ref.config.vocab_size}; score a new column set with "
+            "this version (--config.columns=NAME), which scores the student's ids only."
+        )
     data = pipeline.rollout_rows(
-        store, [c for c in columns if c not in pipeline.FEATURES],
+        pipeline.FlatRows(
+            flat, stored.offsets, stored.prompt_len, seq_len=config.data.seq_len, rows=rows,
+            where=str(store.path),
+        ),
         seq_len=config.data.seq_len, seed=config.seed, packing=config.data.packing,
-        num_packing_bins=config.data.num_packing_bins, rows=rows,
+        num_packing_bins=config.data.num_packing_bins,
     )  # fmt: skip
     iterator = iter(
         pipeline.batches(data, config.train.batch_size, jax.process_index(), jax.process_count())
@@ -96,10 +113,47 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
     inputs = {
         "store": str(config.store),
         "rollouts": store.manifest.get("identity"),
-        "teacher": scoring["teacher"]["identity"],
+        "teacher_columns": config.teacher_columns,
         **guard,
     }
-    return iterator, inputs
+    trained = provenance.Provenance(
+        sft_teacher=rollouts.sft_teacher, opd_teacher=record["teacher"]["identity"],
+        sampled_by=sampled_by, tokenizer=rollouts.tokenizer,
+    )  # fmt: skip
+    return iterator, inputs, trained
+
+
+def where_set(store, teacher_columns: schema.TeacherColumns) -> str:
+    return f"{store.path}: {teacher_columns.describe()}"
+
+
+def check_scored(store, teacher_columns: schema.TeacherColumns, record, columns) -> None:
+    """The column set the loss reads is scored completely; else advice that works: finish the
+    scoring, or score a new set with what the loss needs."""
+    where = where_set(store, teacher_columns)
+    sets = schema.scored_sets(store.manifest)
+    name = teacher_columns.name
+    if record is None:
+        columns_flag = f" --config.columns={name}" if name else ""
+        raise StoreError(
+            f"{where} is not scored (scored sets: {sets}); run `lopd score "
+            f"--config.store={store.path}{columns_flag}` first, or choose a scored set with "
+            "--config.teacher_columns."
+        )
+    if schema.TOPK_IDS in columns and not record.get("topk"):
+        raise StoreError(
+            f"{where} was scored with topk=0, but loss.loss='topk_reverse_kl' reads the "
+            "teacher's top-k. Score a new column set with top-k beside it, with the "
+            f"same teacher: `lopd score --config.store={store.path} "
+            f"--config.teacher={record['teacher'].get('path')} --config.topk=16 "
+            "--config.columns=topk16`, then train on it: --config.teacher_columns=topk16 (the "
+            "default set stays as it is)."
+        )
+    if not teacher_columns.complete(store, record.get("topk", 0)):
+        raise StoreError(
+            f"{where} is not completely scored; finish it: rerun `lopd score` with its teacher "
+            "and settings (it resumes)."
+        )
 
 
 def run(config: ConfigDict) -> dict[str, Any]:
@@ -125,33 +179,41 @@ def run(config: ConfigDict) -> dict[str, Any]:
     model_config = sections.model_config(config.model, pi_ref.config)
 
     if config.mode == "lightning":  # never touches config.teacher
-        data_iterator, inputs = lightning_source(config, pi_ref, opd)
+        data_iterator, inputs, record = lightning_source(config, pi_ref, opd)
         next_batch = lambda _: next(data_iterator)
     else:
-        teacher = ref.resolve(sections.require_path(config.teacher, "teacher", "the teacher"))
+        teacher = sections.teacher_ref(config.teacher, "the online teacher")
         inputs = artifacts.check_teacher_consistency(
             pi_ref.sft_teacher, teacher.identity,
             allow_inconsistent=config.allow_inconsistent_teacher, where="lopd opd (online)",
         )  # fmt: skip
-        artifacts.check_tokenizer_consistency(
-            pi_ref.tokenizer_name(), teacher.tokenizer_name(),
-            allow_unknown=config.allow_inconsistent_teacher, where="lopd opd (online)",
+        vocab_limit = artifacts.check_teacher_student(
+            student_tokenizer=pi_ref.tokenizer_name(), student_vocab=model_config.vocab_size,
+            teacher_tokenizer=teacher.tokenizer_name(), teacher_vocab=teacher.config.vocab_size,
+            topk=config.online.topk, allow_unknown_tokenizer=config.allow_inconsistent_teacher,
+            where="lopd opd (online)",
         )  # fmt: skip
-        artifacts.check_vocabulary(
-            model_config.vocab_size, teacher.config.vocab_size, where="lopd opd (online)"
-        )
         stop_ids = tuple(sorted(pi_ref.stop_ids()))
         data_iterator = None  # batches are a function of the step: nothing to checkpoint
         columns = losses.batch_columns(opd, topk_available=config.online.topk > 0)
-        next_batch = online.OnlineSource(config, model_config, teacher, mesh, columns, stop_ids)
-        inputs = {"teacher": teacher.identity, **inputs}
+        scorer = scoring.Scorer(
+            teacher, sections.model_config(config.teacher, teacher.config), mesh,
+            topk=config.online.topk if schema.TOPK_IDS in columns else 0, vocab_limit=vocab_limit,
+        )  # fmt: skip
+        next_batch = online.OnlineSource(
+            config, model_config, scorer, teacher, mesh, columns, stop_ids
+        )
+        record = provenance.Provenance(  # sampled on-policy by the student itself
+            sft_teacher=pi_ref.sft_teacher, opd_teacher=teacher.identity,
+            tokenizer=pi_ref.tokenizer_identity,
+        )  # fmt: skip
 
     trainer = loop.Trainer(
         kind=CHECKPOINT_KIND, workdir=config.workdir, model_config=model_config,
         loss_fn=losses.opd_loss_fn(model_config, opd), config=config, mesh=mesh,
         manifest={
             "mode": config.mode, "pi_ref": pi_ref.identity, "pi_ref_path": str(pi_ref.path),
-            "sft_teacher": pi_ref.sft_teacher, "tokenizer": pi_ref.tokenizer_identity, **inputs,
+            **record.fields(), **inputs,
         },
         summarize=lambda m: _reported(m, next_batch),
         plots=("train/loss", "train/advantage_mean", "train/w_mean", "train/w_std",

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from lopd_jax import artifacts, io
+from lopd_jax import artifacts, io, provenance
 from lopd_jax import eval as eval_lib
 from lopd_jax.configs import sections
 from lopd_jax.data import pipeline, sft, synthetic
@@ -141,8 +141,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
             "base_model": base.identity if base else random_init,
             "sft_data": source.fingerprint,
             "sft_data_path": str(source.jsonl),
-            "teacher": source.teacher,
-            "tokenizer": renderer.name,
+            **provenance.Provenance(sft_teacher=source.teacher, tokenizer=renderer.name).fields(),
             "data_stats": stats.__dict__,
         },
         plots=("train/loss", "eval/loss", "train/grad_norm", "train/lr"),

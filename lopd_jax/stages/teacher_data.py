@@ -2,8 +2,9 @@
 
 Lightning OPD step 0 (`D_SFT = {(q, x): x ~ pi_T(.|q)}`): the teacher written here must be the
 teacher that later scores the rollouts, so the directory's manifest records its identity
-(`teacher`, the content fingerprint `lopd score` compares) with the tokenizer, the sampling
-settings and what was dropped.
+(`provenance.sft_teacher`, the content fingerprint `lopd score` compares) with the tokenizer,
+the sampling settings and what was dropped. The teacher is the `teacher` section: its path
+(`--config.teacher=PATH` for short) and numerics (`teacher.dtype`, ...).
 
 Prompts JSONL, one object per line: {"prompt": "..."} (a user turn) or {"messages": [...]}
 (the turns before the response), rendered with the chat template and the generation prompt
@@ -96,11 +97,6 @@ def assemble(output: Path, rows: list[dict], num_parts: int, drop_truncated: boo
 def run(config: ConfigDict) -> dict[str, Any]:
     sections.validate(config)
     sections.require_positive(config, "n", "batch_size", "chunk_prompts", "max_new_tokens")
-    if config.model.path:
-        raise ConfigError(
-            f"model.path={config.model.path!r} is not read here: the model is `teacher` "
-            "(--config.teacher=...); the model section sets its dtype and numerics."
-        )
     mesh_lib.maybe_initialize_distributed()
     if jax.process_count() > 1:  # the sampler gathers its outputs on one host
         raise ConfigError(
@@ -108,9 +104,8 @@ def run(config: ConfigDict) -> dict[str, Any]:
             "processes. Run it on one host, or split the prompts across hosts into separate "
             "output directories."
         )
-    spec = sections.require_path(config.teacher, "teacher", "the teacher's model directory")
-    teacher = ref.resolve(spec, sections.model_step(config.model))
-    teacher_config = sections.model_config(config.model, teacher.config)
+    teacher = sections.teacher_ref(config.teacher)
+    teacher_config = sections.model_config(config.teacher, teacher.config)
     rows, prompts, renderer = read_prompts(config, teacher)
     sampling = sections.sampling_params(config, teacher, renderer)
     # What decides every sample: a resume that changes any of it would mix two runs.

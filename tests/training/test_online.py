@@ -21,7 +21,7 @@ def test_lightning_and_online_gradients_agree_at_pi_ref(toy_pipeline, monkeypatc
     teacher scoring, FlatRows): one batch each, the same gradient of `opd_loss_fn`."""
     p = toy_pipeline
     c = toy_opd_config("unused", p["ckpt"], p["store"])
-    c.mode, c.teacher = "online", str(p["teacher"])
+    c.mode, c.teacher.path = "online", str(p["teacher"])
     store = RolloutStore.open(p["store"])
     rows = store.read_rows(0, store.num_rows, ("sampler_logprobs",))
     prompts = [t[:n].tolist() for t, n in zip(rows["tokens"], rows["prompt_len"], strict=True)]
