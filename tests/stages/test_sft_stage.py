@@ -133,7 +133,9 @@ def test_bad_data_stops_before_training_with_the_fix(tmp_path, data_dir):
 def test_different_data_in_same_workdir_is_refused(uninterrupted, tmp_path):
     other = synthetic.write_addition_data(tmp_path / "other", 300, seed=1, max_digits=2)
     config = _config(uninterrupted[0], other.jsonl.parent)
-    with pytest.raises(artifacts.ArtifactError, match=r"different inputs.*inputs\.sft_data"):
+    # The first 8 changes are named: the data's stats and its teacher (provenance) come first.
+    changed = r"different inputs.*inputs\.data_stats.*inputs\.provenance\.sft_teacher"
+    with pytest.raises(artifacts.ArtifactError, match=changed):
         sft_stage.run(config)
 
 

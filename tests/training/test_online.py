@@ -10,7 +10,7 @@ from stage_helpers import toy_opd_config
 
 from lopd_jax.configs import sections
 from lopd_jax.data import pipeline
-from lopd_jax.models import qwen3, ref
+from lopd_jax.models import qwen3, ref, scoring
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.store import RolloutStore
 from lopd_jax.training import losses, online
@@ -47,7 +47,10 @@ def test_lightning_and_online_gradients_agree_at_pi_ref(toy_pipeline, monkeypatc
     assert opd_cfg.loss == "sampled_token"  # top-k columns for the monitors only
     columns = losses.batch_columns(opd_cfg, topk_available=True)
     c.online.topk = store.manifest["scoring"]["topk"]
-    source = online.OnlineSource(c, model_config, ref.resolve(c.teacher), mesh, columns, ())
+    teacher = ref.resolve(c.teacher.path)
+    teacher_config = sections.model_config(c.teacher, teacher.config)
+    scorer = scoring.Scorer(teacher, teacher_config, mesh, topk=c.online.topk)
+    source = online.OnlineSource(c, model_config, scorer, teacher, mesh, columns, ())
     source.prompts = prompts
     params = pi_ref.load()
     (fresh,) = source.sample_and_score(params, 0)
