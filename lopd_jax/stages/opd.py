@@ -72,7 +72,7 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
     columns = losses.batch_columns(
         opd, topk_available=bool(topk) and teacher_columns.complete(store, topk)
     )
-    check_scored(store, teacher_columns, record, columns)
+    teacher_columns.check_scored(store, needs_topk=schema.TOPK_IDS in columns)
     guard = artifacts.check_teacher_consistency(
         rollouts.sft_teacher, record["teacher"]["identity"],
         allow_inconsistent=config.allow_inconsistent_teacher, where=f"lopd opd ({config.store})",
@@ -92,13 +92,8 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
     stored = pipeline.store_rows(store, list(names.values()), seq_len=config.data.seq_len,
                                  rows=rows)  # fmt: skip
     flat = {"tokens": stored.flat["tokens"]} | {c: stored.flat[n] for c, n in names.items()}
-    ids = flat.get(schema.TOPK_IDS)
-    if ids is not None and ids.size and ids.max() >= pi_ref.config.vocab_size:
-        raise StoreError(  # a store scored before the vocabulary check: a NaN loss otherwise
-            f"{where_set(store, teacher_columns)} holds top-k id {int(ids.max())}, outside the "
-            f"student's vocabulary of {pi_ref.config.vocab_size}; score a new column set with "
-            "this version (--config.columns=NAME), which scores the student's ids only."
-        )
+    if schema.TOPK_IDS in flat:  # a store scored before the vocabulary check
+        teacher_columns.check_topk_ids(store, flat[schema.TOPK_IDS], pi_ref.config.vocab_size)
     data = pipeline.rollout_rows(
         pipeline.FlatRows(
             flat, stored.offsets, stored.prompt_len, seq_len=config.data.seq_len, rows=rows,
@@ -121,39 +116,6 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
         sampled_by=sampled_by, tokenizer=rollouts.tokenizer,
     )  # fmt: skip
     return iterator, inputs, trained
-
-
-def where_set(store, teacher_columns: schema.TeacherColumns) -> str:
-    return f"{store.path}: {teacher_columns.describe()}"
-
-
-def check_scored(store, teacher_columns: schema.TeacherColumns, record, columns) -> None:
-    """The column set the loss reads is scored completely; else advice that works: finish the
-    scoring, or score a new set with what the loss needs."""
-    where = where_set(store, teacher_columns)
-    sets = schema.scored_sets(store.manifest)
-    name = teacher_columns.name
-    if record is None:
-        columns_flag = f" --config.columns={name}" if name else ""
-        raise StoreError(
-            f"{where} is not scored (scored sets: {sets}); run `lopd score "
-            f"--config.store={store.path}{columns_flag}` first, or choose a scored set with "
-            "--config.teacher_columns."
-        )
-    if schema.TOPK_IDS in columns and not record.get("topk"):
-        raise StoreError(
-            f"{where} was scored with topk=0, but loss.loss='topk_reverse_kl' reads the "
-            "teacher's top-k. Score a new column set with top-k beside it, with the "
-            f"same teacher: `lopd score --config.store={store.path} "
-            f"--config.teacher={record['teacher'].get('path')} --config.topk=16 "
-            "--config.columns=topk16`, then train on it: --config.teacher_columns=topk16 (the "
-            "default set stays as it is)."
-        )
-    if not teacher_columns.complete(store, record.get("topk", 0)):
-        raise StoreError(
-            f"{where} is not completely scored; finish it: rerun `lopd score` with its teacher "
-            "and settings (it resumes)."
-        )
 
 
 def run(config: ConfigDict) -> dict[str, Any]:

@@ -112,6 +112,46 @@ class TeacherColumns:
                 fill_value=spec.fill,
             )  # fmt: skip
 
+    def check_scored(self, store, *, needs_topk: bool) -> None:
+        """This set is scored completely (with top-k when `needs_topk`); else advice that
+        works: finish the scoring, or score a new set with what is needed."""
+        from lopd_jax.store.rollouts import StoreError
+
+        record, where = self.record(store.manifest), f"{store.path}: {self.describe()}"
+        if record is None:
+            columns_flag = f" --config.columns={self.name}" if self.name else ""
+            raise StoreError(
+                f"{where} is not scored (scored sets: {scored_sets(store.manifest)}); run `lopd "
+                f"score --config.store={store.path}{columns_flag}` first, or choose a scored set "
+                "with --config.teacher_columns."
+            )
+        if needs_topk and not record.get("topk"):
+            raise StoreError(
+                f"{where} was scored with topk=0, but loss.loss='topk_reverse_kl' reads the "
+                "teacher's top-k. Score a new column set with top-k beside it, with the same "
+                f"teacher: `lopd score --config.store={store.path} "
+                f"--config.teacher={record['teacher'].get('path')} --config.topk=16 "
+                "--config.columns=topk16`, then train on it: --config.teacher_columns=topk16 "
+                "(the default set stays as it is)."
+            )
+        if not self.complete(store, record.get("topk", 0)):
+            raise StoreError(
+                f"{where} is not completely scored; finish it: rerun `lopd score` with its "
+                "teacher and settings (it resumes)."
+            )
+
+    def check_topk_ids(self, store, ids: np.ndarray, vocab_size: int) -> None:
+        """Top-k ids index the student's vocabulary (an id beyond it makes the top-k loss NaN;
+        a set scored before the vocabulary check may hold one)."""
+        from lopd_jax.store.rollouts import StoreError
+
+        if ids.size and ids.max() >= vocab_size:
+            raise StoreError(
+                f"{store.path}: {self.describe()} holds top-k id {int(ids.max())}, outside the "
+                f"student's vocabulary of {vocab_size}; score a new column set "
+                "(--config.columns=NAME), which scores the student's ids only."
+            )
+
     def complete(self, store, topk: int) -> bool:
         names = [self.store_name(c) for c in columns(topk)]
         return all(n in store.manifest["token_columns"] and store.column_complete(n)

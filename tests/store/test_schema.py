@@ -65,3 +65,20 @@ def test_default_and_named_sets_are_separate_columns(tmp_path):
 def test_a_set_name_that_is_not_a_plain_word_is_a_config_error(name):
     with pytest.raises(ConfigError, match="column set"):
         schema.TeacherColumns(name)
+
+
+def test_opd_checks_name_what_to_run(tmp_path):
+    from lopd_jax.store import StoreError
+
+    store = _store(tmp_path / "s.zarr")
+    named = schema.TeacherColumns("b")
+    with pytest.raises(StoreError, match=r"is not scored .*--config.columns=b"):
+        named.check_scored(store, needs_topk=False)
+    store.update_manifest(**{named.record_key: {"topk": 0, "teacher": {"path": "/t"}}})
+    with pytest.raises(StoreError, match=r"topk=0.*--config.teacher=/t --config.topk=16"):
+        named.check_scored(store, needs_topk=True)
+    with pytest.raises(StoreError, match="not completely scored"):
+        named.check_scored(store, needs_topk=False)
+    named.check_topk_ids(store, np.array([[0, 23]]), vocab_size=24)
+    with pytest.raises(StoreError, match="top-k id 24, outside the student's vocabulary of 24"):
+        named.check_topk_ids(store, np.array([[0, 24]]), vocab_size=24)
