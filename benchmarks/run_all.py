@@ -434,7 +434,7 @@ def opd_step_seconds(chain: dict, mode: str, steps: int, workdir: Path) -> dict[
     """Median `train/step_s` (and for online its split) over the steps after the first."""
     c = opd_config.get_config()
     c.workdir, c.mode, c.seed = str(workdir), mode, 0
-    c.model.path, c.store, c.teacher = (
+    c.model.path, c.store, c.teacher.path = (
         str(chain["ckpt"]),
         str(chain["store"]),
         str(chain["teacher"]),

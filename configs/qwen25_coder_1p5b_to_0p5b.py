@@ -74,8 +74,8 @@ def get_config(arg: str = "sft"):
 
     if stage == "teacher_data":
         c = teacher_data.get_config()
-        c.teacher, c.prompts, c.output = TEACHER, sft_prompts, f"{root}/sft_data"
-        c.model.update(infer)
+        c.teacher.path, c.prompts, c.output = TEACHER, sft_prompts, f"{root}/sft_data"
+        c.teacher.update(infer)
         # Qwen2.5-Coder-Instruct's own sampling (its generation_config: 0.7 / 0.8 / top-20).
         c.temperature, c.top_p, c.top_k, c.max_new_tokens = 0.7, 0.8, 20, max_new
         c.drop_truncated = not mini
@@ -100,13 +100,14 @@ def get_config(arg: str = "sft"):
         c.batch_size, c.chunk_rows = (2, 2) if mini else (256, 256)
     elif stage == "score":
         c = score.get_config()
-        c.store, c.teacher, c.topk, c.seq_len = store, TEACHER, 16, seq_len
-        c.model.update(infer)
+        c.store, c.teacher.path, c.topk, c.seq_len = store, TEACHER, 16, seq_len
+        c.teacher.update(infer)
         c.batch_size = 2 if mini else 32
     elif stage in ("opd", "opd_online"):
         c = opd.get_config()
         c.workdir, c.mode = f"{root}/{stage}", "online" if stage == "opd_online" else "lightning"
-        c.model.path, c.store, c.teacher = sft_ckpt, store, TEACHER
+        c.model.path, c.store, c.teacher.path = sft_ckpt, store, TEACHER
+        c.teacher.update(infer)
         c.model.update(train)
         c.data.seq_len, c.data.packing = seq_len, False
         # The paper's OPD optimizer (lr 2e-6 constant, Adam(0.9, 0.98), wd 0.1, clip 10).

@@ -179,24 +179,53 @@ def check_teacher_consistency(
             "the fixed point is worse). Use the SFT teacher, or set "
             "allow_inconsistent_teacher=True for an ablation (it is recorded in the manifest)."
         )
-    return {
-        "sft_teacher": sft_teacher,
-        "opd_teacher": scoring_teacher,
+    return {  # the teachers themselves are in the provenance record
         "teacher_consistent": consistent,
         "allow_inconsistent_teacher": allow_inconsistent,
     }
 
 
-def check_vocabulary(student_vocab: int | None, teacher_vocab: int, *, where: str) -> None:
-    """Teacher and student must share the vocabulary, not only the tokenizer: a teacher's
-    top-k ids beyond the student's rows make every top-k loss NaN. Unknown (an old store that
-    did not record it) passes."""
-    if student_vocab is not None and student_vocab != teacher_vocab:
+def check_teacher_student(
+    *,
+    student_tokenizer: str | None,
+    student_vocab: int | None,
+    teacher_tokenizer: str | None,
+    teacher_vocab: int,
+    topk: int = 0,
+    allow_unknown_tokenizer: bool,
+    where: str,
+) -> int | None:
+    """The one check wherever a teacher meets a student (score, online OPD, evaluate): they
+    tokenize identically and the teacher's scores index the student's vocabulary. Returns the
+    `vocab_limit` of the teacher's `Scorer` (None: its whole vocabulary).
+
+    Vocabulary sizes may differ only when the tokenizer is known to be the same on both sides:
+    embedding rows padded to a multiple (Qwen pads its 151,665 tokens to 151,936 rows) hold no
+    token of the tokenizer. A larger teacher is then scored over the student's ids only (a top-k
+    id beyond the student's rows would make every top-k loss NaN); a smaller one scores rows
+    whose ids it has (the `Scorer` refuses an id beyond it). An unknown student vocabulary (an
+    old store that did not record it) passes.
+    """
+    check_tokenizer_consistency(
+        student_tokenizer, teacher_tokenizer, allow_unknown=allow_unknown_tokenizer, where=where
+    )
+    if student_vocab is None or student_vocab == teacher_vocab:
+        limit = None
+    elif student_tokenizer is None or student_tokenizer != teacher_tokenizer:
         raise TeacherMismatchError(
             f"{where}: the teacher's vocabulary has {teacher_vocab} entries but the student's "
-            f"{student_vocab}; teacher and student must share one vocabulary (use a teacher of "
-            "the student's model family with the same embedding size)."
+            f"{student_vocab}, and their tokenizer is not known to be the same (student "
+            f"{student_tokenizer!r}, teacher {teacher_tokenizer!r}); use a teacher of the "
+            "student's model family and tokenizer."
         )
+    else:  # one tokenizer, padded embedding rows: score the ids both have
+        limit = student_vocab if teacher_vocab > student_vocab else None
+    if topk > min(teacher_vocab, student_vocab or teacher_vocab):
+        raise TeacherMismatchError(
+            f"{where}: topk={topk} exceeds the vocabulary the teacher scores "
+            f"({min(teacher_vocab, student_vocab or teacher_vocab)} ids); set topk <= that."
+        )
+    return limit
 
 
 def check_tokenizer_consistency(
@@ -207,13 +236,13 @@ def check_tokenizer_consistency(
     if data_tokenizer is not None and model_tokenizer is not None:
         if data_tokenizer != model_tokenizer:
             raise TeacherMismatchError(
-                f"{where}: the rollouts were tokenized with {data_tokenizer!r} but the teacher's "
-                f"tokenizer is {model_tokenizer!r}. Teacher and student must share a tokenizer; "
+                f"{where}: the student's tokenizer is {data_tokenizer!r} but the teacher's "
+                f"is {model_tokenizer!r}. Teacher and student must share a tokenizer; "
                 "use a teacher of the student's model family."
             )
     elif not allow_unknown:
         raise TeacherMismatchError(
-            f"{where}: a tokenizer is unknown (rollouts: {data_tokenizer!r}, teacher: "
+            f"{where}: a tokenizer is unknown (student: {data_tokenizer!r}, teacher: "
             f"{model_tokenizer!r}), so tokenizer consistency cannot be checked. Set "
             "allow_inconsistent_teacher=True to proceed (it is recorded)."
         )

@@ -129,6 +129,7 @@ def _run(stage: str, argv: list[str]) -> int:
     except LopdError as e:
         print(f"lopd {stage}: error: {e}", file=sys.stderr)
         return 2
+    argv = _teacher_shorthand(config, argv)
     # config_flags applies the `--config.*` overrides of the argv it is given here, parsed
     # by each field's type. Its own flag registry: `_run` can be called again in one process.
     registry = flags.FlagValues()
@@ -151,6 +152,17 @@ def _run(stage: str, argv: list[str]) -> int:
         print(f"lopd {stage}: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
     return 0
+
+
+def _teacher_shorthand(config, argv: list[str]) -> list[str]:
+    """`--config.teacher=PATH` -> `--config.teacher.path=PATH` where the stage's teacher is a
+    model section (score, opd, evaluate, teacher-data), as users and older scripts write it."""
+    from ml_collections import ConfigDict
+
+    if not isinstance(config.get("teacher"), ConfigDict):
+        return argv
+    return [a.replace("--config.teacher=", "--config.teacher.path=", 1)
+            if a.startswith("--config.teacher=") else a for a in argv]  # fmt: skip
 
 
 def _flag_error(error: BaseException, argv: list[str]) -> str:

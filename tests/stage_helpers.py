@@ -131,7 +131,7 @@ def toy_score_config(store: Path, teacher: Path, *, topk: int = 4) -> ConfigDict
     from lopd_jax.configs import score as score_config
 
     c = score_config.get_config()
-    c.store, c.teacher, c.topk = str(store), str(teacher), topk
+    c.store, c.teacher.path, c.topk = str(store), str(teacher), topk
     c.seq_len, c.batch_size = 32, 8
     return c
 

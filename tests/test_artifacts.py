@@ -45,3 +45,29 @@ def test_teacher_consistency_is_enforced_unless_allowed():
         "hf:a", "hf:b", allow_inconsistent=True, where="opd"
     )
     assert not record["teacher_consistent"] and record["allow_inconsistent_teacher"]
+
+
+@pytest.mark.parametrize(
+    ("student", "teacher", "topk", "want"),
+    [  # (tokenizer, vocabulary) of each side -> the teacher's vocab limit, or the refusal
+        (("tok", 24), ("tok", 24), 4, None),
+        (("tok", 24), ("tok", 32), 4, 24),  # padded teacher rows: score the student's ids
+        (("tok", 32), ("tok", 24), 4, None),  # padded student rows: the Scorer checks the ids
+        ((None, 24), ("tok", 24), 4, None),  # unknown, allowed: the sizes agree
+        ((None, 24), ("tok", 32), 4, "not known to be the same"),
+        (("tok", 24), ("other", 32), 4, "tokenizer"),
+        (("tok", 24), ("other", 24), 4, "tokenizer"),
+        (("tok", 32), ("tok", 24), 30, "topk=30 exceeds"),
+        (("tok", None), ("tok", 32), 4, None),  # an old store: its vocabulary unknown
+    ],
+)  # fmt: skip
+def test_teacher_student_check(student, teacher, topk, want):
+    check = lambda: artifacts.check_teacher_student(
+        student_tokenizer=student[0], student_vocab=student[1], teacher_tokenizer=teacher[0],
+        teacher_vocab=teacher[1], topk=topk, allow_unknown_tokenizer=True, where="test",
+    )  # fmt: skip
+    if isinstance(want, str):
+        with pytest.raises(artifacts.TeacherMismatchError, match=want):
+            check()
+    else:
+        assert check() == want

@@ -56,3 +56,13 @@ def test_smoke_job_runs_with_overrides(tmp_path):
     assert report["max_abs_diff_logprobs_vs_transformers"] < 1e-4
     # A random model is close to uniform over the vocabulary.
     assert abs(report["mean_nll"] - report["uniform_nll"]) < 0.5
+
+
+@pytest.mark.parametrize(
+    ("stage", "rewritten"), [("score", True), ("opd", True), ("evaluate", True),
+                             ("teacher-data", True), ("import-sft", False)],
+)  # fmt: skip
+def test_teacher_path_shorthand_where_the_teacher_is_a_section(stage, rewritten):
+    argv = [f"lopd {stage}", "--config=x.py", "--config.teacher=/models/t", "--config.topk=2"]
+    want = "--config.teacher.path=/models/t" if rewritten else "--config.teacher=/models/t"
+    assert cli._teacher_shorthand(stage, argv) == [*argv[:2], want, argv[3]]

@@ -33,9 +33,10 @@ def get_config() -> ConfigDict:
     c.max_new_tokens = 4096
     c.seed = 0
     c.batch_size = 64  # rows per sampling batch (a multiple of the data-parallel size)
-    # A teacher directory: also report the student's reverse KL to it, estimated on the
-    # samples (exact in expectation at temperature 1, top-p 1).
-    c.teacher = ""
+    # A teacher (teacher.path, `--config.teacher=PATH` for short; "" = none) and its numerics:
+    # also report the student's reverse KL to it, estimated on the samples (exact in
+    # expectation at temperature 1, top-p 1).
+    c.teacher = sections.teacher()
     c.grade_timeout_s = 5.0  # per graded answer (code: per HumanEval program, per LCB test)
     c.grade_workers = 4  # code programs run in parallel in the sandbox
     c.mesh = sections.mesh("dp")

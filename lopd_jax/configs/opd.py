@@ -23,7 +23,11 @@ def get_config() -> ConfigDict:
     # be the checkpoint that sampled the store's rollouts.
     c.model = sections.model("runs/demo/sft/checkpoints")
     c.store = "runs/demo/rollouts.zarr"  # lightning: rollouts + teacher columns (`lopd score`)
-    c.teacher = ""  # online (and refresh_every > 0): the teacher model directory
+    # online: the teacher (teacher.path, `--config.teacher=PATH` for short) and its numerics.
+    c.teacher = sections.teacher()
+    # lightning: the store's teacher column set to train on ("" = the default one; a name
+    # written by `lopd score --config.columns=NAME`).
+    c.teacher_columns = ""
     # Let an inconsistent (or unknown) SFT teacher through, for ablations; recorded.
     c.allow_inconsistent_teacher = False
     # Deviations from the paper's recipe, each refused unless set, and recorded in the manifest:

@@ -35,8 +35,8 @@ def recipe(
         c.model.remat_policy = "full"
         c.model.attention = "blockwise"  # long rows: O(t x block) attention memory
     if stage == "teacher_data":
-        c.teacher, c.model.preset = teacher_dir, teacher
-        c.model.update(bf16)
+        c.teacher.update(bf16, path=teacher_dir, preset=teacher, remat_policy="full",
+                         attention="blockwise")  # fmt: skip
         c.prompts, c.output = f"{root}/sft_prompts.jsonl", f"{root}/sft_data"
         # Not stated by the paper: Qwen3's recommended thinking-mode sampling.
         c.temperature, c.top_p, c.max_new_tokens = 0.6, 0.95, 16384 - MAX_PROMPT
@@ -59,16 +59,18 @@ def recipe(
         c.n, c.temperature, c.top_p, c.max_new_tokens = 1, 0.8, 1.0, MAX_RESPONSE
         c.batch_size, c.chunk_rows = 64, 1024
     elif stage == "score":
-        c.store, c.teacher, c.model.preset = store, teacher_dir, teacher
-        c.model.update(bf16)
+        c.store = store
+        c.teacher.update(bf16, path=teacher_dir, preset=teacher, remat_policy="full",
+                         attention="blockwise")  # fmt: skip
         c.topk, c.seq_len, c.batch_size = 16, MAX_PROMPT + MAX_RESPONSE, 8
         c.mesh.preset, c.mesh.tensor = "fsdp_tp", teacher_tensor
     elif stage in ("opd", "opd_online"):
         c.workdir = f"{root}/{stage}"
         c.mode = "online" if stage == "opd_online" else "lightning"
         c.model.path, c.model.preset, c.store = sft_ckpt, student, store
-        c.teacher = teacher_dir
         c.model.update(param_dtype="float32", dtype="bfloat16")
+        c.teacher.update(bf16, path=teacher_dir, preset=teacher, remat_policy="full",
+                         attention="blockwise")  # fmt: skip
         # 256 sequences per update, one per row (prompt + response <= 5k tokens).
         c.data.seq_len, c.data.packing = MAX_PROMPT + MAX_RESPONSE, False
         c.train.steps, c.train.batch_size, c.train.num_microbatches = 150, 256, 32

@@ -55,6 +55,14 @@ def model(path: str = "", *, preset: str = "tiny") -> ConfigDict:
     return c
 
 
+def teacher(path: str = "") -> ConfigDict:
+    """The teacher: its own model and numerics, apart from the student's `model` section
+    (`--config.teacher=PATH` is short for `--config.teacher.path=PATH`)."""
+    # teacher.preset names the architecture a recipe expects (memory planning); the weights
+    # at teacher.path decide: a teacher is never a random init.
+    return model(path)
+
+
 def mesh(preset: str = "fsdp") -> ConfigDict:
     c = ConfigDict()
     # Device layout: "dp" (params replicated), "fsdp" (params sharded over all devices),
@@ -141,7 +149,8 @@ def validate(config: ConfigDict) -> None:
     """Checks each shared section `config` has, its sampling fields, and a `workdir` that
     exists as a file."""
     validators = {
-        "model": validate_model, "mesh": validate_mesh, "optimizer": validate_optimizer,
+        "model": validate_model, "teacher": validate_teacher, "mesh": validate_mesh,
+        "optimizer": validate_optimizer,
         "train": validate_train, "checkpoint": validate_checkpoint, "eval": validate_eval,
     }  # fmt: skip
     for name, check in validators.items():
@@ -167,19 +176,25 @@ def validate_sampling(config: ConfigDict) -> None:
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def validate_model(config: ConfigDict) -> None:
+def validate_model(config: ConfigDict, name: str = "model") -> None:
     from lopd_jax.models import moe, qwen3
 
-    require_choice(config, "model.param_dtype", DTYPES)
-    require_choice(config, "model.dtype", DTYPES)
-    require_choice(config, "model.moe_implementation", moe.IMPLEMENTATIONS)
-    require_positive(config, "model.logits_chunk_size", "model.decode_block", "model.scan_unroll")
-    require(config, "model.step", lambda s: isinstance(s, int) and s >= -1, ">= 0, or -1: latest")
-    numerics = {k: config.model[k] for k in qwen3.NUMERICS if k in config.model}
+    require_choice(config, f"{name}.param_dtype", DTYPES)
+    require_choice(config, f"{name}.dtype", DTYPES)
+    require_choice(config, f"{name}.moe_implementation", moe.IMPLEMENTATIONS)
+    require_positive(
+        config, f"{name}.logits_chunk_size", f"{name}.decode_block", f"{name}.scan_unroll"
+    )
+    require(config, f"{name}.step", lambda s: isinstance(s, int) and s >= -1, ">= 0, or -1: latest")
+    numerics = {k: config[name][k] for k in qwen3.NUMERICS if k in config[name]}
     try:  # the architecture's own rules on its numerics (attention backends, remat...)
         qwen3.tiny_config().replace(**numerics)
     except ValueError as e:
-        raise ConfigError(f"model.{e}") from e  # each message starts with its field
+        raise ConfigError(f"{name}.{e}") from e  # each message starts with its field
+
+
+def validate_teacher(config: ConfigDict) -> None:
+    validate_model(config, "teacher")
 
 
 def validate_mesh(config: ConfigDict) -> None:
@@ -245,6 +260,16 @@ def model_config(section: ConfigDict, stored=None):
         return stored.replace(**numerics)
     except ValueError as e:
         raise ConfigError(f"model section: {e}") from e
+
+
+def teacher_ref(section: ConfigDict, what: str = "the teacher model") -> ModelRef:
+    """The teacher section's model, resolved (its path is required)."""
+    from lopd_jax.models import ref
+
+    return ref.resolve(
+        require_path(section.path, "teacher.path", f"{what} (a HF or lopd checkpoint directory)"),
+        model_step(section),
+    )
 
 
 def model_step(section: ConfigDict) -> int | None:

@@ -9,10 +9,9 @@ def get_config() -> ConfigDict:
     c = ConfigDict()
     # The teacher: a HF directory or a lopd checkpoint. The same teacher must later score the
     # rollouts (`lopd score`); its identity is recorded in the data's manifest.
-    c.teacher = ""
-    # The teacher's numerics (model.path is unused: the teacher is `teacher`; model.step picks
-    # a checkpoint step). model.dtype / model.param_dtype: "bfloat16" on GPU/TPU.
-    c.model = sections.model()
+    # teacher.path (`--config.teacher=PATH` for short; teacher.step picks a checkpoint step)
+    # and its numerics: teacher.dtype / teacher.param_dtype "bfloat16" on GPU/TPU.
+    c.teacher = sections.teacher()
     c.tokenizer = ""  # tokenizer dir or "bytes"; "" = the teacher's own
     # Prompts JSONL: {"prompt": ...} or {"messages": [...]} lines (other fields allowed).
     c.prompts = ""

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 from etils import epath
 
-from lopd_jax import artifacts, io
+from lopd_jax import artifacts, io, provenance
 from lopd_jax.errors import LopdError
 
 _log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def resolve_source(path: str | os.PathLike) -> SftSource:
     if path.is_dir():
         manifest = artifacts.read_manifest(path, SFT_DATA_KIND)
         jsonl = path / manifest.get("file", DEFAULT_FILE)
-        teacher = manifest.get("teacher")
+        teacher = provenance.read(manifest).sft_teacher
     elif path.is_file():
         jsonl, teacher = path, None
         _log.warning(
@@ -217,8 +217,11 @@ def write_sft_data(
     directory = io.path(directory)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     artifacts.atomic_write_text(directory / DEFAULT_FILE, text)
+    record = provenance.Provenance(
+        sft_teacher=teacher, sampled_by=teacher, tokenizer=fields.pop("tokenizer", None)
+    )
     artifacts.write_manifest(
-        directory, SFT_DATA_KIND, file=DEFAULT_FILE, teacher=teacher, num_examples=len(records),
+        directory, SFT_DATA_KIND, file=DEFAULT_FILE, num_examples=len(records), **record.fields(),
         **fields,
     )  # fmt: skip
     return resolve_source(directory)

@@ -178,7 +178,7 @@ class Demo:
                       "eval.at_start": False, "mesh.preset": "dp"}  # fmt: skip
         self.parallel({
             f"teacher_data_{t}": ("teacher_data", {
-                "teacher": self.teacher(t), "prompts": self.path("sft_prompts.jsonl"),
+                "teacher.path": self.teacher(t), "prompts": self.path("sft_prompts.jsonl"),
                 "output": self.path(f"sft_data_{t}"), "temperature": 1.0,
                 "max_new_tokens": c.max_new_tokens, "seed": 0,
             }) for t in self.teachers
@@ -210,7 +210,7 @@ class Demo:
                     shutil.copytree(self.store(s, s, q), store)
         self.parallel({
             f"score_{s}_by_{o}{self.suffix(q)}": ("score", {
-                "store": self.store(s, o, q), "teacher": self.teacher(o), "topk": c.topk,
+                "store": self.store(s, o, q), "teacher.path": self.teacher(o), "topk": c.topk,
                 "seq_len": c.seq_len, "batch_size": 64, "mesh.preset": "dp",
                 "allow_inconsistent_teacher": s != o,
             }) for s, o in self.pairs for q in self.qualities
@@ -267,7 +267,8 @@ class Demo:
         }  # fmt: skip
         if arm.mode == "online":
             return "opd", {
-                **opd, "mode": "online", "teacher": self.teacher(arm.opd_teacher),
+                **opd, "mode": "online", "teacher.path": self.teacher(arm.opd_teacher),
+                "teacher.scan_unroll": UNROLL,
                 "online.prompts": self.path("opd_prompts.jsonl"), "online.topk": c.topk,
                 "online.prompts_per_step": batch // c.online_samples_per_prompt,
                 "online.samples_per_prompt": c.online_samples_per_prompt,
@@ -294,7 +295,8 @@ class Demo:
             f"eval_sampled_{arm.name}": ("evaluate", {
                 **common, "workdir": self.path("evals", arm.name, "sampled"),
                 "n": c.eval_samples, "ks": (1, c.eval_samples), "temperature": 1.0,
-                "top_p": 1.0, "teacher": self.teacher(arm.opd_teacher),
+                "top_p": 1.0, "teacher.path": self.teacher(arm.opd_teacher),
+                "teacher.scan_unroll": UNROLL,
             }),
         }  # fmt: skip
 

@@ -124,6 +124,7 @@ def teacher_scores(
     segment_ids_bt: jax.Array,
     *,
     topk: int,
+    vocab_limit: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """A teacher-forced scoring pass: `(logprobs_bt, topk_ids_btk, topk_logprobs_btk)`.
 
@@ -134,11 +135,18 @@ def teacher_scores(
     padding) hold 0. `topk=0` gives `[b, t, 0]` top-k arrays. Computed chunk by chunk with
     `lax.top_k`, never a full `[b, t, vocab]` float32 tensor; packed rows work. Pure and
     jittable (`config` and `topk` static).
+
+    `vocab_limit` < vocab_size: the distribution over ids `[0, vocab_limit)` only (the logits of
+    the ids above it dropped, the rest renormalized): a teacher whose embedding rows are padded
+    beyond a student's vocabulary of the same tokenizer scores only ids the student has.
     """
-    if topk < 0 or topk > config.vocab_size:
-        raise ValueError(f"topk must lie in [0, vocab_size={config.vocab_size}], got {topk}.")
+    limit = config.vocab_size if vocab_limit is None else min(vocab_limit, config.vocab_size)
+    if topk < 0 or topk > limit:
+        raise ValueError(f"topk must lie in [0, vocab_size={limit}], got {topk}.")
 
     def score(logits_bcv, target_bc):
+        if limit < logits_bcv.shape[-1]:
+            logits_bcv = logits_bcv[..., :limit]
         lse_bc = jax.nn.logsumexp(logits_bcv, axis=-1)
         target_bc = jnp.take_along_axis(logits_bcv, target_bc[..., None], axis=-1)[..., 0]
         top_bck, ids_bck = jax.lax.top_k(logits_bcv, topk)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from lopd_jax import artifacts, io
+from lopd_jax import artifacts, io, provenance
 from lopd_jax.models import hf, qwen3
 
 _DIGEST_CACHE = ".lopd_weights_digest.json"
@@ -168,13 +168,14 @@ class ModelRef:
 
     @property
     def sft_teacher(self) -> str | None:
-        """The teacher that wrote the SFT data this model was trained on (None: unknown)."""
-        return self.manifest.get("teacher")
+        """The teacher that wrote the SFT data this model was trained on (None: unknown); for
+        an OPD checkpoint too (its OPD teacher is `provenance.read(manifest).opd_teacher`)."""
+        return provenance.read(self.manifest).sft_teacher
 
     @property
     def tokenizer_identity(self) -> str | None:
         """The tokenizer this model was trained with, if recorded."""
-        return self.manifest.get("tokenizer")
+        return provenance.read(self.manifest).tokenizer
 
     def tokenizer_name(self) -> str | None:
         """The tokenizer's identity: as recorded (checkpoints), else that of the tokenizer

@@ -2,9 +2,10 @@
 
 The rollout store's layout (flat `tokens`, `offsets` from 0, `prompt_len`) goes in; rows are
 packed first-fit (longest first) into `[batch_size, seq_len]` batches, scored with the jitted
-`teacher_scores` on a mesh, and scattered back to flat per-token columns. Used by `lopd score`
-(the teacher, once), online OPD (the live teacher), `lopd evaluate` (reverse KL to a teacher)
-and `lopd import-rollouts` (missing sampler log-probs).
+`teacher_scores` on a mesh by a `Scorer`, and scattered back to flat per-token columns (the
+layout of `lopd_jax.store.schema`). Used by `lopd score` (the teacher, once), online OPD (the
+live teacher), `lopd evaluate` (reverse KL to a teacher) and `lopd import-rollouts` (missing
+sampler log-probs).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from lopd_jax.errors import LopdError
 from lopd_jax.models import logprobs
 from lopd_jax.parallel import rules
+from lopd_jax.store import schema
 
 
 def pack(lengths: np.ndarray, seq_len: int) -> list[list[int]]:
@@ -54,20 +57,20 @@ def packed_batches(offsets: np.ndarray, tokens: np.ndarray, seq_len: int, batch_
         yield batch, index
 
 
-def make_forward(model_config, param_shardings, mesh, *, topk: int):
-    """The jitted teacher-forced scoring pass over packed batches (`score_chunk` runs it)."""
+def make_forward(model_config, param_shardings, mesh, *, topk: int, vocab_limit=None):
+    """The jitted teacher-forced scoring pass over packed batches (`Scorer` runs it)."""
 
     def forward(params, batch):
         return logprobs.teacher_scores(
             model_config, params, batch["tokens"], batch["positions"], batch["segment_ids"],
-            topk=topk,
+            topk=topk, vocab_limit=vocab_limit,
         )  # fmt: skip
 
     return jax.jit(forward, in_shardings=(param_shardings, rules.batch_sharding(mesh)))
 
 
 def flat_rows(prompts, responses) -> dict[str, np.ndarray]:
-    """Prompt + response rows (lists of ids) in the flat layout `score_chunk` reads."""
+    """Prompt + response rows (lists of ids) in the flat layout `Scorer.score` reads."""
     rows = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
     return {
         "tokens": np.concatenate(rows).astype(np.int32),
@@ -76,37 +79,57 @@ def flat_rows(prompts, responses) -> dict[str, np.ndarray]:
     }
 
 
-def score_chunk(
-    forward,
-    params,
-    mesh,
-    chunk: dict[str, np.ndarray],
-    *,
-    topk: int,
-    seq_len: int,
-    batch_size: int,
-) -> dict[str, np.ndarray]:
-    """The teacher columns of rows given flat (`tokens`, `offsets` from 0, `prompt_len`), flat
-    over their tokens, prompt positions filled (NaN log-probs, id 0)."""
-    offsets, tokens = chunk["offsets"], chunk["tokens"]
-    n, k = len(tokens), topk
-    out = {
-        "teacher_logprobs": np.full(n, np.nan, np.float32),
-        "teacher_topk_ids": np.zeros((n, k), np.int32),
-        "teacher_topk_logprobs": np.full((n, k), np.nan, np.float32),
-    }
-    with rules.activation_sharding(mesh):
-        for batch, index in packed_batches(offsets, tokens, seq_len, batch_size):
-            placed = jax.device_put(batch, rules.batch_sharding(mesh))
-            lp, ids, top = rules.to_host(forward(params, placed))  # every process: all rows
-            real = index >= 0
-            out["teacher_logprobs"][index[real]] = lp[real]
-            out["teacher_topk_ids"][index[real]] = ids[real]
-            out["teacher_topk_logprobs"][index[real]] = top[real]
-    response = np.zeros(n, bool)
-    for row, prompt_len in enumerate(chunk["prompt_len"]):
-        response[offsets[row] + prompt_len : offsets[row + 1]] = True
-    out["teacher_logprobs"][~response] = np.nan
-    out["teacher_topk_ids"][~response] = 0
-    out["teacher_topk_logprobs"][~response] = np.nan
-    return out
+class Scorer:
+    """A model held on a mesh for teacher-forced scoring: per-token log-probs (and top-k) of
+    ragged rows. The one scoring path of `lopd score`, online OPD, `lopd evaluate` (reverse KL)
+    and `lopd import-rollouts` (sampler log-probs).
+
+    `vocab_limit` (a student's smaller vocabulary, same tokenizer): the distribution is
+    restricted to the ids below it (renormalized), so no top-k id falls outside the student's
+    embedding rows (`artifacts.check_teacher_student` decides it).
+    """
+
+    def __init__(self, model, model_config, mesh, *, topk: int = 0, vocab_limit=None):
+        self.model_config, self.mesh, self.topk = model_config, mesh, topk
+        shardings = rules.param_shardings(model_config, mesh)
+        self.params = model.load(model_config.param_dtype, shardings)
+        self.forward = make_forward(
+            model_config, shardings, mesh, topk=topk, vocab_limit=vocab_limit
+        )
+        self.where = str(model.path)
+
+    def score(self, chunk: dict[str, np.ndarray], *, seq_len: int, batch_size: int):
+        """The teacher columns (`lopd_jax.store.schema`) of rows given flat (`tokens`,
+        `offsets` from 0, `prompt_len`), flat over their tokens, fill values at prompts."""
+        offsets, tokens = chunk["offsets"], chunk["tokens"]
+        if len(tokens) and tokens.max() >= self.model_config.vocab_size:
+            raise LopdError(
+                f"token id {int(tokens.max())} is outside the vocabulary of {self.where} "
+                f"({self.model_config.vocab_size} ids): the rows were sampled from another "
+                "vocabulary; score with a model of the same tokenizer and vocabulary."
+            )
+        out = schema.empty(len(tokens), self.topk)
+        with rules.activation_sharding(self.mesh):
+            for batch, index in packed_batches(offsets, tokens, seq_len, batch_size):
+                placed = jax.device_put(batch, rules.batch_sharding(self.mesh))
+                # every process gets all rows
+                scored = rules.to_host(self.forward(self.params, placed))
+                real = index >= 0
+                for name, values in zip(schema.COLUMNS, scored, strict=True):
+                    out[name][index[real]] = values[real]
+        response = np.zeros(len(tokens), bool)
+        for row, prompt_len in enumerate(chunk["prompt_len"]):
+            response[offsets[row] + prompt_len : offsets[row + 1]] = True
+        schema.fill_outside(out, response)
+        return out
+
+    def response_logprobs(self, prompts, responses, *, batch_size: int, seq_len=None):
+        """`[log p(response tokens)]` per row of prompt + response (lists of ids); `seq_len`
+        None: the power of two that holds the longest row (few distinct compiled shapes)."""
+        chunk = flat_rows(prompts, responses)
+        offsets = chunk["offsets"]
+        if seq_len is None:
+            seq_len = 1 << int(np.ceil(np.log2(max(np.diff(offsets).max(), 2))))
+        flat = self.score(chunk, seq_len=seq_len, batch_size=batch_size)[schema.LOGPROBS]
+        starts = offsets[:-1] + chunk["prompt_len"]
+        return [flat[a:b] for a, b in zip(starts, offsets[1:], strict=True)]

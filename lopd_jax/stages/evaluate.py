@@ -7,7 +7,7 @@ verifier, or for code the extracted program run against its tests in `lopd_jax.e
 Writes `results.jsonl` (per problem: the rendered prompt, samples' correctness, lengths,
 truncation, the first response; for code every sample's verdict and the first one's extracted
 code), `summary.json` (avg@n, pass@k with the unbiased estimator, mean length, truncation rate;
-with `teacher`, the reverse KL to it; for code, the sandbox's isolation) and a manifest; the
+with `teacher.path`, the reverse KL to it; for code, the sandbox's isolation) and a manifest; the
 summary is also recorded in the evaluated checkpoint's manifest. Problems already graded are
 skipped on a re-run; every sample's random stream depends only on the seed and its (problem,
 sample) index, so a resumed run equals an uninterrupted one. A re-run with a larger `limit`
@@ -31,9 +31,8 @@ from lopd_jax import eval as eval_lib
 from lopd_jax.configs import sections
 from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.errors import ConfigError
-from lopd_jax.models import ref, scoring
+from lopd_jax.models import scoring
 from lopd_jax.parallel import mesh as mesh_lib
-from lopd_jax.parallel import rules
 from lopd_jax.sampling import Sampler, SamplingParams
 from lopd_jax.stages import kit
 from lopd_jax.training import metrics
@@ -85,13 +84,14 @@ def run(config: ConfigDict) -> dict[str, Any]:
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
         stop_ids=model.stop_ids(renderer),
     )  # fmt: skip
-    teacher = ref.resolve(config.teacher) if config.teacher else None
+    teacher = sections.teacher_ref(config.teacher) if config.teacher.path else None
+    vocab_limit = None
     if teacher is not None:  # a reverse KL to another vocabulary's log-probs is meaningless
-        where = f"lopd evaluate (teacher {config.teacher})"
-        artifacts.check_tokenizer_consistency(
-            model.tokenizer_name(), teacher.tokenizer_name(), allow_unknown=True, where=where
-        )
-        artifacts.check_vocabulary(model_config.vocab_size, teacher.config.vocab_size, where=where)
+        vocab_limit = artifacts.check_teacher_student(
+            student_tokenizer=model.tokenizer_name(), student_vocab=model_config.vocab_size,
+            teacher_tokenizer=teacher.tokenizer_name(), teacher_vocab=teacher.config.vocab_size,
+            allow_unknown_tokenizer=True, where=f"lopd evaluate (teacher {config.teacher.path})",
+        )  # fmt: skip
     # The problem set is not part of the identity (a larger `limit` extends a run): each result
     # records its rendered prompt's fingerprint, checked on reuse (`reusable`).
     identity = {
@@ -101,7 +101,10 @@ def run(config: ConfigDict) -> dict[str, Any]:
         "seed": config.seed,
         "teacher": teacher.identity if teacher else None,
     }
-    scorer = _teacher_scorer(teacher, config, mesh) if teacher else None
+    scorer = None  # loaded, like the model, before the workdir is claimed
+    if teacher is not None:
+        teacher_config = sections.model_config(config.teacher, teacher.config)
+        scorer = scoring.Scorer(teacher, teacher_config, mesh, vocab_limit=vocab_limit)
     workdir = Path(config.workdir).absolute()
     kit.claim(
         workdir, KIND, identity, field="workdir", config=config.to_dict(),
@@ -123,7 +126,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
             batch_prompts, sampling, seed=config.seed,
             row_ids=[i * config.n + j for i in picked for j in range(config.n)],
         )  # fmt: skip
-        kl = scorer(batch_prompts, out) if scorer else None
+        kl = reverse_kl(scorer, batch_prompts, out, config.batch_size) if scorer else None
         lines = []
         texts = [renderer.decode(tokens) for tokens in out.tokens]
         graded = eval_lib.grade_batch(
@@ -172,24 +175,8 @@ def run(config: ConfigDict) -> dict[str, Any]:
     return kit.report("evaluate", str(workdir), summary, path=workdir / "summary.json")
 
 
-def _teacher_scorer(teacher: ref.ModelRef, config, mesh):
-    """`(prompts, generation) -> per-sample mean of log p_student - log p_teacher`."""
-    teacher_config = sections.model_config(config.model, teacher.config)
-    shardings = rules.param_shardings(teacher_config, mesh)
-    params = teacher.load(teacher_config.param_dtype, shardings)
-    forward = scoring.make_forward(teacher_config, shardings, mesh, topk=0)
-
-    def scorer(prompts, out) -> list[float]:
-        chunk = scoring.flat_rows(prompts, out.tokens)
-        width = 1 << int(np.ceil(np.log2(max(np.diff(chunk["offsets"]).max(), 2))))
-        teacher_lp = scoring.score_chunk(
-            forward, params, mesh, chunk, topk=0, seq_len=width, batch_size=config.batch_size
-        )["teacher_logprobs"]
-        kls = []
-        for row, student_lp in enumerate(out.logprobs):
-            start = chunk["offsets"][row] + chunk["prompt_len"][row]
-            t_lp = teacher_lp[start : chunk["offsets"][row + 1]]
-            kls.append(float(np.mean(np.asarray(student_lp) - t_lp)) if len(t_lp) else 0.0)
-        return kls
-
-    return scorer
+def reverse_kl(scorer: scoring.Scorer, prompts, out, batch_size: int) -> list[float]:
+    """Per sample, the mean over its response of `log p_student - log p_teacher`."""
+    teacher = scorer.response_logprobs(prompts, out.tokens, batch_size=batch_size)
+    return [float(np.mean(np.asarray(s) - t)) if len(t) else 0.0
+            for s, t in zip(out.logprobs, teacher, strict=True)]  # fmt: skip

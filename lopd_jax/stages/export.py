@@ -15,7 +15,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from lopd_jax import artifacts
+from lopd_jax import artifacts, provenance
 from lopd_jax.data import sft
 from lopd_jax.models import hf, ref
 from lopd_jax.stages import kit
@@ -62,8 +62,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     record = {
         "identity": model.identity,
         "checkpoint": model.describe(),
-        "teacher": model.sft_teacher,
-        "tokenizer": model.tokenizer_identity,
+        **provenance.read(model.manifest).fields(),
         "dtype": model_config.param_dtype,
     }
 

@@ -32,11 +32,10 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from lopd_jax import artifacts
-from lopd_jax.configs import sections
 from lopd_jax.data import rollout_jsonl, sft
 from lopd_jax.errors import ConfigError
 from lopd_jax.models import ref, scoring
-from lopd_jax.parallel import rules
+from lopd_jax.provenance import Provenance
 from lopd_jax.stages import kit
 from lopd_jax.store import summarize
 from lopd_jax.store.rollouts import KIND
@@ -60,26 +59,13 @@ def provenance(config: ConfigDict):
 
 def sampler_scorer(config: ConfigDict, model: ref.ModelRef, model_config, mesh, seq_len: int):
     """`rows -> [log pi(response tokens)]` of the model, teacher-forced (loads it once)."""
-    params = kit.load_params(model, model_config, mesh)
-    forward = scoring.make_forward(
-        model_config, rules.param_shardings(model_config, mesh), mesh, topk=0
-    )
+    scorer = scoring.Scorer(model, model_config, mesh)
 
     def log_pi(rows: list[rollout_jsonl.Row]) -> list[np.ndarray]:
-        full = [np.concatenate([r.prompt_ids, r.response_ids]) for r in rows]
-        offsets = np.concatenate([[0], np.cumsum([len(t) for t in full])])
-        chunk = {
-            "tokens": np.concatenate(full),
-            "offsets": offsets,
-            "prompt_len": np.array([r.prompt_ids.size for r in rows]),
-        }
-        flat = scoring.score_chunk(
-            forward, params, mesh, chunk, topk=0, seq_len=seq_len, batch_size=config.batch_size
-        )["teacher_logprobs"]
-        return [
-            flat[start + r.prompt_ids.size : stop]
-            for r, start, stop in zip(rows, offsets[:-1], offsets[1:], strict=True)
-        ]
+        return scorer.response_logprobs(
+            [r.prompt_ids for r in rows], [r.response_ids for r in rows],
+            batch_size=config.batch_size, seq_len=seq_len,
+        )  # fmt: skip
 
     return log_pi
 
@@ -148,8 +134,11 @@ def run(config: ConfigDict) -> dict[str, Any]:
     }
     metadata = {
         "sft_checkpoint": model.describe() if model else None,
-        "sft_teacher": model.sft_teacher if model else None,  # None: unknown
-        "tokenizer": tokenizer,
+        **Provenance(  # None: unknown
+            sft_teacher=model.sft_teacher if model else None,
+            sampled_by=model.identity if model else None,
+            tokenizer=tokenizer,
+        ).fields(),
         # The student's vocabulary (a scoring teacher must match it); a tokenizer's own size
         # can be below a model's padded one, so unknown without a model.
         "vocab_size": model.config.vocab_size if model else None,

@@ -7,7 +7,9 @@ per-token advantage is `A_t = stored log pi_T - log pi_theta`, clipped; no impor
 No teacher is loaded. The run is refused if scoring is incomplete, if the store's rollouts were
 not sampled from this SFT checkpoint (unless `allow_other_start=True`, below), or if the
 scoring teacher is not the teacher that wrote the SFT data (unless
-`allow_inconsistent_teacher=True`, recorded).
+`allow_inconsistent_teacher=True`, recorded). `teacher_columns` picks the store's teacher column
+set: "" (the default) or one that `lopd score --config.columns=NAME` wrote (the store scored
+again with another teacher or `topk`; `lopd_jax.store.schema`).
 
 Two explicit deviations from the paper's recipe, each recorded in the run manifest:
 - `continue_run=True`: a run (finished or stopped) continues to a larger `train.steps` on the
@@ -26,8 +28,9 @@ Two explicit deviations from the paper's recipe, each recorded in the run manife
   run drifts further from the sampler in the same way.
 
 `mode=online` (standard OPD, the baseline): every `online.reuse_steps` steps, fresh responses
-are sampled from the current student and scored by the live teacher held in the same job on the
-same mesh; same loss and optimizer. Metrics record the wall time of sampling, teacher and train.
+are sampled from the current student and scored by the live teacher (the `teacher` section:
+its path and numerics) held in the same job on the same mesh; same loss and optimizer. Metrics
+record the wall time of sampling, teacher and train.
 
 Losses (`loss.loss`): `sampled_token` (the paper's) or `topk_reverse_kl` (exact reverse KL over
 the teacher's top-k + a rest bucket; `lopd_jax.training.losses`). Ablations: advantage clip and
@@ -47,14 +50,14 @@ from typing import Any
 import jax
 from ml_collections import ConfigDict
 
-from lopd_jax import artifacts
+from lopd_jax import artifacts, provenance
 from lopd_jax import eval as eval_lib
 from lopd_jax.configs import sections
 from lopd_jax.data import pipeline, sft
 from lopd_jax.errors import ConfigError
-from lopd_jax.models import ref
-from lopd_jax.stages import kit, score
-from lopd_jax.store import RolloutStore, StoreError
+from lopd_jax.models import ref, scoring
+from lopd_jax.stages import kit
+from lopd_jax.store import RolloutStore, StoreError, schema
 from lopd_jax.training import loop, losses, online
 
 CHECKPOINT_KIND = "opd_checkpoint"
@@ -69,9 +72,11 @@ def loss_config(config: ConfigDict) -> losses.OpdLossConfig:
 
 
 def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
-    """The store's packed rows for this process, after every check; and what to record."""
+    """The store's packed rows for this process (of the teacher column set
+    `teacher_columns`), after every check; the inputs to record, and the run's provenance."""
     store = RolloutStore.open(config.store)
-    sampled_by = (store.manifest.get("sft_checkpoint") or {}).get("identity")
+    rollouts = provenance.read(store.manifest)
+    sampled_by = rollouts.sampled_by
     other_start = {}
     if sampled_by != pi_ref.identity:
         if not config.allow_other_start:
@@ -82,25 +87,22 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
                 "or set allow_other_start=True to start from this checkpoint anyway (a "
                 "recorded deviation: w_t != 1 from the first update)."
             )
-        if store.manifest.get("tokenizer") != pi_ref.tokenizer_name():
+        if rollouts.tokenizer != pi_ref.tokenizer_name():
             raise StoreError(
-                f"{config.store} was tokenized with {store.manifest.get('tokenizer')!r} but "
+                f"{config.store} was tokenized with {rollouts.tokenizer!r} but "
                 f"model.path={pi_ref.path} with {pi_ref.tokenizer_name()!r}; "
                 "allow_other_start needs a start of the store's tokenizer."
             )
         other_start = {"other_start": {"start": pi_ref.identity, "sampled_by": sampled_by}}
-    scoring = store.manifest.get("scoring")
-    topk_stored = all(store.column_complete(c) for c in losses.TOPK_COLUMNS)
-    columns = losses.batch_columns(opd, topk_available=topk_stored)
-    incomplete = [c for c in columns if c in score.COLUMNS and not store.column_complete(c)]
-    if scoring is None or incomplete:
-        topk_hint = " with --config.topk > 0" if "teacher_topk_ids" in columns else ""
-        raise StoreError(
-            f"{config.store}: teacher columns {incomplete or list(score.COLUMNS)} are not "
-            f"complete; run (or finish) `lopd score`{topk_hint} first."
-        )
+    teacher_columns = schema.TeacherColumns(config.teacher_columns)
+    record = teacher_columns.record(store.manifest)
+    topk = (record or {}).get("topk", 0)
+    columns = losses.batch_columns(
+        opd, topk_available=bool(topk) and teacher_columns.complete(store, topk)
+    )
+    teacher_columns.check_scored(store, needs_topk=schema.TOPK_IDS in columns)
     guard = artifacts.check_teacher_consistency(
-        store.manifest.get("sft_teacher"), scoring["teacher"]["identity"],
+        rollouts.sft_teacher, record["teacher"]["identity"],
         allow_inconsistent=config.allow_inconsistent_teacher, where=f"lopd opd ({config.store})",
     )  # fmt: skip
     rows = None
@@ -112,21 +114,36 @@ def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
             seen[prompt] = seen.get(prompt, 0) + 1
             if seen[prompt] <= config.data.rollouts_per_prompt:
                 rows.append(row)
+    # The loss's column names -> the store's (the teacher columns of the chosen set).
+    names = {c: teacher_columns.store_name(c) if c in schema.COLUMNS else c
+             for c in columns if c not in pipeline.FEATURES}  # fmt: skip
+    stored = pipeline.store_rows(store, list(names.values()), seq_len=config.data.seq_len,
+                                 rows=rows)  # fmt: skip
+    flat = {"tokens": stored.flat["tokens"]} | {c: stored.flat[n] for c, n in names.items()}
+    if schema.TOPK_IDS in flat:  # a store scored before the vocabulary check
+        teacher_columns.check_topk_ids(store, flat[schema.TOPK_IDS], pi_ref.config.vocab_size)
     data = pipeline.rollout_rows(
-        store, [c for c in columns if c not in pipeline.FEATURES],
+        pipeline.FlatRows(
+            flat, stored.offsets, stored.prompt_len, seq_len=config.data.seq_len, rows=rows,
+            where=str(store.path),
+        ),
         seq_len=config.data.seq_len, seed=config.seed, packing=config.data.packing,
-        num_packing_bins=config.data.num_packing_bins, rows=rows,
+        num_packing_bins=config.data.num_packing_bins,
     )  # fmt: skip
     iterator = iter(
         pipeline.batches(data, config.train.batch_size, jax.process_index(), jax.process_count())
     )
     inputs = {
         "rollouts": store.manifest.get("identity"),
-        "teacher": scoring["teacher"]["identity"],
+        "teacher_columns": config.teacher_columns,
         **guard,
         **other_start,
     }
-    return iterator, inputs
+    trained = provenance.Provenance(
+        sft_teacher=rollouts.sft_teacher, opd_teacher=record["teacher"]["identity"],
+        sampled_by=sampled_by, tokenizer=rollouts.tokenizer,
+    )  # fmt: skip
+    return iterator, inputs, trained
 
 
 RULES = kit.Rules(
@@ -154,35 +171,40 @@ def run(config: ConfigDict) -> dict[str, Any]:
     sampled = config.mode == "online" or config.eval.dataset
     renderer = sft.load_renderer(pi_ref.tokenizer_spec()) if sampled else None
     if config.mode == "lightning":  # never touches config.teacher
-        data_iterator, inputs = lightning_source(config, pi_ref, opd)
+        data_iterator, inputs, record = lightning_source(config, pi_ref, opd)
         next_batch = lambda _: next(data_iterator)
     else:
-        teacher = ref.resolve(sections.require_path(config.teacher, "teacher", "the teacher"))
+        teacher = sections.teacher_ref(config.teacher, "the online teacher")
         inputs = artifacts.check_teacher_consistency(
             pi_ref.sft_teacher, teacher.identity,
             allow_inconsistent=config.allow_inconsistent_teacher, where="lopd opd (online)",
         )  # fmt: skip
-        artifacts.check_tokenizer_consistency(
-            pi_ref.tokenizer_name(), teacher.tokenizer_name(),
-            allow_unknown=config.allow_inconsistent_teacher, where="lopd opd (online)",
+        vocab_limit = artifacts.check_teacher_student(
+            student_tokenizer=pi_ref.tokenizer_name(), student_vocab=model_config.vocab_size,
+            teacher_tokenizer=teacher.tokenizer_name(), teacher_vocab=teacher.config.vocab_size,
+            topk=config.online.topk, allow_unknown_tokenizer=config.allow_inconsistent_teacher,
+            where="lopd opd (online)",
         )  # fmt: skip
-        artifacts.check_vocabulary(
-            model_config.vocab_size, teacher.config.vocab_size, where="lopd opd (online)"
-        )
         data_iterator = None  # batches are a function of the step: nothing to checkpoint
         columns = losses.batch_columns(opd, topk_available=config.online.topk > 0)
-        prompt_set = online.load_prompts(config, model_config, renderer)
+        prompt_set = online.load_prompts(config, model_config, renderer)  # before the weights
+        scorer = scoring.Scorer(
+            teacher, sections.model_config(config.teacher, teacher.config), mesh,
+            topk=config.online.topk if schema.TOPK_IDS in columns else 0, vocab_limit=vocab_limit,
+        )  # fmt: skip
         next_batch = online.OnlineSource(
-            config, model_config, teacher, mesh, columns, prompt_set.ids, pi_ref.stop_ids(renderer)
+            config, model_config, scorer, mesh, columns, prompt_set.ids, pi_ref.stop_ids(renderer)
         )
-        inputs = {"teacher": teacher.identity, **inputs}
+        record = provenance.Provenance(  # sampled on-policy by the student itself
+            sft_teacher=pi_ref.sft_teacher, opd_teacher=teacher.identity,
+            tokenizer=pi_ref.tokenizer_identity,
+        )  # fmt: skip
 
     trainer = loop.Trainer(
         kind=CHECKPOINT_KIND, workdir=config.workdir, model_config=model_config,
         loss_fn=losses.opd_loss_fn(model_config, opd), config=config, mesh=mesh,
         manifest={
-            "mode": config.mode, "pi_ref": pi_ref.identity, "sft_teacher": pi_ref.sft_teacher,
-            "tokenizer": pi_ref.tokenizer_identity, **inputs,
+            "mode": config.mode, "pi_ref": pi_ref.identity, **record.fields(), **inputs,
         },
         recorded={"pi_ref_path": str(pi_ref.path)},
         summarize=lambda m: _reported(m, next_batch),

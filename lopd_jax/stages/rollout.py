@@ -40,6 +40,7 @@ from typing import Any
 import jax
 import tqdm
 
+from lopd_jax import provenance
 from lopd_jax.configs import sections
 from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.data.tasks import addition
@@ -102,8 +103,10 @@ def run(config) -> dict[str, Any]:
     }
     metadata = {
         "sft_checkpoint": model.describe(),
-        "sft_teacher": model.sft_teacher,  # the teacher that wrote the SFT data (None: unknown)
-        "tokenizer": tokenizer,
+        # The teacher that wrote the SFT data (None: unknown), the sampler, the tokenizer.
+        **provenance.Provenance(
+            sft_teacher=model.sft_teacher, sampled_by=model.identity, tokenizer=tokenizer
+        ).fields(),
         "vocab_size": model_config.vocab_size,  # the student's: a scoring teacher must match
         "prompts": prompt_set.source,
         "num_prompts": len(prompts),

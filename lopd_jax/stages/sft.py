@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from lopd_jax import artifacts, io
+from lopd_jax import artifacts, io, provenance
 from lopd_jax import eval as eval_lib
 from lopd_jax.configs import sections
 from lopd_jax.data import pipeline, sft
@@ -140,8 +140,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         manifest={
             "base_model": base.identity if base else random_init,
             "sft_data": source.fingerprint,
-            "teacher": source.teacher,
-            "tokenizer": renderer.name,
+            **provenance.Provenance(sft_teacher=source.teacher, tokenizer=renderer.name).fields(),
             "data_stats": stats.__dict__,
         },
         recorded={"sft_data_path": str(source.jsonl)},

@@ -2,8 +2,9 @@
 
 Lightning OPD step 0 (`D_SFT = {(q, x): x ~ pi_T(.|q)}`): the teacher written here must be the
 teacher that later scores the rollouts, so the directory's manifest records its identity
-(`teacher`, the content fingerprint `lopd score` compares) with the tokenizer, the sampling
-settings and what was dropped.
+(`provenance.sft_teacher`, the content fingerprint `lopd score` compares) with the tokenizer,
+the sampling settings and what was dropped. The teacher is the `teacher` section: its path
+(`--config.teacher=PATH` for short) and numerics (`teacher.dtype`, ...).
 
 Prompts JSONL, one object per line: {"prompt": "..."} (a user turn) or {"messages": [...]}
 (the turns before the response), rendered with the chat template and the generation prompt
@@ -77,20 +78,12 @@ def assemble(output: Path, rows: list[dict], num_parts: int, drop_truncated: boo
     return records, counts | {"examples": len(records)}
 
 
-def _model_path_unused(config: ConfigDict) -> None:
-    if config.model.path:
-        raise ConfigError(
-            f"model.path={config.model.path!r} is not read here: the model is `teacher` "
-            "(--config.teacher=...); the model section sets its dtype and numerics."
-        )
-
-
 CLAIM = ".lopd_teacher_data.json"  # the run's identity, written first
 RULES = kit.Rules(
     MADE_BY, positive=("n", "batch_size", "chunk_prompts", "max_new_tokens"),
-    required={"teacher": "the teacher's model directory", "prompts": "a prompts JSONL file",
+    required={"teacher.path": "the teacher's model directory", "prompts": "a prompts JSONL file",
               "output": "a new SFT data directory"},
-    mesh="local", batch="batch_size", output=("output", CLAIM, ()), check=_model_path_unused,
+    mesh="local", batch="batch_size", output=("output", CLAIM, ()),
 )  # fmt: skip
 
 
@@ -102,7 +95,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
             "processes. Run it on one host, or split the prompts across hosts into separate "
             "output directories."
         )
-    teacher, teacher_config, params = kit.load(config.model, mesh, path=config.teacher)
+    teacher, teacher_config, params = kit.load(config.teacher, mesh)
     prompt_set = read_prompts(config, teacher)
     rows, prompts, renderer = prompt_set.rows, prompt_set.ids, prompt_set.renderer
     sampling = sections.sampling_params(config, teacher, renderer)

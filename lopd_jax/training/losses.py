@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from lopd_jax.models import logprobs as logprobs_lib
 from lopd_jax.models import moe, qwen3
+from lopd_jax.store import schema
 
 Batch = dict[str, jax.Array]
 LossFn = Callable[[qwen3.Params, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
@@ -325,7 +326,7 @@ class OpdLossConfig:
             )
 
 
-TOPK_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
+TOPK_COLUMNS = schema.TOPK_COLUMNS  # the store layout: one place (lopd_jax.store.schema)
 
 
 def required_columns(opd: OpdLossConfig) -> tuple[str, ...]:

@@ -8,13 +8,11 @@ import time
 import jax
 import numpy as np
 
-from lopd_jax.configs import sections
 from lopd_jax.data import pipeline
 from lopd_jax.data import prompts as prompts_lib
 from lopd_jax.data.tasks import addition
 from lopd_jax.errors import ConfigError
-from lopd_jax.models import ref, scoring
-from lopd_jax.parallel import rules
+from lopd_jax.models import scoring
 from lopd_jax.sampling import Sampler, SamplingParams
 from lopd_jax.sampling.generate import data_parallel_size
 
@@ -28,16 +26,11 @@ class OnlineSource:
     """
 
     def __init__(
-        self, config, model_config, teacher: ref.ModelRef, mesh, columns, prompts, stop_ids
+        self, config, model_config, scorer: scoring.Scorer, mesh, columns, prompts, stop_ids
     ):
         self.config, self.model_config, self.mesh = config, model_config, mesh
         self.columns = [c for c in columns if c not in pipeline.FEATURES]
-        teacher_config = sections.model_config(config.model, teacher.config)
-        shardings = rules.param_shardings(teacher_config, mesh)
-        self.teacher_params = teacher.load(teacher_config.param_dtype, shardings)
-        self.topk = config.online.topk if "teacher_topk_ids" in columns else 0
-        topk = self.topk
-        self.teacher_forward = scoring.make_forward(teacher_config, shardings, mesh, topk=topk)
+        self.scorer = scorer  # the live teacher
         self.prompts = prompts  # the student's token ids (`load_prompts`)
         self.sampling = SamplingParams(
             max_new_tokens=config.online.max_new_tokens, temperature=config.online.temperature,
@@ -74,10 +67,9 @@ class OnlineSource:
         self.seconds["sample_s"] += time.perf_counter() - start
         start = time.perf_counter()
         chunk = scoring.flat_rows(prompts, out.tokens)
-        scored = scoring.score_chunk(
-            self.teacher_forward, self.teacher_params, self.mesh, chunk, topk=self.topk,
-            seq_len=self.config.data.seq_len, batch_size=self.config.train.batch_size,
-        )  # fmt: skip
+        scored = self.scorer.score(
+            chunk, seq_len=self.config.data.seq_len, batch_size=self.config.train.batch_size
+        )
         self.seconds["teacher_s"] += time.perf_counter() - start
         sampler_lp = [np.r_[np.full(len(p), np.nan), lp] for p, lp in zip(prompts, out.logprobs)]
         flat = {"tokens": chunk["tokens"], **scored}

@@ -34,7 +34,7 @@ def test_every_stage_builds_on_the_real_pair(mini):
         c = module.get_config(stage + mini)
         paths = [v for v in _strings(c) if v.startswith("runs/")]
         assert all(p.startswith((module.ASSETS, module.ROOT)) for p in paths), paths
-    assert module.get_config("score").teacher == module.TEACHER
+    assert module.get_config("score").teacher.path == module.TEACHER
     assert module.get_config("sft").model.path == module.STUDENT
     ev = module.get_config("evaluate")
     assert (ev.dataset, ev.n, ev.temperature) == ("humaneval", 1, 0.0)

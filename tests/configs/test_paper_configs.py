@@ -62,7 +62,9 @@ def test_every_stage_shapes_and_shards(path, capsys):
     table = []
     for stage in paper.STAGES:
         config = load(path, stage)
-        arch = sections.model_config(config.model)
+        # The teacher's stages hold the teacher, the others the student.
+        section = config.teacher if stage in ("teacher_data", "score") else config.model
+        arch = sections.model_config(section)
         if "mesh" not in config:  # export: one host, no mesh
             assert arch.param_dtype == "bfloat16"
             continue

@@ -71,7 +71,7 @@ def eval_run_config(model: Path, dataset: Path, workdir: Path, teacher: Path):
     c = evaluate_config.get_config()
     c.model.path, c.dataset, c.workdir = str(model), str(dataset), str(workdir)
     c.n, c.ks, c.max_new_tokens, c.batch_size = 2, (1, 2), 6, 8
-    c.teacher = str(teacher)  # the reverse KL: the teacher scored on the job's mesh too
+    c.teacher.path = str(teacher)  # the reverse KL: the teacher scored on the job's mesh too
     return c
 
 

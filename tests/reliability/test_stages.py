@@ -97,7 +97,7 @@ def _manifest_of(path: Path, *keys: str) -> dict[str, np.ndarray]:
 def sft_data_of(path: Path) -> dict[str, np.ndarray]:
     texts = _texts({"data.jsonl": path / "data.jsonl"})
     texts |= _texts({p.name: p for p in sorted((path / parts.PARTS).glob("*.jsonl"))})
-    return texts | _manifest_of(path, "teacher", "identity", "counts", "num_examples", "tokenizer")
+    return texts | _manifest_of(path, "provenance", "identity", "counts", "num_examples")
 
 
 def evaluation_of(path: Path) -> dict[str, np.ndarray]:
@@ -137,7 +137,7 @@ def _opd_config(p, d):
 
 def _teacher_data_config(p, d):
     c = teacher_data_config.get_config()
-    c.teacher, c.prompts, c.output = str(p["teacher"]), str(p["prompts"]), str(d / "sft_data")
+    c.teacher.path, c.prompts, c.output = str(p["teacher"]), str(p["prompts"]), str(d / "sft_data")
     c.n, c.max_new_tokens, c.chunk_prompts, c.batch_size = 2, 8, 2, 8
     c.temperature, c.eos_ids = 1.0, (2, 8, 9)  # as the pipeline's rollout: many lengths
     c.drop_truncated = False
@@ -401,7 +401,8 @@ def _first(path: Path, pattern: str) -> Path:
 # (stage, input key, file within the input, how the copied input is put into the config)
 _model = lambda c, x: setattr(c.model, "path", str(x))
 _store = lambda c, x: setattr(c, "store", str(x))
-_teacher = lambda c, x: setattr(c, "teacher", str(x))
+_teacher = lambda c, x: setattr(c, "teacher", str(x))  # import-sft: a path or a name
+_teacher_path = lambda c, x: setattr(c.teacher, "path", str(x))  # a teacher section
 _input_file = lambda c, x: setattr(c, "input", str(x))
 DAMAGE = [
     ("sft", "data", "data.jsonl", lambda c, x: setattr(c.data, "path", str(x))),
@@ -410,15 +411,15 @@ DAMAGE = [
     ("rollout", "ckpt", "manifest.json", _model),
     ("rollout", "ckpt", "2/params", _model),
     ("rollout", "prompts", "", lambda c, x: setattr(c, "prompts", str(x))),
-    ("score", "teacher", "model.safetensors", lambda c, x: setattr(c, "teacher", str(x))),
+    ("score", "teacher", "model.safetensors", _teacher_path),
     ("score", "store", "tokens/c/0", _store),
     ("score", "store", "manifest.json", _store),
     ("opd", "store", "teacher_logprobs/c/0", _store),
     ("opd", "store", "chunks/teacher_logprobs/000000.json", _store),
     ("opd", "ckpt", "2/params", _model),
-    ("teacher-data", "teacher", "model.safetensors", _teacher),
-    ("teacher-data", "teacher", "config.json", _teacher),
-    ("teacher-data", "teacher", "tokenizer.json", _teacher),
+    ("teacher-data", "teacher", "model.safetensors", _teacher_path),
+    ("teacher-data", "teacher", "config.json", _teacher_path),
+    ("teacher-data", "teacher", "tokenizer.json", _teacher_path),
     ("teacher-data", "prompts", "", lambda c, x: setattr(c, "prompts", str(x))),
     ("import-sft", "data", "data.jsonl", lambda c, x: setattr(c, "input", str(x / "data.jsonl"))),
     ("import-sft", "teacher", "model.safetensors", _teacher),
@@ -509,29 +510,6 @@ def _foreign_output(field, name="notes.txt"):
     return use
 
 
-def _wider_teacher(p, d) -> Path:
-    """The toy teacher with 8 more (untrained) vocabulary rows: its tokenizer, a larger
-    vocabulary (its top-k could name ids the student does not have)."""
-    from safetensors.numpy import load_file, save_file
-
-    teacher = shutil.copytree(p["teacher"], d / "wide_teacher", ignore=shutil.ignore_patterns(".*"))
-    weights = load_file(teacher / "model.safetensors")
-    for name in ("lm_head.weight", "model.embed_tokens.weight"):
-        weights[name] = np.pad(weights[name], ((0, 8), (0, 0)))
-    save_file(weights, teacher / "model.safetensors", metadata={"format": "pt"})
-    hf_config = json.loads((teacher / "config.json").read_text())
-    (teacher / "config.json").write_text(json.dumps(hf_config | {"vocab_size": 24 + 8}))
-    ref.resolve(teacher)  # its digest cache, as a used model directory has one
-    return teacher
-
-
-def _teacher_of_another_vocabulary(**values):
-    def use(c, d):
-        c.update_from_flattened_dict({"teacher": str(_wider_teacher(PIPELINE, d)), **values})
-
-    return use
-
-
 def _export_into_checkpoint(c, d):
     model = shutil.copytree(c.model.path, d / "model")
     c.model.path, c.output = str(model), str(model / "hf")
@@ -554,26 +532,15 @@ BAD_INPUTS = [
     ("score", "store is a file", _file_output("store")),
     ("score", "topk<0", _set(topk=-1)),
     ("score", "topk above the vocabulary", _set(topk=1000)),
-    (
-        "score",
-        "teacher of a larger vocabulary",
-        _teacher_of_another_vocabulary(allow_inconsistent_teacher=True),
-    ),
     ("score", "batch_size not a multiple of the mesh", _set(batch_size=3)),
-    ("score", "missing teacher", _set(teacher="")),
+    ("score", "missing teacher", _set(**{"teacher.path": ""})),
     ("opd", "unknown mode", _set(mode="offline")),
     ("opd", "batch not split by microbatches x mesh", _set(**{"train.batch_size": 12})),
     ("opd", "missing model.path", _set(**{"model.path": ""})),
     ("opd", "store is a file", _file_output("store")),
     ("opd", "unknown loss", _set(**{"loss.loss": "forward_kl"})),
     ("opd", "workdir holds a user's metrics.png", _foreign_output("workdir", "metrics.png")),
-    (
-        "opd",
-        "online teacher of a larger vocabulary",
-        _teacher_of_another_vocabulary(mode="online", allow_inconsistent_teacher=True),
-    ),
-    ("teacher-data", "missing teacher", _set(teacher="")),
-    ("teacher-data", "model.path set", _set(**{"model.path": "/some/model"})),
+    ("teacher-data", "missing teacher", _set(**{"teacher.path": ""})),
     ("teacher-data", "n=0", _set(n=0)),
     ("teacher-data", "chunk_prompts=0", _set(chunk_prompts=0)),
     ("teacher-data", "prompt_ids only", _prompts(b'{"prompt_ids": [5, 6]}\n')),
@@ -595,7 +562,6 @@ BAD_INPUTS = [
     ("evaluate", "missing dataset", _set(dataset="")),
     ("evaluate", "k above n", _set(ks=(1, 4))),
     ("evaluate", "workdir holds a results.jsonl", _foreign_output("workdir", "results.jsonl")),
-    ("evaluate", "teacher of a larger vocabulary", _teacher_of_another_vocabulary()),
     ("evaluate", "missing model.path", _set(**{"model.path": ""})),
     ("evaluate", "batch_size not a multiple of the mesh", _set(batch_size=3)),
     ("evaluate", "a mesh the devices cannot form", _unfit_mesh),
@@ -645,6 +611,9 @@ SHARED_INVALID = {
     "checkpoint.save_every": 0, "checkpoint.keep": 0,
     "eval.limit": 0, "eval.max_new_tokens": 0, "eval.batch_size": 0,
 }  # fmt: skip
+SHARED_INVALID |= {  # the teacher section's numerics: the model section's rules
+    f"teacher.{k.split('.', 1)[1]}": v for k, v in SHARED_INVALID.items() if k.startswith("model.")
+}
 SAMPLING = {"temperature": -0.5, "top_p": 0.0, "top_k": -1, "limit": -1}
 OWN_INVALID = {
     "sft": {

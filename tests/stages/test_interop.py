@@ -9,7 +9,7 @@ import pytest
 from stage_helpers import save_byte_model
 
 import lopd_jax
-from lopd_jax import artifacts
+from lopd_jax import artifacts, provenance
 from lopd_jax.configs import export_rollouts as export_config
 from lopd_jax.configs import import_rollouts as import_rollouts_config
 from lopd_jax.configs import import_sft as import_sft_config
@@ -55,29 +55,30 @@ def test_import_sft_records_verified_and_named_teachers(model, tmp_path):
     _import_sft(source, tmp_path / "verified", model[0])
     manifest = artifacts.read_manifest(tmp_path / "verified", sft.SFT_DATA_KIND)
     identity = ref.resolve(model[0]).identity
-    assert manifest["teacher"] == identity and manifest["teacher_verified"] is True
+    assert provenance.read(manifest).sft_teacher == identity and manifest["teacher_verified"]
     assert manifest["num_examples"] == 3 and manifest["imported_from"]["path"] == str(source)
     assert sft.resolve_source(tmp_path / "verified").teacher == identity
     lines = (tmp_path / "verified" / sft.DEFAULT_FILE).read_text().splitlines()
     assert [json.loads(x) for x in lines] == SFT_LINES
     artifacts.check_teacher_consistency(
-        manifest["teacher"], identity, allow_inconsistent=False, where="test"
+        provenance.read(manifest).sft_teacher, identity, allow_inconsistent=False, where="test"
     )
 
     _import_sft(source, tmp_path / "named", "Qwen/Qwen3-32B")
-    named = artifacts.read_manifest(tmp_path / "named", sft.SFT_DATA_KIND)
-    assert named["teacher"] == "name:Qwen/Qwen3-32B" and named["teacher_verified"] is False
+    named = provenance.read(artifacts.read_manifest(tmp_path / "named", sft.SFT_DATA_KIND))
+    assert named.sft_teacher == "name:Qwen/Qwen3-32B"
+    assert artifacts.read_manifest(tmp_path / "named")["teacher_verified"] is False
     # A name is never the scoring teacher's fingerprint: inconsistent unless allowed.
     with pytest.raises(artifacts.TeacherMismatchError, match="name:Qwen/Qwen3-32B"):
         artifacts.check_teacher_consistency(
-            named["teacher"], identity, allow_inconsistent=False, where="test"
+            named.sft_teacher, identity, allow_inconsistent=False, where="test"
         )
     assert not artifacts.check_teacher_consistency(
-        named["teacher"], identity, allow_inconsistent=True, where="test"
+        named.sft_teacher, identity, allow_inconsistent=True, where="test"
     )["teacher_consistent"]
 
     _import_sft(source, tmp_path / "named", model[0])  # an earlier import may be replaced
-    assert artifacts.read_manifest(tmp_path / "named")["teacher"] == identity
+    assert provenance.read(artifacts.read_manifest(tmp_path / "named")).sft_teacher == identity
     with pytest.raises(ConfigError, match="looks like a path but does not exist"):
         _import_sft(source, tmp_path / "typo", tmp_path / "no_such_model")
 
@@ -146,8 +147,9 @@ def test_import_then_export_round_trips_exactly(model, tmp_path):
     store = RolloutStore.open(tmp_path / "store")
     assert store.manifest["complete"] and store.num_rows == 5 and len(store.chunks) == 3
     assert store.manifest["sft_checkpoint"] == ref.resolve(model[0]).describe()
-    assert store.manifest["sft_teacher"] is None  # a HF directory: its SFT teacher is unknown
-    assert store.manifest["tokenizer"] == sft.ByteRenderer.name
+    assert provenance.read(store.manifest) == provenance.Provenance(  # a HF directory: its
+        sampled_by=ref.resolve(model[0]).identity, tokenizer=sft.ByteRenderer.name
+    )  # SFT teacher is unknown
     assert store.manifest["imported_from"]["path"] == str(source)
     assert summary["sampler_logprobs_computed"] == 0 and summary["truncated"] == 3
 
@@ -269,8 +271,8 @@ def test_import_without_a_model_records_unknowns_and_resumes_only_the_same_input
     source = _write_jsonl(tmp_path / "in.jsonl", lines)
     _import(source, tmp_path / "store")
     manifest = RolloutStore.open(tmp_path / "store").manifest
-    assert manifest["sft_checkpoint"] is None and manifest["sft_teacher"] is None
-    assert manifest["tokenizer"] == sft.ByteRenderer.name and manifest["complete"]
+    assert manifest["sft_checkpoint"] is None and manifest["complete"]
+    assert provenance.read(manifest) == provenance.Provenance(tokenizer=sft.ByteRenderer.name)
     _import(source, tmp_path / "store")  # the same input: nothing left to do
     assert RolloutStore.open(tmp_path / "store").num_rows == 3
 

@@ -48,9 +48,9 @@ def test_opd_step_on_moe(moe_pipeline, tmp_path, mode):
     c.mode = mode
     c.optimizer.learning_rate = 1e-2
     if mode == "lightning":
-        c.teacher = "/nonexistent/teacher"  # lightning never opens it
+        c.teacher.path = "/nonexistent/teacher"  # lightning never opens it
     else:
-        c.teacher = str(moe_pipeline["teacher"])
+        c.teacher.path = str(moe_pipeline["teacher"])
         c.online.update(prompts=str(moe_pipeline["prompts"]), prompts_per_step=2,
                         samples_per_prompt=2, max_new_tokens=4, topk=4)  # fmt: skip
     opd.run(c)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from stage_helpers import toy_opd_config
 
-from lopd_jax import artifacts
+from lopd_jax import artifacts, provenance
 from lopd_jax.models import ref
 from lopd_jax.stages import opd
 from lopd_jax.store import RolloutStore, StoreError
@@ -22,7 +22,7 @@ STEPS = 3
 
 def config(p, workdir, **overrides):
     c = toy_opd_config(workdir, p["ckpt"], p["store"], steps=STEPS)
-    c.teacher = MISSING_TEACHER  # lightning must never look at it
+    c.teacher.path = MISSING_TEACHER  # lightning must never look at it
     c.optimizer.learning_rate = 1e-2  # visible updates in a few steps
     c.update_from_flattened_dict(overrides)
     return c
@@ -124,15 +124,20 @@ def test_lightning_refuses_a_store_it_cannot_use(toy_pipeline, tmp_path):
 
     other = tmp_path / "other_teacher.zarr"
     shutil.copytree(p["store"], other)
-    RolloutStore.open(other).update_manifest(sft_teacher="name:another-teacher")
+    store = RolloutStore.open(other)
+    rollouts = provenance.read(store.manifest).replace(sft_teacher="name:another-teacher")
+    store.update_manifest(**rollouts.fields())
     with pytest.raises(artifacts.TeacherMismatchError, match="another-teacher"):
         _source(p, other)
-    _, inputs = _source(p, other, allow_inconsistent_teacher=True)
+    _, inputs, record = _source(p, other, allow_inconsistent_teacher=True)
     assert inputs["allow_inconsistent_teacher"] and not inputs["teacher_consistent"]
+    assert record.sft_teacher == "name:another-teacher" != record.opd_teacher
 
 
 def test_online_runs_and_records_its_time_split(toy_pipeline, tmp_path):
-    c = config(toy_pipeline, tmp_path, mode="online", teacher=str(toy_pipeline["teacher"]))
+    c = config(
+        toy_pipeline, tmp_path, mode="online", **{"teacher.path": str(toy_pipeline["teacher"])}
+    )
     c.train.steps = 2
     c.online.update(prompts=str(toy_pipeline["prompts"]), prompts_per_step=2,
                     samples_per_prompt=2, max_new_tokens=4, topk=4)  # fmt: skip

@@ -133,11 +133,11 @@ def test_interrupted_scoring_resumes_without_recomputing(setup, monkeypatch):
     assert RolloutStore.open(path).complete_chunks("teacher_logprobs") == [0, 1]
 
     seen = []
-    score_chunk = scoring.score_chunk
+    score_rows = scoring.Scorer.score
     monkeypatch.setattr(
-        scoring,
-        "score_chunk",
-        lambda *a, **k: seen.append(len(a[3]["tokens"])) or score_chunk(*a, **k),
+        scoring.Scorer,
+        "score",
+        lambda self, chunk, **k: seen.append(len(chunk["tokens"])) or score_rows(self, chunk, **k),
     )
     run_score(path, teacher)
     assert seen == [sum(p + r for p, r in CHUNKS[2])]  # only the unfinished chunk
@@ -189,10 +189,7 @@ def test_guard_refuses_another_teacher_or_tokenizer_unless_allowed(setup, tmp_pa
     run_score(path, other, allow_inconsistent_teacher=True, topk=0)
     scoring = RolloutStore.open(path).manifest["scoring"]
     assert scoring["allow_inconsistent_teacher"] and not scoring["teacher_consistent"]
-    assert (scoring["sft_teacher"], scoring["opd_teacher"]) == (
-        teacher_id,
-        ref.resolve(other).identity,
-    )
+    assert scoring["teacher"]["identity"] == ref.resolve(other).identity != teacher_id
     assert scoring["teacher_tokenizer"] == scoring["rollout_tokenizer"] == tokenizer
-    with pytest.raises(StoreError, match="different teacher"):  # no mixing of two teachers
+    with pytest.raises(StoreError, match="is scored with other settings"):  # no mixing
         run_score(path, teacher, topk=0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from stage_helpers import addition_records, tiny_sft_config
 
-from lopd_jax import artifacts, cli
+from lopd_jax import artifacts, cli, provenance
 from lopd_jax.data import sft
 from lopd_jax.data.tasks import addition
 from lopd_jax.models import ref
@@ -54,9 +54,10 @@ def test_heldout_loss_drops_and_manifest_records_provenance(uninterrupted, data_
     assert result["eval_loss"] == pytest.approx(evals[1])
 
     manifest = artifacts.read_manifest(workdir / "checkpoints", sft_stage.CHECKPOINT_KIND)
-    assert manifest["teacher"] == "hf:teacher-under-test"
+    assert provenance.read(manifest) == provenance.Provenance(
+        sft_teacher="hf:teacher-under-test", tokenizer="bytes-v1"
+    )
     assert manifest["sft_data"] == sft.resolve_source(data_dir).fingerprint
-    assert manifest["tokenizer"] == "bytes-v1"
     assert manifest["base_model"] == "random-init:tiny:seed0"
     stats = manifest["data_stats"]
     assert (stats["skipped_bad"], stats["truncated"], stats["examples"]) == (2, 1, 257)
@@ -132,7 +133,9 @@ def test_bad_data_stops_before_training_with_the_fix(tmp_path, data_dir):
 def test_different_data_in_same_workdir_is_refused(uninterrupted, tmp_path):
     other = addition.write_train_data(tmp_path / "other", 300, seed=1)
     config = _config(uninterrupted[0], other.jsonl.parent)
-    with pytest.raises(artifacts.ArtifactError, match=r"different inputs.*inputs\.sft_data"):
+    # The first 8 changes are named: the data's stats and its teacher (provenance) come first.
+    changed = r"different inputs.*inputs\.data_stats.*inputs\.provenance\.sft_teacher"
+    with pytest.raises(artifacts.ArtifactError, match=changed):
         sft_stage.run(config)
 
 

@@ -10,7 +10,7 @@ import pytest
 from stage_helpers import addition_records, tiny_sft_config, write_prompt_ids
 
 import lopd_jax
-from lopd_jax import artifacts
+from lopd_jax import artifacts, provenance
 from lopd_jax.configs import rollout as rollout_config
 from lopd_jax.data import sft
 from lopd_jax.models import ref
@@ -71,8 +71,9 @@ def test_store_records_the_checkpoint_step_teacher_and_tokenizer(teacher_a):
     assert identity == manifest["identity"]["sft_model"] == ref.resolve(ckpt, STEPS).identity
     assert ref.resolve(ckpt).identity == identity  # stable: the latest step
     assert ref.resolve(ckpt, STEPS - 1).identity != identity  # other weights, other identity
-    assert manifest["sft_teacher"] == "hf:teacher-A"
-    assert manifest["tokenizer"] == "bytes-v1"
+    assert provenance.read(manifest) == provenance.Provenance(
+        sft_teacher="hf:teacher-A", sampled_by=identity, tokenizer="bytes-v1"
+    )
 
 
 def test_rows_are_what_the_checkpoint_generates(teacher_a, prompts):
@@ -103,8 +104,8 @@ def test_bare_jsonl_teacher_stays_none_through_the_chain(teacher_a, root):
     jsonl.write_text((root / "sft_data" / sft.DEFAULT_FILE).read_text())
     ckpt = _sft(root, "bare", jsonl)
     _, store = _rollout(root, ckpt, root / "bare.zarr")
-    assert artifacts.read_manifest(ckpt)["teacher"] is None
-    assert "sft_teacher" in store.manifest and store.manifest["sft_teacher"] is None
+    assert provenance.read(artifacts.read_manifest(ckpt)).sft_teacher is None
+    assert store.manifest["provenance"]["sft_teacher"] is None
     # The same examples and seed give the same weights: the same content identity.
     assert store.manifest["sft_checkpoint"]["identity"] == ref.resolve(ckpt).identity
 

@@ -10,7 +10,7 @@ from stage_helpers import toy_opd_config
 
 from lopd_jax.configs import sections
 from lopd_jax.data import pipeline
-from lopd_jax.models import qwen3, ref
+from lopd_jax.models import qwen3, ref, scoring
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.store import RolloutStore
 from lopd_jax.training import losses, online
@@ -21,7 +21,7 @@ def test_lightning_and_online_gradients_agree_at_pi_ref(toy_pipeline, monkeypatc
     teacher scoring, FlatRows): one batch each, the same gradient of `opd_loss_fn`."""
     p = toy_pipeline
     c = toy_opd_config("unused", p["ckpt"], p["store"])
-    c.mode, c.teacher = "online", str(p["teacher"])
+    c.mode, c.teacher.path = "online", str(p["teacher"])
     store = RolloutStore.open(p["store"])
     rows = store.read_rows(0, store.num_rows, ("sampler_logprobs",))
     prompts = [t[:n].tolist() for t, n in zip(rows["tokens"], rows["prompt_len"], strict=True)]
@@ -47,9 +47,10 @@ def test_lightning_and_online_gradients_agree_at_pi_ref(toy_pipeline, monkeypatc
     assert opd_cfg.loss == "sampled_token"  # top-k columns for the monitors only
     columns = losses.batch_columns(opd_cfg, topk_available=True)
     c.online.topk = store.manifest["scoring"]["topk"]
-    source = online.OnlineSource(
-        c, model_config, ref.resolve(c.teacher), mesh, columns, prompts, pi_ref.stop_ids()
-    )
+    teacher = ref.resolve(c.teacher.path)
+    teacher_config = sections.model_config(c.teacher, teacher.config)
+    scorer = scoring.Scorer(teacher, teacher_config, mesh, topk=c.online.topk)
+    source = online.OnlineSource(c, model_config, scorer, mesh, columns, prompts, ())
     params = pi_ref.load()
     (fresh,) = source.sample_and_score(params, 0)
 
