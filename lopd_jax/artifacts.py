@@ -125,17 +125,23 @@ def check_same_identity(
     the run that made `where` is equal, naming each that differs (nested fields by their dotted
     name). Identities hold contents (model fingerprints, not paths), so a byte-identical copy
     of an input elsewhere is the same input."""
-    old, new = _flatten(stored), _flatten(json.loads(json.dumps(now, default=str)))
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    changed, differences = identity_differences(stored, now)
     if changed:
-        details = "; ".join(
-            f"{k}: stored {old.get(k, '<absent>')!r}, now {new.get(k, '<absent>')!r}"
-            for k in changed[:8]
-        ) + ("; ..." if len(changed) > 8 else "")
+        details = "; ".join(differences[:8]) + ("; ..." if len(changed) > 8 else "")
         raise error(
             f"{where} holds {what} made with a different {', '.join(changed[:8])} ({details}), "
             f"so resuming would mix two runs. {fix}"
         )
+
+
+def identity_differences(stored: dict[str, Any], now: dict[str, Any]) -> tuple[list, list]:
+    """The dotted names of the fields in which two identities differ, and for each
+    `name: stored X, now Y` (what `check_same_identity` and a stage's own message name)."""
+    old, new = _flatten(stored), _flatten(json.loads(json.dumps(now, default=str)))
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return changed, [
+        f"{k}: stored {old.get(k, '<absent>')!r}, now {new.get(k, '<absent>')!r}" for k in changed
+    ]
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

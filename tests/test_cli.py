@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lopd_jax import cli
+from lopd_jax import cli, configs
 
 
 def test_help_lists_every_stage(capsys):
@@ -65,4 +65,5 @@ def test_smoke_job_runs_with_overrides(tmp_path):
 def test_teacher_path_shorthand_where_the_teacher_is_a_section(stage, rewritten):
     argv = [f"lopd {stage}", "--config=x.py", "--config.teacher=/models/t", "--config.topk=2"]
     want = "--config.teacher.path=/models/t" if rewritten else "--config.teacher=/models/t"
-    assert cli._teacher_shorthand(stage, argv) == [*argv[:2], want, argv[3]]
+    config = configs.load(cli.STAGES[stage])
+    assert cli._teacher_shorthand(config, argv) == [*argv[:2], want, argv[3]]

@@ -86,7 +86,7 @@ def open_scoring(store: RolloutStore, columns: schema.TeacherColumns, record: di
     scored = logprobs in store.manifest["token_columns"] and store.complete_chunks(logprobs)
     # A record with no scored chunk is a start that failed (e.g. unloadable weights): replace it.
     if previous is not None and scored:
-        changed = artifacts.changed_fields(identity(previous), identity(record))
+        _, changed = artifacts.identity_differences(identity(previous), identity(record))
         if changed:
             done = columns.complete(store, previous.get("topk", 0))
             state = (

@@ -18,6 +18,7 @@ from stage_helpers import TOY_VOCAB, toy_opd_config, toy_score_config, write_hf_
 
 from lopd_jax import artifacts, provenance
 from lopd_jax.configs import evaluate as evaluate_config
+from lopd_jax.data import sft
 from lopd_jax.data.tasks import addition
 from lopd_jax.models import ref, scoring
 from lopd_jax.parallel import mesh as mesh_lib
@@ -233,8 +234,9 @@ def online_teacher_with_padded_rows(p, d, monkeypatch):
     mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(preset="fsdp"))
     scorer = scoring.Scorer(teacher, teacher.config, mesh, topk=4, vocab_limit=limit)
     columns = losses.batch_columns(opd.loss_config(c), topk_available=True)
-    source = online.OnlineSource(c, pi_ref.config, scorer, pi_ref, mesh, columns,
-                                 tuple(pi_ref.stop_ids()))  # fmt: skip
+    prompts = online.load_prompts(c, pi_ref.config, sft.load_renderer(pi_ref.tokenizer_spec()))
+    source = online.OnlineSource(c, pi_ref.config, scorer, mesh, columns, prompts.ids,
+                                 pi_ref.stop_ids())  # fmt: skip
     batch = source.sample_and_score(pi_ref.load(), 0)[0]
     assert 0 <= batch["teacher_topk_ids"].min() and batch["teacher_topk_ids"].max() < TOY_VOCAB
 

@@ -126,7 +126,7 @@ def test_a_failed_start_leaves_no_claim(two_models, tmp_path):
     for file in broken.glob("*.safetensors"):
         file.write_bytes(b"not safetensors")
     config = teacher_data_config.get_config()
-    config.teacher, config.output = str(broken), str(tmp_path / "out")
+    config.teacher.path, config.output = str(broken), str(tmp_path / "out")
     config.prompts = str(tmp_path / "prompts.jsonl")
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "1+1="}\n')
     with pytest.raises(LopdError):
