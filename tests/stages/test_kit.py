@@ -87,7 +87,7 @@ def test_claim_compares_models_by_content_never_by_path(two_models, tmp_path):
     model, copy, other = two_models
     config = teacher_data_config.get_config()
     identity = lambda path: {
-        "teacher": kit.load(config.model, path=str(path), params=False)[0].identity
+        "teacher": kit.load(config.teacher, path=str(path), params=False)[0].identity
     }
     output = tmp_path / "out"
     kit.claim(output, "teacher-data", identity(model), teacher_path=str(model))
