@@ -333,10 +333,13 @@ def check_stage_fields(config: ConfigDict, default: ConfigDict, stage: str) -> N
     if missing or foreign:
         parts = []
         if missing:
-            more = " ..." if len(missing) > 6 else ""
-            parts.append(f"it lacks {', '.join(missing[:6])}{more}")
+            more = " ..." if len(missing) > 8 else ""
+            parts.append(f"it lacks {', '.join(missing[:8])}{more}")
         if foreign:
-            parts.append(f"it has fields `lopd {stage}` does not read: {', '.join(foreign[:6])}")
+            more = " ..." if len(foreign) > 12 else ""
+            parts.append(
+                f"it has fields `lopd {stage}` does not read: {', '.join(foreign[:12])}{more}"
+            )
         details = "; ".join(parts)
         raise ConfigError(
             f"this config is not a config of `lopd {stage}` ({details}); pass one made for "

@@ -67,7 +67,7 @@ def test_evaluate_the_accuracy_hook_and_online_opd_stop_at_the_same_ids(
         evaluate.run(c)
 
     c = toy_opd_config(tmp_path / "online", model, toy_pipeline["store"])
-    c.mode, c.teacher, c.mesh.preset = "online", str(toy_pipeline["teacher"]), "dp"
+    c.mode, c.teacher.path, c.mesh.preset = "online", str(toy_pipeline["teacher"]), "dp"
     c.online.update(prompts=str(toy_pipeline["prompts"]), prompts_per_step=2,
                     samples_per_prompt=2, max_new_tokens=4, temperature=1.0)  # fmt: skip
     with pytest.raises(_Stop):  # online OPD's first batch

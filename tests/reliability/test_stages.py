@@ -833,8 +833,8 @@ def test_ctrl_c_is_one_line_and_exit_130(stage, tmp_path, monkeypatch, capsys):
 # from a byte-identical copy of its input in another directory. (stage, kill point, the field
 # of the copied input)
 MOVED_INPUTS = [
-    ("score", "mid-run", "teacher"),
-    ("teacher-data", "mid-run", "teacher"),
+    ("score", "mid-run", "teacher.path"),
+    ("teacher-data", "mid-run", "teacher.path"),
     ("evaluate", "mid-run", "model.path"),
 ]
 

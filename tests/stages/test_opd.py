@@ -186,7 +186,7 @@ def test_a_start_other_than_the_sampler_is_refused_without_allow_other_start(toy
     with pytest.raises(StoreError, match="allow_other_start=True"):
         opd.lightning_source(c, earlier, opd.loss_config(c))
     c.allow_other_start = True
-    _, inputs = opd.lightning_source(c, earlier, opd.loss_config(c))
+    _, inputs, _ = opd.lightning_source(c, earlier, opd.loss_config(c))
     sampler = ref.resolve(toy_pipeline["ckpt"]).identity
     assert inputs["other_start"] == {"start": earlier.identity, "sampled_by": sampler}
 
