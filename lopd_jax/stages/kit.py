@@ -166,9 +166,14 @@ def claim(
         return rollouts.RolloutStore.open_or_create(output, identity, **fields)
     directory = io.path(output)
     identity = json.loads(json.dumps(identity, default=str))  # as stored: tuples are lists
+    from lopd_jax.parallel import mesh as mesh_lib
+
     _check_output(directory, field, marker or record, allowed)
     file = directory / record
-    if file.exists() and (committed is None or committed()):
+    resumed = file.exists() and (committed is None or committed())
+    # Every process has looked before process 0 writes (else another could see its temp file).
+    mesh_lib.sync_processes(f"lopd {kind}: claim checked")
+    if resumed:
         stored = artifacts.read_manifest(directory, kind, manifest_file=record)
         artifacts.check_same_identity(
             f"{field}={output}", f"a {kind} run", stored.get("identity", {}), identity,
@@ -178,6 +183,7 @@ def claim(
     manifest = {"identity": identity, **fields}
     if jax.process_index() == 0:  # one writer; the others checked what was there
         manifest = artifacts.write_manifest(directory, kind, manifest_file=record, **manifest)
+    mesh_lib.sync_processes(f"lopd {kind}: claimed")
     return Claim(directory, file, False, manifest)
 
 
