@@ -232,8 +232,10 @@ def test_evaluate_on_two_processes_matches_one_process(two, toy_pipeline, tmp_pa
 @pytest.mark.parametrize("stage", ["teacher-data", "import-rollouts"])
 def test_single_host_stages_refuse_a_multi_process_job_in_one_line(stage, tmp_path):
     output = tmp_path / "out"
-    inputs = {"teacher-data": ["--config.teacher.path=/t", "--config.prompts=/p.jsonl"],
-              "import-rollouts": ["--config.input=/r.jsonl"]}[stage]  # valid, never read
+    inputs = {
+        "teacher-data": ["--config.teacher.path=/t", "--config.prompts=/p.jsonl"],
+        "import-rollouts": ["--config.input=/r.jsonl"],
+    }[stage]  # valid, never read
     result = launch(sys.executable, "-m", "lopd_jax.cli", stage, f"--config.output={output}",
                     *inputs, timeout=120)  # fmt: skip
     assert result.returncode == 2, _output(result)
