@@ -1,6 +1,7 @@
 """Small configs and inputs shared by the stage tests (tests/stages/)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +194,15 @@ def build_toy_pipeline(root: Path, *, moe: bool = False) -> dict:
         ckpt=ckpt, prompts=prompts, store=root / "rollouts.zarr", sft_config=sft_cfg,
         rollout_config=rollout_cfg, score_config=score_cfg,
     )  # fmt: skip
+
+
+def unscored_copy(p, d: Path) -> Path:
+    """A copy of the pipeline's store without its teacher columns: score's input."""
+    store = shutil.copytree(p["store"], d / "rollouts.zarr")
+    for scored in [*store.glob("teacher_topk_*"), *store.glob("chunks/teacher_*")]:
+        shutil.rmtree(scored)
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest.pop("scoring", None), manifest.pop("scoring_summary", None)
+    manifest["token_columns"] = [c for c in manifest["token_columns"] if "topk" not in c]
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    return store

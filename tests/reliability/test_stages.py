@@ -21,7 +21,13 @@ from typing import Any
 import jax
 import numpy as np
 import pytest
-from stage_helpers import toy_opd_config, toy_rollout_config, toy_score_config, toy_sft_config
+from stage_helpers import (
+    toy_opd_config,
+    toy_rollout_config,
+    toy_score_config,
+    toy_sft_config,
+    unscored_copy,
+)
 
 from lopd_jax import artifacts, configs
 from lopd_jax.configs import evaluate as evaluate_config
@@ -183,15 +189,8 @@ def _export_config(p, d):
 def _rollout_copy(p, d):
     """A copy of the pipeline's unscored rows: score's input."""
     store = d / "rollouts.zarr"
-    if store.exists():  # the re-run of a killed run
-        return toy_score_config(store, p["teacher"])
-    shutil.copytree(p["store"], store)
-    for scored in [*store.glob("teacher_topk_*"), *store.glob("chunks/teacher_*")]:
-        shutil.rmtree(scored)
-    manifest = json.loads((store / "manifest.json").read_text())
-    manifest.pop("scoring", None), manifest.pop("scoring_summary", None)
-    manifest["token_columns"] = [c for c in manifest["token_columns"] if "topk" not in c]
-    (store / "manifest.json").write_text(json.dumps(manifest))
+    if not store.exists():  # else the re-run of a killed run
+        unscored_copy(p, d)
     return toy_score_config(store, p["teacher"])
 
 

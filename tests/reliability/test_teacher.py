@@ -14,7 +14,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from stage_helpers import TOY_VOCAB, toy_opd_config, toy_score_config, write_hf_teacher
+from stage_helpers import (
+    TOY_VOCAB,
+    toy_opd_config,
+    toy_score_config,
+    unscored_copy,
+    write_hf_teacher,
+)
 
 from lopd_jax import artifacts, provenance
 from lopd_jax.configs import evaluate as evaluate_config
@@ -29,18 +35,6 @@ from lopd_jax.training import losses, online
 
 class Killed(BaseException):
     """A simulated kill -9."""
-
-
-def unscored_copy(p, d: Path) -> Path:
-    """A copy of the pipeline's store without its teacher columns: score's input."""
-    store = shutil.copytree(p["store"], d / "rollouts.zarr")
-    for scored in [*store.glob("teacher_topk_*"), *store.glob("chunks/teacher_*")]:
-        shutil.rmtree(scored)
-    manifest = json.loads((store / "manifest.json").read_text())
-    manifest.pop("scoring", None), manifest.pop("scoring_summary", None)
-    manifest["token_columns"] = [c for c in manifest["token_columns"] if "topk" not in c]
-    (store / "manifest.json").write_text(json.dumps(manifest))
-    return store
 
 
 def columns_of(store: Path, names) -> dict[str, np.ndarray]:
