@@ -234,7 +234,7 @@ def test_single_host_stages_refuse_a_multi_process_job_in_one_line(stage, tmp_pa
     output = tmp_path / "out"
     inputs = {
         "teacher-data": ["--config.teacher.path=/t", "--config.prompts=/p.jsonl"],
-        "import-rollouts": ["--config.input=/r.jsonl"],
+        "import-rollouts": ["--config.input=/r.jsonl", "--config.tokenizer=bytes"],
     }[stage]  # valid, never read
     result = launch(sys.executable, "-m", "lopd_jax.cli", stage, f"--config.output={output}",
                     *inputs, timeout=120)  # fmt: skip
