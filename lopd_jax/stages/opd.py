@@ -12,20 +12,10 @@ set: "" (the default) or one that `lopd score --config.columns=NAME` wrote (the 
 again with another teacher or `topk`; `lopd_jax.store.schema`).
 
 Two explicit deviations from the paper's recipe, each recorded in the run manifest:
-- `continue_run=True`: a run (finished or stopped) continues to a larger `train.steps` on the
-  same store and inputs, from its last checkpoint (`extensions`); with the paper's constant lr
-  it equals one longer run. Without it a larger `train.steps` is refused, naming the option.
-- `allow_other_start=True` (lightning): the student starts from `model.path` although another
-  checkpoint sampled the store's rollouts, e.g. a later SFT checkpoint or an OPD checkpoint
-  trained on this store (`other_start`: both identities). The store's tokenizer must be the
-  start's. What it means: the OPD gradient is an expectation over the student's own samples;
-  Lightning takes it over the sampler's stored rollouts and drops the importance weight
-  `w_t = pi_theta / pi_sampler`, which is exact at the first update only because the student
-  starts at the sampler (`w_t = 1`), and close while it stays near. From another checkpoint
-  `w_t != 1` from the first update: the update is biased by the start's distance from the
-  sampler. `w_mean`, `w_std` and `kl_to_ref` (measured against the sampler, not the start)
-  show how far; `loss.importance_weight_cap` or `loss.ratio_clip` correct for it. A continued
-  run drifts further from the sampler in the same way.
+`continue_run=True` (a run continues to a larger `train.steps`: `extensions`) and
+`allow_other_start=True` (Lightning starts from a checkpoint other than the store's sampler:
+`other_start`; what that does to the dropped importance weight is in
+`lopd_jax.training.lightning`).
 
 `mode=online` (standard OPD, the baseline): every `online.reuse_steps` steps, fresh responses
 are sampled from the current student and scored by the live teacher (the `teacher` section:
@@ -53,12 +43,12 @@ from ml_collections import ConfigDict
 from lopd_jax import artifacts, provenance
 from lopd_jax import eval as eval_lib
 from lopd_jax.configs import sections
-from lopd_jax.data import pipeline, sft
+from lopd_jax.data import sft
 from lopd_jax.errors import ConfigError
-from lopd_jax.models import ref, scoring
+from lopd_jax.models import scoring
 from lopd_jax.stages import kit
-from lopd_jax.store import RolloutStore, StoreError, schema
-from lopd_jax.training import loop, losses, online
+from lopd_jax.store import schema
+from lopd_jax.training import lightning, loop, losses, online
 
 CHECKPOINT_KIND = "opd_checkpoint"
 MODES = ("lightning", "online")
@@ -69,81 +59,6 @@ def loss_config(config: ConfigDict) -> losses.OpdLossConfig:
         return losses.OpdLossConfig(**config.loss)
     except ValueError as e:
         raise ConfigError(f"loss.{e}") from e  # each message starts with its field
-
-
-def lightning_source(config, pi_ref: ref.ModelRef, opd: losses.OpdLossConfig):
-    """The store's packed rows for this process (of the teacher column set
-    `teacher_columns`), after every check; the inputs to record, and the run's provenance."""
-    store = RolloutStore.open(config.store)
-    rollouts = provenance.read(store.manifest)
-    sampled_by = rollouts.sampled_by
-    other_start = {}
-    if sampled_by != pi_ref.identity:
-        if not config.allow_other_start:
-            raise StoreError(
-                f"{config.store} holds rollouts sampled from model {sampled_by!r}, not from "
-                f"model.path={pi_ref.path} ({pi_ref.identity}). Lightning OPD starts from the "
-                "checkpoint that sampled its rollouts: point model.path at it, re-run rollout, "
-                "or set allow_other_start=True to start from this checkpoint anyway (a "
-                "recorded deviation: w_t != 1 from the first update)."
-            )
-        if rollouts.tokenizer != pi_ref.tokenizer_name():
-            raise StoreError(
-                f"{config.store} was tokenized with {rollouts.tokenizer!r} but "
-                f"model.path={pi_ref.path} with {pi_ref.tokenizer_name()!r}; "
-                "allow_other_start needs a start of the store's tokenizer."
-            )
-        other_start = {"other_start": {"start": pi_ref.identity, "sampled_by": sampled_by}}
-    teacher_columns = schema.TeacherColumns(config.teacher_columns)
-    record = teacher_columns.record(store.manifest)
-    topk = (record or {}).get("topk", 0)
-    columns = losses.batch_columns(
-        opd, topk_available=bool(topk) and teacher_columns.complete(store, topk)
-    )
-    teacher_columns.check_scored(store, needs_topk=schema.TOPK_IDS in columns)
-    guard = artifacts.check_teacher_consistency(
-        rollouts.sft_teacher, record["teacher"]["identity"],
-        allow_inconsistent=config.allow_inconsistent_teacher, where=f"lopd opd ({config.store})",
-    )  # fmt: skip
-    rows = None
-    if config.data.rollouts_per_prompt:
-        table = store.row_table()
-        seen: dict[int, int] = {}
-        rows = []
-        for row, prompt in enumerate(table["prompt_index"]):
-            seen[prompt] = seen.get(prompt, 0) + 1
-            if seen[prompt] <= config.data.rollouts_per_prompt:
-                rows.append(row)
-    # The loss's column names -> the store's (the teacher columns of the chosen set).
-    names = {c: teacher_columns.store_name(c) if c in schema.COLUMNS else c
-             for c in columns if c not in pipeline.FEATURES}  # fmt: skip
-    stored = pipeline.store_rows(store, list(names.values()), seq_len=config.data.seq_len,
-                                 rows=rows)  # fmt: skip
-    flat = {"tokens": stored.flat["tokens"]} | {c: stored.flat[n] for c, n in names.items()}
-    if schema.TOPK_IDS in flat:  # a store scored before the vocabulary check
-        teacher_columns.check_topk_ids(store, flat[schema.TOPK_IDS], pi_ref.config.vocab_size)
-    data = pipeline.rollout_rows(
-        pipeline.FlatRows(
-            flat, stored.offsets, stored.prompt_len, seq_len=config.data.seq_len, rows=rows,
-            where=str(store.path),
-        ),
-        seq_len=config.data.seq_len, seed=config.seed, packing=config.data.packing,
-        num_packing_bins=config.data.num_packing_bins,
-    )  # fmt: skip
-    iterator = iter(
-        pipeline.batches(data, config.train.batch_size, jax.process_index(), jax.process_count())
-    )
-    inputs = {
-        "rollouts": store.manifest.get("identity"),
-        "teacher_columns": config.teacher_columns,
-        **guard,
-        **other_start,
-    }
-    trained = provenance.Provenance(
-        sft_teacher=rollouts.sft_teacher, opd_teacher=record["teacher"]["identity"],
-        sampled_by=sampled_by, tokenizer=rollouts.tokenizer,
-    )  # fmt: skip
-    return iterator, inputs, trained
 
 
 RULES = kit.Rules(
@@ -171,7 +86,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
     sampled = config.mode == "online" or config.eval.dataset
     renderer = sft.load_renderer(pi_ref.tokenizer_spec()) if sampled else None
     if config.mode == "lightning":  # never touches config.teacher
-        data_iterator, inputs, record = lightning_source(config, pi_ref, opd)
+        data_iterator, inputs, record = lightning.source(config, pi_ref, opd)
         next_batch = lambda _: next(data_iterator)
     else:
         teacher = sections.teacher_ref(config.teacher, "the online teacher")

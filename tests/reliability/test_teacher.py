@@ -30,7 +30,7 @@ from lopd_jax.models import ref, scoring
 from lopd_jax.parallel import mesh as mesh_lib
 from lopd_jax.stages import evaluate, opd, score
 from lopd_jax.store import RolloutStore, StoreError, schema
-from lopd_jax.training import losses, online
+from lopd_jax.training import lightning, losses, online
 
 
 class Killed(BaseException):
@@ -139,7 +139,7 @@ def topk_loss_after_a_scoring_without_topk(p, d, monkeypatch):
     c.loss.loss = "topk_reverse_kl"
     pi_ref = ref.resolve(c.model.path)
     with pytest.raises(StoreError, match="scored with topk=0") as e:
-        opd.lightning_source(c, pi_ref, opd.loss_config(c))
+        lightning.source(c, pi_ref, opd.loss_config(c))
     told = advice(e.value)
     s = toy_score_config(store, p["teacher"])
     s.update_from_flattened_dict({k: int(v) if v.isdigit() else v for k, v in told.items()
@@ -147,7 +147,7 @@ def topk_loss_after_a_scoring_without_topk(p, d, monkeypatch):
                                  | {"teacher.path": told["teacher"]})  # fmt: skip
     score.run(s)
     c.teacher_columns = told["teacher_columns"]
-    batches, inputs, _ = opd.lightning_source(c, pi_ref, opd.loss_config(c))
+    batches, inputs, _ = lightning.source(c, pi_ref, opd.loss_config(c))
     batch = next(batches)
     assert batch["teacher_topk_ids"].shape[-1] == 16 and inputs["teacher_columns"] == "topk16"
 
@@ -172,7 +172,7 @@ def a_padded_teacher_scores_only_the_student_ids(p, d, monkeypatch):
     o = toy_opd_config(d / "opd", p["ckpt"], store)
     o.loss.loss, o.allow_inconsistent_teacher = "topk_reverse_kl", True
     pi_ref = ref.resolve(o.model.path)
-    batches, _, record = opd.lightning_source(o, pi_ref, opd.loss_config(o))
+    batches, _, record = lightning.source(o, pi_ref, opd.loss_config(o))
     assert record.opd_teacher == ref.resolve(wide).identity
     params = pi_ref.load()
     loss, _ = losses.opd_loss_fn(pi_ref.config, opd.loss_config(o))(

@@ -14,6 +14,7 @@ from lopd_jax import artifacts, provenance
 from lopd_jax.models import ref
 from lopd_jax.stages import opd
 from lopd_jax.store import RolloutStore, StoreError
+from lopd_jax.training import lightning as lightning_batches
 from lopd_jax.training import metrics
 
 MISSING_TEACHER = "/nonexistent/teacher"
@@ -107,13 +108,13 @@ def test_topk_loss_runs_and_reports_rest_masses(toy_pipeline, tmp_path):
 def _source(p, store, **overrides):
     c = config(p, "unused", **{"store": str(store), **overrides})
     pi_ref = ref.resolve(c.model.path)
-    return opd.lightning_source(c, pi_ref, opd.loss_config(c))
+    return lightning_batches.source(c, pi_ref, opd.loss_config(c))
 
 
 def test_lightning_refuses_a_store_it_cannot_use(toy_pipeline, tmp_path):
     p = toy_pipeline
     with pytest.raises(StoreError, match="sampled from model"):  # pi_ref is not the sampler
-        opd.lightning_source(config(p, tmp_path), ref.resolve(p["base"]),
+        lightning_batches.source(config(p, tmp_path), ref.resolve(p["base"]),
                              opd.loss_config(config(p, tmp_path)))  # fmt: skip
 
     incomplete = tmp_path / "incomplete.zarr"
@@ -184,9 +185,9 @@ def test_a_start_other_than_the_sampler_is_refused_without_allow_other_start(toy
     c = config(toy_pipeline, "unused", **{"model.step": 1})  # the store was sampled at step 2
     earlier = ref.resolve(c.model.path, 1)
     with pytest.raises(StoreError, match="allow_other_start=True"):
-        opd.lightning_source(c, earlier, opd.loss_config(c))
+        lightning_batches.source(c, earlier, opd.loss_config(c))
     c.allow_other_start = True
-    _, inputs, _ = opd.lightning_source(c, earlier, opd.loss_config(c))
+    _, inputs, _ = lightning_batches.source(c, earlier, opd.loss_config(c))
     sampler = ref.resolve(toy_pipeline["ckpt"]).identity
     assert inputs["other_start"] == {"start": earlier.identity, "sampled_by": sampler}
 
