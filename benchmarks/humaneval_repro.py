@@ -102,8 +102,8 @@ def table(summary: dict) -> list[str]:
     for name, key in (("lopd evaluate", "lopd"), ("transformers generate", "hf"),
                       ("lopd evaluate", "lopd_all")):  # fmt: skip
         s = summary[key]
-        if key == "lopd_all" and s["problems"] == both:
-            continue
+        if (key == "lopd_all" and s["problems"] == both) or (key != "lopd_all" and not both):
+            continue  # lopd alone graded nothing more, or nothing was graded side by side yet
         rows.append(
             f"| {name} | {s['problems']} | {s['passed']} | {pct(s['pass@1'])} | "
             f"[{pct(s['ci95'][0])}, {pct(s['ci95'][1])}] | {s['wall_s']:.0f} | "
