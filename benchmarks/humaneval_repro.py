@@ -13,11 +13,12 @@ responses are identical; the table is printed, and with `--append` written to RE
         --limit 164 --chunk 41 --out runs/humaneval_repro/0.5b --published 61.6
 
 Each chunk re-runs `lopd evaluate` with a larger `limit`, which extends the same workdir.
-`--hf-limit N` gives transformers only the first N problems (on a slow CPU, lopd covers the
-benchmark and transformers a prefix of it, side by side); `--lopd-first` runs every lopd chunk
-before the transformers ones, so the benchmark's number comes first; `--sides lopd` (or `hf`)
-runs one side only, e.g. two processes at once on a CPU that one decode loop leaves half idle
-(each resumes its own results; the last to finish writes the complete summary).
+`--hf-limit N` gives transformers only the first N problems and `--hf-start M` only those
+from M on (on a slow CPU, lopd covers the benchmark and transformers a part of it, side by
+side); `--lopd-first` runs every lopd chunk before the transformers ones, so the benchmark's
+number comes first; `--sides lopd` (or `hf`) runs one side only, e.g. two processes at once
+on a CPU that one decode loop leaves half idle (each resumes its own results; the last to
+finish writes the complete summary).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def table(summary: dict) -> list[str]:
         f"Device: {summary['device']}; load average at the end: {summary['load']}. Float32, "
         f"greedy, <= {summary['max_new_tokens']} new tokens, EvalPlus-style instruct prompt, the "
         "same token ids and the same sandbox for both sides; 95% Wilson intervals. "
-        f"Side by side on the first {both} problems (lopd's wall time there is its per-problem "
-        f"share); lopd alone on {graded}.",
+        f"Side by side on {both} problems ({summary.get('side_by_side')}; lopd's wall time "
+        f"there is its per-problem share); lopd alone on {graded}.",
         "",
         "| side | problems | passed | pass@1 % | 95% CI | wall s | s / problem |",
         "|---|---:|---:|---:|---|---:|---:|",
@@ -125,10 +126,12 @@ def read_walls(path: Path) -> dict:
 
 
 def hf_up_to(end, args, hf_model, problems, ids, renderer, stop_ids, hf_done, walls) -> list:
-    """transformers' results on the first `end` problems (resuming from `<out>/hf.jsonl`)."""
-    if len(hf_done) < end and "hf" in args.sides:
+    """transformers' results on problems `--hf-start` .. `end` (resuming from `<out>/hf.jsonl`)."""
+    graded = {line["id"] for line in hf_done}
+    todo = [i for i in range(args.hf_start, end) if problems[i]["id"] not in graded]
+    if todo and "hf" in args.sides:
         lines, wall = hf_chunk(
-            args, hf_model, problems[len(hf_done) : end], ids[len(hf_done) : end],
+            args, hf_model, [problems[i] for i in todo], [ids[i] for i in todo],
             renderer, stop_ids,
         )  # fmt: skip
         walls.update(read_walls(args.out / "walls.json"), hf=walls["hf"] + wall)
@@ -149,7 +152,8 @@ def summarize(args, problems, lopd_results, hf_done, walls) -> dict:
     lopd_all = [p["id"] for p in problems if p["id"] in lopd]
     summary = {
         "model": str(args.model), "device": device_name(), "load": load_average(),
-        "problems": len(both), "max_new_tokens": args.max_new_tokens,
+        "problems": len(both), "side_by_side": f"{both[0]}..{both[-1]}" if both else "none",
+        "max_new_tokens": args.max_new_tokens,
         "published": args.published,
         "lopd": side([lopd[i]["correct"][0] for i in both], walls["lopd"] * len(both)
                      / max(len(lopd_all), 1)),
@@ -171,7 +175,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=16)
     parser.add_argument("--hf-batch", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--hf-limit", type=int, default=None, help="transformers' problems")
+    parser.add_argument("--hf-limit", type=int, default=None, help="transformers' problems end")
+    parser.add_argument("--hf-start", type=int, default=0, help="... and start, e.g. 123")
     parser.add_argument("--lopd-first", action="store_true")
     parser.add_argument("--sides", default="lopd,hf", help="the sides this process runs")
     parser.add_argument("--published", type=float, default=None)

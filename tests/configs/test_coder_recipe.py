@@ -64,9 +64,11 @@ def mini_run(tmp_path_factory):
     (cwd / module.ASSETS).symlink_to(REPO / module.ASSETS)
     code_prompts.write(cwd / f"{module.ROOT}_mini", sft=2, opd=2, seed=0)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
-        "--xla_force_host_platform_device_count=8", ""
-    )  # the tests' 8 fake devices would replicate a 1.5B teacher 8 times
+    # The tests' 8 fake devices would replicate a 1.5B teacher 8 times. (XLA reads a blank
+    # XLA_FLAGS as a flag file's name, so an emptied value is removed.)
+    flags = [f for f in env.pop("XLA_FLAGS", "").split() if "device_count" not in f]
+    if flags:
+        env["XLA_FLAGS"] = " ".join(flags)
     seconds = {}
     for stage in (*module.TRAINING, "evaluate"):
         cli_stage = {"teacher_data": "teacher-data", "opd_online": "opd"}.get(stage, stage)
