@@ -51,25 +51,23 @@ def lopd_chunk(args, end: int) -> float:
 
 
 def hf_chunk(args, model, problems, ids, renderer, stop_ids) -> tuple[list[dict], float]:
-    """transformers' greedy `generate` on `problems` (batches of `--hf-batch`, left-padded)."""
+    """transformers' greedy `generate` on `problems`, one left-padded batch."""
     import torch
 
     start = time.perf_counter()
-    texts = []
     pad = renderer.tokenizer.pad_token_id
-    for b in range(0, len(ids), args.hf_batch):
-        rows = ids[b : b + args.hf_batch]
-        width = max(map(len, rows))
-        tokens = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        with torch.no_grad():
-            out = model.generate(
-                tokens, attention_mask=mask, max_new_tokens=args.max_new_tokens,
-                do_sample=False, eos_token_id=list(stop_ids), pad_token_id=pad,
-            )  # fmt: skip
-        for row in out[:, width:].tolist():
-            row = row[: next((i + 1 for i, t in enumerate(row) if t in stop_ids), len(row))]
-            texts.append(renderer.decode(row))
+    width = max(map(len, ids))
+    tokens = torch.tensor([[pad] * (width - len(r)) + r for r in ids])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])
+    with torch.no_grad():
+        out = model.generate(
+            tokens, attention_mask=mask, max_new_tokens=args.max_new_tokens,
+            do_sample=False, eos_token_id=list(stop_ids), pad_token_id=pad,
+        )  # fmt: skip
+    texts = []
+    for row in out[:, width:].tolist():
+        row = row[: next((i + 1 for i, t in enumerate(row) if t in stop_ids), len(row))]
+        texts.append(renderer.decode(row))
     graded = grade_batch(list(zip(problems, texts, strict=True)), timeout_s=5.0, workers=2)
     lines = [
         {"id": p["id"], "correct": g["correct"], "verdict": g["verdict"], "response": t}
@@ -126,12 +124,16 @@ def read_walls(path: Path) -> dict:
 
 
 def hf_up_to(end, args, hf_model, problems, ids, renderer, stop_ids, hf_done, walls) -> list:
-    """transformers' results on problems `--hf-start` .. `end` (resuming from `<out>/hf.jsonl`)."""
+    """transformers' results on problems `--hf-start` .. `end`, saved to `<out>/hf.jsonl` after
+    each batch (a rerun resumes from it)."""
     graded = {line["id"] for line in hf_done}
     todo = [i for i in range(args.hf_start, end) if problems[i]["id"] not in graded]
-    if todo and "hf" in args.sides:
+    if "hf" not in args.sides:
+        return hf_done
+    for first in range(0, len(todo), args.hf_batch):
+        batch = todo[first : first + args.hf_batch]
         lines, wall = hf_chunk(
-            args, hf_model, [problems[i] for i in todo], [ids[i] for i in todo],
+            args, hf_model, [problems[i] for i in batch], [ids[i] for i in batch],
             renderer, stop_ids,
         )  # fmt: skip
         walls.update(read_walls(args.out / "walls.json"), hf=walls["hf"] + wall)
