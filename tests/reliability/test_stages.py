@@ -355,16 +355,21 @@ KILL_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("stage", "point"), KILL_CASES)
-def test_killed_then_rerun_equals_uninterrupted(
-    stage, point, pipeline, uninterrupted, tmp_path, monkeypatch
-):
-    want = stage.artifacts(uninterrupted(stage))
+def kill_at(stage, point, pipeline, tmp_path, monkeypatch):
+    """Run `stage` into tmp_path and kill it at `point` (one of `stage.kills`)."""
     _calls.clear()
     with monkeypatch.context() as m:
         m.setattr(*stage.kills[point]())
         with pytest.raises(Killed):
             stage.run(stage.config(pipeline, tmp_path))
+
+
+@pytest.mark.parametrize(("stage", "point"), KILL_CASES)
+def test_killed_then_rerun_equals_uninterrupted(
+    stage, point, pipeline, uninterrupted, tmp_path, monkeypatch
+):
+    want = stage.artifacts(uninterrupted(stage))
+    kill_at(stage, point, pipeline, tmp_path, monkeypatch)
     stage.run(stage.config(pipeline, tmp_path))  # the same command again
     got = stage.artifacts(stage.output(tmp_path))
     assert sorted(got) == sorted(want)
@@ -846,11 +851,7 @@ def test_a_resume_from_a_copy_of_an_input_elsewhere_is_the_same_run(
 ):
     stage = STAGE[name]
     want = stage.artifacts(uninterrupted(stage))
-    _calls.clear()
-    with monkeypatch.context() as m:
-        m.setattr(*stage.kills[point]())
-        with pytest.raises(Killed):
-            stage.run(stage.config(pipeline, tmp_path))
+    kill_at(stage, point, pipeline, tmp_path, monkeypatch)
     config = stage.config(pipeline, tmp_path)
     original = Path(functools.reduce(getattr, field.split("."), config))
     copy = shutil.copytree(original, tmp_path / "elsewhere" / original.name)
